@@ -1,0 +1,114 @@
+"""GAN losses as pure functions of discriminator logits.
+
+Every function takes logits shaped [B] or [B, 1] and returns a scalar. The
+discriminator loss is the *sum* of its real and fake terms (Goodfellow et al.
+2014, Alg. 1; seed 001), not their mean. Binary cross-entropy is written with
+softplus, the stable form of -log(sigmoid(x)) = softplus(-x).
+
+`label_smoothing` s is one-sided (Salimans et al. 2016): the real target becomes
+1 - s, the fake target stays 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ganexp.errors import ConfigError
+
+
+def bce_d_loss(real: Tensor, fake: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """-[t·log σ(r) + (1-t)·log(1-σ(r))] - log(1-σ(f)), with real target t = 1 - s."""
+    t = 1.0 - label_smoothing
+    real_term = t * F.softplus(-real) + (1.0 - t) * F.softplus(real)
+    return real_term.mean() + F.softplus(fake).mean()
+
+
+def minimax_g_loss(fake: Tensor) -> Tensor:
+    """G minimizes log(1 - σ(f)) = -softplus(f): saturates when D rejects fakes (seed 004)."""
+    return -F.softplus(fake).mean()
+
+
+def nonsaturating_g_loss(fake: Tensor) -> Tensor:
+    """G minimizes -log σ(f) = softplus(-f): strong gradients early on (seeds 001/003)."""
+    return F.softplus(-fake).mean()
+
+
+def lsgan_d_loss(real: Tensor, fake: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Least squares (Mao et al. 2017): ½(r - (1-s))² + ½f²."""
+    t = 1.0 - label_smoothing
+    return 0.5 * (real - t).square().mean() + 0.5 * fake.square().mean()
+
+
+def lsgan_g_loss(fake: Tensor) -> Tensor:
+    return 0.5 * (fake - 1.0).square().mean()
+
+
+def hinge_d_loss(real: Tensor, fake: Tensor) -> Tensor:
+    """relu(1 - r) + relu(1 + f) (Lim & Ye 2017; SAGAN)."""
+    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+
+def wasserstein_d_loss(real: Tensor, fake: Tensor) -> Tensor:
+    """Critic loss f - r; the gradient penalty is added by the caller (needs D and inputs)."""
+    return fake.mean() - real.mean()
+
+
+def critic_g_loss(fake: Tensor) -> Tensor:
+    """-f: the generator loss of hinge and WGAN."""
+    return -fake.mean()
+
+
+def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): E[(‖∇D(x̂)‖₂ - 1)²] on random interpolates x̂."""
+    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1.0).square().mean()
+
+
+@dataclass(frozen=True)
+class _Pair:
+    d: Callable[..., Tensor]
+    g: Callable[[Tensor], Tensor]
+    has_targets: bool
+
+
+LOSSES: dict[str, _Pair] = {
+    "minimax": _Pair(bce_d_loss, minimax_g_loss, True),
+    "nonsaturating": _Pair(bce_d_loss, nonsaturating_g_loss, True),
+    "lsgan": _Pair(lsgan_d_loss, lsgan_g_loss, True),
+    "hinge": _Pair(hinge_d_loss, critic_g_loss, False),
+    "wgan_gp": _Pair(wasserstein_d_loss, critic_g_loss, False),
+}
+
+
+class GANLoss:
+    """The (d, g) pair chosen by `loss=<name>`, with its options bound."""
+
+    def __init__(self, name: str, label_smoothing: float = 0.0, gp_weight: float = 0.0):
+        if name not in LOSSES:
+            raise ConfigError(f"loss={name} is unknown; choose one of {', '.join(LOSSES)}")
+        pair = LOSSES[name]
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"loss.label_smoothing={label_smoothing} is out of range; use a value in [0, 1)")
+        if label_smoothing and not pair.has_targets:
+            raise ConfigError(
+                f"loss.label_smoothing={label_smoothing} has no meaning for loss={name} (it has no targets); "
+                "drop it or use loss=nonsaturating, minimax or lsgan"
+            )
+        if gp_weight < 0:
+            raise ConfigError(f"loss.gp_weight={gp_weight} must be >= 0")
+        self.name, self.label_smoothing, self.gp_weight = name, label_smoothing, gp_weight
+        self._pair = pair
+
+    def d(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        if self._pair.has_targets:
+            return self._pair.d(real_logits, fake_logits, self.label_smoothing)
+        return self._pair.d(real_logits, fake_logits)
+
+    def g(self, fake_logits: Tensor) -> Tensor:
+        return self._pair.g(fake_logits)

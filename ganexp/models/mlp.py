@@ -1,0 +1,74 @@
+"""Fully connected G and D: `mlp` (seed 001), `mlp_small` (seeds 003/004), `toy_mlp` (seed 002)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from torch import Tensor, nn
+
+ACTIVATIONS = {
+    "leaky_relu": lambda slope: nn.LeakyReLU(slope),
+    "relu": lambda slope: nn.ReLU(),
+    "tanh": lambda slope: nn.Tanh(),
+}
+
+
+def output_layer(out_range: Sequence[float] | None) -> nn.Module:
+    """The generator's last activation, from the data's value range (`data.value_range`)."""
+    if out_range is None:
+        return nn.Identity()  # toy data: unbounded
+    return {(-1.0, 1.0): nn.Tanh, (0.0, 1.0): nn.Sigmoid}[tuple(map(float, out_range))]()
+
+
+def _stack(sizes: Sequence[int], activation: str, slope: float, dropout: float) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation](slope)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    return layers
+
+
+def _init(module: nn.Module, init: str) -> None:
+    if init == "xavier":  # seed 004: Glorot-normal weights, zero biases
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+class MLPGenerator(nn.Module):
+    """z → hidden… → prod(out_shape), reshaped to out_shape ([C, H, W] or [2])."""
+
+    def __init__(self, latent_dim: int, out_shape: Sequence[int], hidden: Sequence[int] = (256, 512, 1024),
+                 activation: str = "leaky_relu", slope: float = 0.2, out_range: Sequence[float] | None = (-1, 1),
+                 init: str = "default"):
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        self.net = nn.Sequential(
+            *_stack([latent_dim, *hidden], activation, slope, 0.0),
+            nn.Linear(hidden[-1], math.prod(out_shape)),
+            output_layer(out_range),
+        )
+        _init(self, init)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).view(-1, *self.out_shape)
+
+
+class MLPDiscriminator(nn.Module):
+    """x → hidden… → 1 logit. `features(x)` is the last hidden layer (2-d in `toy_mlp`)."""
+
+    def __init__(self, in_shape: Sequence[int], hidden: Sequence[int] = (1024, 512, 256),
+                 activation: str = "leaky_relu", slope: float = 0.2, dropout: float = 0.3,
+                 init: str = "default"):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), *_stack([math.prod(in_shape), *hidden], activation, slope, dropout))
+        self.head = nn.Linear(hidden[-1], 1)
+        _init(self, init)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x)).squeeze(1)

@@ -1,0 +1,111 @@
+"""Draw samples from a trained generator.
+
+    python -m ganexp.sample RUN_DIR_OR_CKPT --n 64 --out grid.png
+    python -m ganexp.sample RUN_DIR_OR_CKPT --n 1000 --out samples.npz
+
+`.png`: an image grid (toy 2-D data: a scatter plot). `.npz`: key `images`, uint8,
+[N, H, W] for grey and [N, C, H, W] for colour (toy data: key `points`, float32 [N, 2]).
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganexp.build import build_generator, build_prior
+from ganexp.errors import ConfigError
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder means its checkpoints/last.ckpt."""
+    path = Path(path)
+    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise ConfigError(f"no checkpoint at {ckpt}; give a run folder holding checkpoints/last.ckpt or a .ckpt file")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True: a file that needs arbitrary code to unpickle is refused."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise ConfigError(f"cannot read checkpoint {ckpt} (truncated, corrupt or not a ganexp checkpoint: {first})")
+    if "hyper_parameters" not in checkpoint or "model" not in checkpoint["hyper_parameters"]:
+        raise ConfigError(f"{ckpt} is not a ganexp checkpoint (no stored config)")
+    return checkpoint
+
+
+def load_generator(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
+    """(generator in eval mode, the run's plain config, the checkpoint)."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["hyper_parameters"]
+    generator = build_generator(config)
+    state = {k.removeprefix("generator."): v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
+    generator.load_state_dict(state)
+    return generator.eval(), config, checkpoint
+
+
+@torch.no_grad()
+def generate(path: str | Path, n: int, seed: int = 0) -> tuple[torch.Tensor, dict]:
+    generator, config, _ = load_generator(path)
+    z = build_prior(config["noise"]).sample(n, generator=torch.Generator().manual_seed(seed))
+    return torch.cat([generator(chunk) for chunk in z.split(1024)]), config
+
+
+def to_uint8(images: torch.Tensor, value_range) -> np.ndarray:
+    lo, hi = value_range
+    images = ((images.clamp(lo, hi) - lo) / (hi - lo) * 255).round().to(torch.uint8)
+    return (images[:, 0] if images.shape[1] == 1 else images).numpy()
+
+
+def save(samples: torch.Tensor, config: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    value_range = config["data"].get("value_range")
+    value_range = tuple(value_range) if value_range else None
+    if out.suffix == ".npz":
+        if samples.dim() == 4:
+            np.savez_compressed(out, images=to_uint8(samples, value_range))
+        else:
+            np.savez_compressed(out, points=samples.float().numpy())
+    elif out.suffix == ".png":
+        if samples.dim() == 4:
+            from torchvision.utils import save_image
+
+            save_image(samples, out, nrow=int(np.ceil(np.sqrt(len(samples)))), normalize=True, value_range=value_range)
+        else:
+            from ganexp.callbacks import scatter_figure
+
+            scatter_figure(samples[:0], samples, iteration=-1).savefig(out, dpi=100)
+    else:
+        raise ConfigError(f"--out {out}: use a .png (grid) or .npz (arrays) file name")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ganexp.sample", description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="a run folder (uses checkpoints/last.ckpt) or a .ckpt file")
+    parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    parser.add_argument("--out", type=Path, default=Path("samples.png"), help=".png grid or .npz arrays")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latent sample")
+    args = parser.parse_args(argv)
+    try:
+        if args.n < 1:
+            raise ConfigError(f"--n {args.n} must be >= 1")
+        samples, config = generate(args.path, args.n, args.seed)
+        save(samples, config, args.out)
+    except ConfigError as err:
+        print(f"ganexp.sample: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
