@@ -17,7 +17,8 @@ def run_dir(ckpt_path: str | None, default: str) -> str:
 OmegaConf.register_new_resolver("ganexp_run_dir", run_dir, replace=True)
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig, return_module: bool = False):
+    """Build the parts from the composed config and fit. Tests call this in process."""
     import pytorch_lightning as pl
 
     from ganexp.build import build_module, build_trainer
@@ -28,7 +29,7 @@ def train(cfg: DictConfig) -> float | None:
     module = build_module(cfg)
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    return None
+    return module if return_module else None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -33,7 +33,7 @@ class PeriodicCheckpoint(Callback):
 
     def save(self, trainer: pl.Trainer) -> None:
         tmp = self.last_path.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.last_path)
 

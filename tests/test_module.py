@@ -1,0 +1,78 @@
+"""The adversarial step, in process, on the real composed config."""
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import CONF, data_dir_with
+from train import train
+
+SMALL = ["model=mlp_small", "batch_size=16", "trainer.limit_train_batches=2", "log_every=1", "image_every=1"]
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+CASES = [(g, o) for g in ["data", "model", "loss", "optimizer", "noise", "trainer", "logger"] for o in _options(g)]
+
+
+@pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_option_of_every_group_trains_two_iterations(group, option, cfg_factory, tmp_path):
+    extra = []
+    if group == "data" and option in ("mnist", "fashion_mnist"):
+        name = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[option]
+        if data_dir_with(name) is None:
+            pytest.skip(f"GANEXP_DATA_DIR does not hold {name}")
+    if group == "data" and option == "image_folder":
+        for i in range(40):
+            Image.new("L", (12, 12), i * 10).save(tmp_path / f"{i}.png")
+        extra = [f"data.path={tmp_path}", "data.size=8", "data.channels=1"]
+    if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    if group == "model" and option == "toy_mlp":
+        extra = ["data=toy"]
+    cfg = cfg_factory(*SMALL, f"{group}={option}", *extra)
+    train(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["iteration"] == 2
+
+
+@pytest.mark.parametrize("d_steps", [1, 3])
+def test_limit_train_batches_runs_exactly_n_iterations_with_k_d_updates_each(d_steps, cfg_factory, tmp_path):
+    n = 5
+    cfg = cfg_factory("trainer.limit_train_batches=5", f"d_steps={d_steps}", "model=mlp_small", "batch_size=32")
+    module = train(cfg, return_module=True)
+    opt_g, opt_d = (opt.optimizer if hasattr(opt, "optimizer") else opt for opt in module.optimizers())
+    g_steps = {int(s["step"]) for s in opt_g.state.values()}
+    d_steps_done = {int(s["step"]) for s in opt_d.state.values()}
+    assert module.iteration == n
+    assert g_steps == {n} and d_steps_done == {d_steps * n}
+    assert module.trainer.global_step == (d_steps + 1) * n  # why ganexp counts iterations itself
+
+
+def test_training_moves_both_networks_and_logs_on_the_iteration_axis(cfg_factory, tmp_path):
+    cfg = cfg_factory("trainer.limit_train_batches=4", "log_every=2", "model=mlp_small", "batch_size=32")
+    module = train(cfg, return_module=True)
+    assert set(module.last_logged) >= {"loss/d", "loss/g", "d/acc", "noise/sigma", "lr/g", "lr/d", "grad/g_norm"}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.step for e in events.Scalars("loss/d")] == [0, 2]  # iterations 0 and 2, not global_step
+
+
+def test_label_smoothing_and_instance_noise_reach_the_step(cfg_factory):
+    cfg = cfg_factory("trainer.limit_train_batches=1", "log_every=1", "model=mlp_small", "loss.label_smoothing=0.1",
+                      "noise.instance_sigma=0.5", "noise.anneal=linear", "noise.anneal_epochs=2")
+    module = train(cfg, return_module=True)
+    assert module.loss.label_smoothing == 0.1
+    assert module.last_logged["noise/sigma"] == pytest.approx(0.5)
+
+
+def test_ttur_overrides_one_side(cfg_factory):
+    cfg = cfg_factory("trainer.limit_train_batches=1", "optimizer.lr=1e-3", "optimizer.d.lr=4e-3", "model=mlp_small")
+    module = train(cfg, return_module=True)
+    opt_g, opt_d = module.optimizers()
+    assert opt_g.param_groups[0]["lr"] == pytest.approx(1e-3) and opt_d.param_groups[0]["lr"] == pytest.approx(4e-3)
+    assert opt_g.param_groups[0]["betas"] == (0.5, 0.999)
