@@ -1,0 +1,40 @@
+"""metrics.json: one record per run, always written atomically (temp file + rename).
+
+Fields every writer may merge in: `status` (running | finished | failed | diverged),
+`reason`, `iteration`, `final` / `best` metric dicts, `protocol`. Readers (compare,
+sweeps, resume) trust only what this module wrote.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, allow_nan=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def update_metrics(run_dir: str | Path, **fields: Any) -> dict:
+    """Merge `fields` into <run_dir>/metrics.json (top-level keys replaced) and return the record."""
+    record = {**read_metrics(run_dir), **fields}
+    write_json_atomic(Path(run_dir) / METRICS_FILE, record)
+    return record
