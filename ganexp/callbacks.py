@@ -32,6 +32,12 @@ class PeriodicCheckpoint(Callback):
         return self.dirpath / "last.ckpt"
 
     def save(self, trainer: pl.Trainer) -> None:
+        module: GANModule = trainer.lightning_module
+        if module.diverged_at is not None or not module.parameters_finite():
+            # Keep the last good checkpoint; stop, and let train.py mark the run diverged.
+            module.diverged_at = module.diverged_at if module.diverged_at is not None else module.iteration
+            trainer.should_stop = True
+            return
         tmp = self.last_path.with_suffix(".ckpt.tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; rank 0 writes
         if trainer.is_global_zero:
@@ -66,6 +72,8 @@ class SampleGrid(Callback):
             self.log_samples(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module: GANModule) -> None:
+        if pl_module.diverged_at is not None:
+            return  # NaN weights draw nothing worth seeing
         if self.every <= 0 or pl_module.iteration % self.every != 0:
             self.log_samples(trainer, pl_module)
 

@@ -8,8 +8,10 @@ per batch, Lightning #17958), so ganexp counts iterations itself in
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, Callable
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -106,7 +108,7 @@ class GANModule(pl.LightningModule):
         self.log_dict({"loss/d": values["loss/d"], "loss/g": values["loss/g"]}, prog_bar=True, logger=False)
         self.last_logged = values
         if not (math.isfinite(values["loss/d"]) and math.isfinite(values["loss/g"])):
-            self.diverged_at = self.iteration
+            self.diverged_at = self.iteration + 1  # counted in completed iterations
             self.trainer.should_stop = True
 
     @torch.no_grad()
@@ -121,9 +123,42 @@ class GANModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["iteration"] = self.iteration
+        checkpoint["rng"] = rng_state()  # a resumed run draws the same z, noise and dropout
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.iteration = int(checkpoint.get("iteration", 0))
+        self._rng_to_restore = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        # Restored here, as late as possible: nothing between this and the first batch draws numbers.
+        if getattr(self, "_rng_to_restore", None):
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    def parameters_finite(self) -> bool:
+        """One sync, only when a checkpoint is about to be written."""
+        return bool(torch.stack([p.detach().isfinite().all() for p in self.parameters()]).all())
+
+
+def rng_state() -> dict:
+    """torch / CUDA / numpy / Python RNG states, as tensors and plain types (weights_only-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def _grad_norm(module: nn.Module) -> Tensor:
