@@ -44,6 +44,15 @@ def train(cfg: DictConfig, return_module: bool = False):
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # data is already a device tensor
     check_config(cfg)  # bad values fail here, before anything is built or written
+    out = Path(cfg.paths.output_dir)
+    previous = read_metrics(out)
+    if previous.get("status") == "finished" and not return_module:  # a re-run sweep skips finished jobs
+        log.info("%s already finished; skipping", out)
+        return _monitored(previous)
+    last = out / "checkpoints" / "last.ckpt"
+    if not cfg.ckpt_path and last.is_file():  # ...and resumes unfinished ones where they stopped
+        log.info("resuming from %s", last)
+        cfg.ckpt_path = str(last)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")  # a missing dataset fails here, before the run writes anything
@@ -51,7 +60,6 @@ def train(cfg: DictConfig, return_module: bool = False):
         load_checkpoint(cfg.ckpt_path)  # unreadable or truncated: one line, nothing touched
     module = build_module(cfg)
     trainer = build_trainer(cfg)
-    out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         update_metrics(out, status="running", reason=None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
@@ -66,7 +74,11 @@ def train(cfg: DictConfig, return_module: bool = False):
     if module.diverged_at is not None:
         raise Diverged(f"diverged at iteration {module.diverged_at} (NaN/Inf loss); "
                        f"the last good checkpoint is in {out / 'checkpoints'}")
-    record = read_metrics(out)
+    return _monitored(read_metrics(out))
+
+
+def _monitored(record: dict) -> float | None:
+    """The metric a sweeper optimizes: the best value of `monitor` (else its final value)."""
     monitor = record.get("monitor")
     value = record.get("best", {}).get(monitor, record.get("final", {}).get(monitor))
     return float(value) if value is not None else None
