@@ -46,7 +46,7 @@ def train(cfg: DictConfig, return_module: bool = False):
     check_config(cfg)  # bad values fail here, before anything is built or written
     out = Path(cfg.paths.output_dir)
     previous = read_metrics(out)
-    if previous.get("status") == "finished" and not return_module:  # a re-run sweep skips finished jobs
+    if previous.get("status") == "finished" and not cfg.ckpt_path and not return_module:  # re-run sweeps skip it
         log.info("%s already finished; skipping", out)
         return _monitored(previous)
     last = out / "checkpoints" / "last.ckpt"

@@ -108,6 +108,8 @@ class TensorDataModule(pl.LightningDataModule):
         if trainer is None:
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # saved after a whole epoch: the next starts afresh
+            return {}
         return {"epoch": trainer.current_epoch, "batches_done": done}
 
     def load_state_dict(self, state: dict) -> None:
