@@ -115,3 +115,22 @@ def test_real_mnist_like_datasets(cls, name):
     assert mean == pytest.approx({"MNIST": 0.1307, "FashionMNIST": 0.2860}[name], abs=1e-3)
     images, labels = dm.test_set()
     assert images.shape == (10_000, 1, 28, 28) and images.dtype == torch.uint8 and labels.unique().numel() == 10
+
+
+def test_fashion_mnist_from_debians_gzip_files(tmp_path, monkeypatch):
+    import gzip
+    import shutil
+
+    source = data_dir_with("FashionMNIST")
+    if source is None:
+        pytest.skip("GANEXP_DATA_DIR does not hold FashionMNIST")
+    debian = tmp_path / "debian"  # the layout of Debian's dataset-fashion-mnist package
+    debian.mkdir()
+    for raw in (source / "FashionMNIST" / "raw").iterdir():
+        with open(raw, "rb") as src, gzip.open(debian / f"{raw.name}.gz", "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst)
+    monkeypatch.setattr("ganexp.data.mnist.DEBIAN_FASHION_MNIST", debian)
+    dm = FashionMNISTDataModule(root=str(tmp_path / "root"), download=False, batch_size=100)
+    dm.setup()
+    assert dm.train_data.shape == (60_000, 1, 28, 28)
+    assert (tmp_path / "root" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
