@@ -61,7 +61,7 @@ def train(cfg: DictConfig, return_module: bool = False):
     module = build_module(cfg)
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
-        update_metrics(out, status="running", reason=None)
+        update_metrics(out, status="running", reason=None, diverged_at=None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     if trainer.is_global_zero:
         if module.diverged_at is not None:
