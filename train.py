@@ -98,10 +98,12 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from ganexp.errors import ConfigError
+    from ganexp.launch import job_resources
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return train(cfg)
+        with job_resources(cfg):  # parallel sweeps: a share of the CPU threads, a GPU of its own
+            return train(cfg)
     except (ConfigError, Diverged) as err:
         status, code = ("failed", 2) if isinstance(err, ConfigError) else ("diverged", 3)
         if isinstance(err, ConfigError):
@@ -123,14 +125,18 @@ if __name__ == "__main__":
     import os
 
     from ganexp.errors import ConfigError
+    from ganexp.launch import check_launcher
+    from ganexp.sweep import exit_status
     from ganexp.validate import check_command_line
 
     args = sys.argv[1:]
     hydra_flags = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]
     if not hydra_flags and not os.environ.get("HYDRA_FULL_ERROR"):
         try:  # compose and check every job before Hydra creates a run folder
+            check_launcher(args)
             check_command_line(args, CONF_DIR)
         except ConfigError as err:
             print(f"ganexp: error: {err}", file=sys.stderr)
             sys.exit(2)
     main()
+    sys.exit(exit_status())  # a multirun with a job that did not finish exits 1 (ganexp/sweep.py)

@@ -1,0 +1,331 @@
+"""`python -m ganexp.compare SWEEP_DIR [--metric fid]`: the answer at the end of a sweep.
+
+Reads every job folder under SWEEP_DIR (a folder holding `.hydra/overrides.yaml`), its
+metrics.json (status, reason, `best` / `final` metric dicts, `monitor`) and prints a
+markdown leaderboard, best first, one row per job or, when seeds repeat, one row per
+configuration with mean ± std over its finished seeds. Jobs that failed, diverged or
+never finished come last, with their reason. Writes summary.md, summary.csv (one row
+per job) and summary.png (the metric against each swept parameter) into SWEEP_DIR.
+
+Ranking value of a job: `best[metric]`, else `final[metric]` (what train.py returns to
+sweepers). Runs with no metrics at all (eval=none) fall back to the last logged
+`loss/g` from their TensorBoard files: a loss says little about sample quality, and
+the summary says so.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ganexp.results import read_metrics
+
+try:  # the metrics package knows the direction of every metric it computes
+    from ganexp.metrics.scores import HIGHER_IS_BETTER
+except ImportError:  # pragma: no cover - metrics not installed in this tree
+    HIGHER_IS_BETTER = {"is", "coverage", "precision", "recall", "modes", "hq"}
+
+LOSS_FALLBACK = "loss/g"
+NOT_OVERRIDES = ("hydra.", "paths.", "ckpt_path", "sweep")  # bookkeeping, not a parameter of the run
+FILES = ("summary.md", "summary.csv", "summary.png")
+
+
+@dataclass
+class Job:
+    run: str                     # folder, relative to the sweep folder
+    params: dict[str, str]       # the job's command-line overrides (seed and bookkeeping excluded)
+    seed: int | None
+    status: str                  # finished | failed | diverged | running | no result
+    reason: str = ""
+    iteration: int | None = None
+    best: dict[str, float] = field(default_factory=dict)
+    final: dict[str, float] = field(default_factory=dict)
+    monitor: str | None = None
+    value: float = math.nan      # the ranking value of the chosen metric
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric in HIGHER_IS_BETTER
+
+
+def direction(metric: str) -> str:
+    return "higher is better" if higher_is_better(metric) else "lower is better"
+
+
+def _numbers(record: dict | None) -> dict[str, float]:
+    return {k: float(v) for k, v in (record or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
+    lines = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    params = {}
+    for line in lines:
+        key, _, value = str(line).lstrip("+~").partition("=")
+        if not key.startswith(NOT_OVERRIDES) and key not in ("seed",):
+            params[key] = value
+    config = run_dir / ".hydra" / "config.yaml"
+    seed = (yaml.safe_load(config.read_text()) or {}).get("seed") if config.is_file() else None
+    return params, seed
+
+
+def collect(sweep_dir: str | Path) -> list[Job]:
+    """Every job folder under `sweep_dir`, sorted by folder name."""
+    sweep_dir = Path(sweep_dir)
+    jobs = []
+    for overrides in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
+        run_dir = overrides.parent.parent
+        params, seed = _overrides(run_dir)
+        record = read_metrics(run_dir)
+        jobs.append(Job(run=run_dir.relative_to(sweep_dir).as_posix() or ".", params=params, seed=seed,
+                        status=record.get("status", "no result"), reason=record.get("reason") or "",
+                        iteration=record.get("iteration"), best=_numbers(record.get("best")),
+                        final=_numbers(record.get("final")), monitor=record.get("monitor")))
+    return jobs
+
+
+def last_logged(run_dir: Path, tag: str = LOSS_FALLBACK) -> float:
+    """The last value of a TensorBoard scalar in `run_dir` (NaN when there is none)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1}).Reload()
+    if tag not in events.Tags().get("scalars", []):
+        return math.nan
+    return float(events.Scalars(tag)[-1].value)
+
+
+def choose_metric(jobs: list[Job], metric: str | None) -> str:
+    """--metric, else the metric most runs monitor, else one they all report, else the G loss."""
+    if metric:
+        return metric
+    monitors = [j.monitor for j in jobs if j.monitor]
+    if monitors:
+        return max(set(monitors), key=monitors.count)
+    reported = [m for j in jobs for m in {**j.final, **j.best}]
+    return max(set(reported), key=reported.count) if reported else LOSS_FALLBACK
+
+
+def score(jobs: list[Job], metric: str, sweep_dir: Path) -> None:
+    for job in jobs:
+        value = job.best.get(metric, job.final.get(metric))
+        if value is None and metric == LOSS_FALLBACK and job.finished:
+            value = last_logged(sweep_dir / job.run)
+        job.value = math.nan if value is None else float(value)
+
+
+def swept(jobs: list[Job]) -> list[str]:
+    """The overrides whose value differs between jobs, in command-line order."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.params))
+    return [k for k in keys if len({j.params.get(k) for j in jobs}) > 1]
+
+
+def ranked(rows: list, value, metric: str) -> list:
+    """Rows with a finite value first, best first; the rest after, in their order."""
+    good = [r for r in rows if math.isfinite(value(r))]
+    good.sort(key=value, reverse=higher_is_better(metric))
+    return good + [r for r in rows if not math.isfinite(value(r))]
+
+
+@dataclass
+class Config:
+    params: dict[str, str]
+    jobs: list[Job]
+
+    @property
+    def values(self) -> list[float]:
+        return [j.value for j in self.jobs if j.finished and math.isfinite(j.value)]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+
+def by_config(jobs: list[Job], keys: list[str]) -> list[Config]:
+    groups: dict[tuple, Config] = {}
+    for job in jobs:
+        params = {k: job.params.get(k, "") for k in keys}
+        groups.setdefault(tuple(params.values()), Config(params, [])).jobs.append(job)
+    return list(groups.values())
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "—"
+
+
+def _status(job: Job) -> str:
+    if job.finished:
+        return "finished"
+    reason = job.reason if len(job.reason) <= 80 else job.reason[:77] + "..."
+    return f"**{job.status}**" + (f": {reason}" if reason else "")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+
+
+def job_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
+    show_seed = len({j.seed for j in jobs}) > 1
+    header = ["#", *keys, *(["seed"] if show_seed else []), *([] if keys else ["run"]), metric, "iteration", "status"]
+    rows = []
+    for i, job in enumerate(ranked(jobs, lambda j: j.value if j.finished else math.nan, metric), 1):
+        rank = str(i) if job.finished and math.isfinite(job.value) else "—"
+        rows.append([rank, *(job.params.get(k, "") for k in keys), *([job.seed] if show_seed else []),
+                     *([] if keys else [job.run]), _fmt(job.value), job.iteration if job.iteration is not None else "—",
+                     _status(job)])
+    return _table(header, rows)
+
+
+def config_table(configs: list[Config], keys: list[str], metric: str) -> list[str]:
+    header = ["#", *keys, f"{metric} mean ± std", "seeds finished", "not finished"]
+    rows = []
+    for i, c in enumerate(ranked(configs, lambda c: c.mean, metric), 1):
+        value = f"{_fmt(c.mean)} ± {_fmt(c.std)}" if len(c.values) > 1 else _fmt(c.mean)
+        failed = ", ".join(f"seed {j.seed}: {j.status}" for j in c.jobs if not j.finished) or ""
+        rows.append([str(i) if math.isfinite(c.mean) else "—", *c.params.values(), value,
+                     f"{len(c.values)}/{len(c.jobs)}", failed])
+    return _table(header, rows)
+
+
+@dataclass
+class Summary:
+    sweep_dir: Path
+    metric: str
+    jobs: list[Job]
+    keys: list[str]            # swept parameters
+    markdown: str
+
+    @property
+    def failures(self) -> list[Job]:
+        return [j for j in self.jobs if not j.finished]
+
+    def count_line(self) -> str:
+        if not self.failures:
+            return f"all {len(self.jobs)} jobs finished"
+        kinds = {s: sum(j.status == s for j in self.failures) for s in dict.fromkeys(j.status for j in self.failures)}
+        return (f"{len(self.failures)} of {len(self.jobs)} jobs did not finish ("
+                + ", ".join(f"{n} {s}" for s, n in kinds.items()) + ")")
+
+
+def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
+    sweep_dir = Path(sweep_dir)
+    jobs = collect(sweep_dir)
+    metric = choose_metric(jobs, metric)
+    score(jobs, metric, sweep_dir)
+    keys = swept(jobs)
+    fixed = {k: v for k, v in jobs[0].params.items() if k not in keys} if jobs else {}
+    lines = [f"# Sweep {sweep_dir}", "",
+             f"{len(jobs)} jobs; ranked by **{metric}** ({direction(metric)})"
+             + (", best value during training where recorded, else final" if metric != LOSS_FALLBACK else ""),
+             ]
+    if metric == LOSS_FALLBACK:
+        lines.append("(no metrics in metrics.json: ranked by the last logged generator loss, which says little "
+                     "about sample quality)")
+    if fixed:
+        lines.append("fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
+    configs = by_config(jobs, keys)
+    if len(configs) < len(jobs):  # seeds repeat: one row per configuration
+        lines += ["", "## Per configuration (mean ± std over seeds)", "", *config_table(configs, keys, metric),
+                  "", "## Per job"]
+    lines += ["", *job_table(jobs, keys, metric)]
+    summary = Summary(sweep_dir, metric, jobs, keys, "")
+    summary.markdown = "\n".join(lines + ["", summary.count_line(), ""])
+    return summary
+
+
+def write_csv(summary: Summary, path: Path) -> None:
+    metrics = sorted({m for j in summary.jobs for m in {**j.final, **j.best}})
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["run", *summary.keys, "seed", "status", "reason", "iteration", summary.metric,
+                      *(f"final/{m}" for m in metrics), *(f"best/{m}" for m in metrics)])
+        for job in summary.jobs:
+            out.writerow([job.run, *(job.params.get(k, "") for k in summary.keys), job.seed, job.status, job.reason,
+                          job.iteration, job.value, *(job.final.get(m, "") for m in metrics),
+                          *(job.best.get(m, "") for m in metrics)])
+
+
+def _as_numbers(values: list[str]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        return None
+
+
+def plot(summary: Summary, path: Path) -> bool:
+    """The metric against each swept parameter: one dot per finished job, the mean per value as a line."""
+    done = [j for j in summary.jobs if j.finished and math.isfinite(j.value)]
+    if not done:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = summary.keys or ["run"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        levels = sorted({j.params.get(key, j.run) for j in summary.jobs}, key=lambda v: (_as_numbers([v]) or [0], v))
+        numeric = _as_numbers(levels) if key != "run" else None
+        x_of = dict(zip(levels, numeric if numeric else range(len(levels))))
+        xs = [x_of[j.params.get(key, j.run)] for j in done]
+        ax.plot(xs, [j.value for j in done], "o", alpha=0.6)
+        means = [(x_of[v], statistics.fmean(vals)) for v in levels
+                 if (vals := [j.value for j in done if j.params.get(key, j.run) == v])]
+        ax.plot(*zip(*means), "-", color="black", lw=1, label="mean")
+        failed = [x_of[j.params.get(key, j.run)] for j in summary.failures]
+        if failed:  # a failure at the bottom of the axis, so it is not mistaken for a value
+            ax.plot(failed, [ax.get_ylim()[0]] * len(failed), "x", color="red", label="not finished")
+        if not numeric:
+            ax.set_xticks(range(len(levels)), levels, rotation=30, ha="right")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"{summary.metric} ({direction(summary.metric)})")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{summary.count_line()}", fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(summary: Summary) -> list[Path]:
+    """summary.md, summary.csv and summary.png in the sweep folder; returns the paths written."""
+    md, table, png = (summary.sweep_dir / name for name in FILES)
+    md.write_text(summary.markdown)
+    write_csv(summary, table)
+    return [md, table] + ([png] if plot(summary, png) else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ganexp.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun folder, e.g. outputs/multirun/<date>/<time>")
+    parser.add_argument("--metric", help="rank by this metric (default: the runs' monitored metric)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"ganexp.compare: error: {args.sweep_dir} is not a folder", file=sys.stderr)
+        return 2
+    summary = summarize(args.sweep_dir, args.metric)
+    if not summary.jobs:
+        print(f"ganexp.compare: error: no job folders (with .hydra/overrides.yaml) under {args.sweep_dir}",
+              file=sys.stderr)
+        return 2
+    write(summary)
+    print(summary.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Parallel sweeps on one machine: one job per GPU, CPU threads divided between jobs.
+
+`hydra/launcher=parallel` (conf/hydra/launcher/parallel.yaml) runs jobs in joblib
+worker processes, `n_jobs` at a time: as many as there are GPUs, else CPU cores.
+Inside each job `job_resources` then
+- divides the CPU cores between the concurrent jobs (`torch.set_num_threads`), and
+- on GPUs, takes an exclusive lock on a free GPU for the job's lifetime
+  (`<tmp>/ganexp-gpu-locks/gpu<N>.lock`, machine-wide, so two sweeps on one machine
+  never share a GPU either) and points the job's trainer at it. A job that finds every
+  GPU taken waits for one; a worker that dies releases its lock with its process.
+SLURM (`hydra/launcher=slurm`) gives each task its own GPU itself: nothing to do here.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from ganexp.errors import ConfigError
+
+log = logging.getLogger("ganexp")
+
+# conf/hydra/launcher/<name>.yaml or Hydra's own launcher name → the plugin it needs, and its extra
+PLUGINS = {
+    "parallel": ("hydra_plugins.hydra_joblib_launcher", "parallel"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "parallel"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def parallel_jobs() -> int:
+    """Jobs at a time for `hydra/launcher=parallel`: one per GPU, else one per CPU core."""
+    return visible_gpus() or os.cpu_count() or 1
+
+
+OmegaConf.register_new_resolver("ganexp_parallel_jobs", parallel_jobs, replace=True)
+
+
+def check_launcher(args: list[str]) -> None:
+    """`hydra/launcher=X` whose plugin is not installed: one line that says what to install."""
+    for arg in args:
+        key, _, name = arg.partition("=")
+        if key.lstrip("+") == "hydra/launcher" and name in PLUGINS:
+            module, extra = PLUGINS[name]
+            if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+                raise ConfigError(f"hydra/launcher={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
+                                  f"install it with: pip install -e '.[{extra}]'")
+
+
+def _concurrent_jobs(launcher: DictConfig) -> int:
+    n_jobs = int(launcher.get("n_jobs") or 1)
+    cores = os.cpu_count() or 1
+    return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores, -2 = all but one
+
+
+def _lock_free_gpu(count: int, poll_s: float = 1.0) -> tuple[int, object]:
+    """Index of a GPU no other ganexp job holds, and the open lock file that holds it."""
+    folder = Path(tempfile.gettempdir()) / "ganexp-gpu-locks"
+    folder.mkdir(exist_ok=True)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    physical = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(count)]
+    while True:
+        for index in range(count):
+            handle = open(folder / f"gpu{physical[index]}.lock", "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return index, handle
+            except BlockingIOError:
+                handle.close()
+        time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def job_resources(cfg: DictConfig) -> Iterator[None]:
+    """In a job of a parallel sweep: its share of the CPU threads and a GPU of its own."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    launcher = hydra_cfg.launcher if hydra_cfg is not None else None
+    if launcher is None or "joblib" not in str(launcher.get("_target_", "")):
+        yield
+        return
+    import torch
+
+    jobs = _concurrent_jobs(launcher)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    torch.set_num_threads(threads)
+    held = None
+    gpus = visible_gpus() if str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") else 0
+    if gpus:
+        index, held = _lock_free_gpu(gpus)
+        cfg.trainer.accelerator, cfg.trainer.devices = "gpu", [index]
+    log.info("parallel job %s (pid %d): up to %d jobs at a time, %d torch threads, %s", hydra_cfg.job.num,
+             os.getpid(), jobs, threads, f"GPU {cfg.trainer.devices[0]}" if gpus else "CPU")
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.close()  # closing the file releases the lock
