@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import math
 import statistics
 import sys
@@ -97,6 +98,7 @@ def last_logged(run_dir: Path, tag: str = LOSS_FALLBACK) -> float:
     """The last value of a TensorBoard scalar in `run_dir` (NaN when there is none)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per event file
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1}).Reload()
     if tag not in events.Tags().get("scalars", []):
         return math.nan
@@ -289,12 +291,14 @@ def plot(summary: Summary, path: Path) -> bool:
         failed = [x_of[j.params.get(key, j.run)] for j in summary.failures]
         if failed:  # a failure at the bottom of the axis, so it is not mistaken for a value
             ax.plot(failed, [ax.get_ylim()[0]] * len(failed), "x", color="red", label="not finished")
-        if not numeric:
-            ax.set_xticks(range(len(levels)), levels, rotation=30, ha="right")
+        if numeric and min(numeric) > 0 and max(numeric) >= 4 * min(numeric):
+            ax.set_xscale("log")  # learning rates and other scales
+            ax.minorticks_off()
+        ax.set_xticks(list(x_of.values()), levels, rotation=30, ha="right")  # the values as typed
         ax.set_xlabel(key)
         ax.set_ylabel(f"{summary.metric} ({direction(summary.metric)})")
         ax.legend(fontsize="small")
-    fig.suptitle(f"{summary.count_line()}", fontsize="medium")
+    fig.suptitle(f"{summary.metric} of {summary.sweep_dir.name}: {summary.count_line()}", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

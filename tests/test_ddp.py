@@ -1,0 +1,72 @@
+"""trainer=ddp as a user runs it: two CPU processes (gloo), one run folder, identical weights."""
+import hashlib
+import json
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from tests.conftest import CONF, run_train
+
+pytestmark = pytest.mark.slow
+NO_EVAL = ["eval=none"] if (CONF / "eval" / "none.yaml").is_file() else []  # metrics cost minutes on 2 cores
+ITERATIONS = 4
+
+
+def digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class RankDigest(Callback):
+    """Each rank writes rank<r>.json into the run folder: weight hashes before and after, its first batch's hash."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = {"generator": digest(pl_module.generator), "discriminator": digest(pl_module.discriminator)}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.first_batch = hashlib.sha256(batch.cpu().numpy().tobytes()).hexdigest()
+
+    def on_train_end(self, trainer, pl_module):
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "iteration": pl_module.iteration,
+                  "start": self.start, "first_batch": self.first_batch,
+                  "end": {"generator": digest(pl_module.generator), "discriminator": digest(pl_module.discriminator)}}
+        with open(f"{trainer.default_root_dir}/rank{trainer.global_rank}.json", "w") as f:
+            json.dump(record, f)
+
+
+def test_two_process_ddp_on_cpu_keeps_both_ranks_identical_and_writes_from_rank_0_only(tmp_path):
+    result = run_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+                       f"trainer.limit_train_batches={ITERATIONS}", "trainer.enable_progress_bar=false", "log_every=1",
+                       "ckpt_every=2", "+callbacks.digest._target_=tests.test_ddp.RankDigest", *NO_EVAL,
+                       cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs  # rank 1 was launched into rank 0's folder
+    run = runs[0]
+    ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [r["iteration"] for r in ranks] == [ITERATIONS, ITERATIONS]
+    assert ranks[0]["start"] == ranks[1]["start"]  # DDP broadcast rank 0's initial weights
+    assert ranks[0]["end"] == ranks[1]["end"]  # ...and the all-reduced gradients kept them equal
+    for net in ("generator", "discriminator"):
+        assert ranks[0]["end"][net] != ranks[0]["start"][net]  # they did train
+    assert ranks[0]["first_batch"] != ranks[1]["first_batch"]  # each rank has its own shard of the data
+
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # TensorBoard: rank 0 only
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["iteration"] == ITERATIONS
+    assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
+    rank1_log = run / "train_ddp_process_1.log"  # Hydra's log of the rank-1 process: its own lines only
+    assert not rank1_log.exists() or "GLOBAL_RANK: 1" in rank1_log.read_text() and "Trainer.fit" not in rank1_log.read_text()
+
+
+def test_ddp_with_multirun_is_refused_in_one_line(tmp_path):
+    result = run_train("-m", "trainer=ddp", "optimizer.lr=1e-4,2e-4", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "-m (multirun) with DDP" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
