@@ -52,13 +52,20 @@ def parallel_jobs() -> int:
 OmegaConf.register_new_resolver("ganexp_parallel_jobs", parallel_jobs, replace=True)
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package (hydra_plugins) is missing too
+        return False
+
+
 def check_launcher(args: list[str]) -> None:
     """`hydra/launcher=X` whose plugin is not installed: one line that says what to install."""
     for arg in args:
         key, _, name = arg.partition("=")
         if key.lstrip("+") == "hydra/launcher" and name in PLUGINS:
             module, extra = PLUGINS[name]
-            if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+            if not _installed(module):
                 raise ConfigError(f"hydra/launcher={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
                                   f"install it with: pip install -e '.[{extra}]'")
 
