@@ -60,14 +60,29 @@ def test_parallel_launcher_config_runs_one_job_per_gpu_else_per_core():
     assert cfg.hydra.launcher.n_jobs == (torch.cuda.device_count() or os.cpu_count())
 
 
-def test_slurm_launcher_config_asks_one_gpu_per_task():
+def test_slurm_launcher_config_becomes_an_sbatch_script_with_one_gpu_per_task(tmp_path, monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+    from submitit.slurm.slurm import _make_sbatch_string
+
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.gpus_per_task, launcher.tasks_per_node, launcher.nodes, launcher.partition) == (1, 1, 1, "gpu")
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                          f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    (tmp_path / "srun").write_text("#!/bin/sh\n")  # submitit only checks that srun exists
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    folder, base = params.pop("submitit_folder"), set(OmegaConf.structured(BaseQueueConf))
+    executor = submitit.AutoExecutor(cluster="slurm", folder=folder, slurm_max_num_timeout=params.pop("max_num_timeout"))
+    del params["_target_"]
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})  # as the launcher does
+    script = _make_sbatch_string(command="python train.py", folder=folder, **executor._executor.parameters)
+    for line in ("--gpus-per-task=1", "--ntasks-per-node=1", "--nodes=1", "--partition=gpu", "--time=240"):
+        assert f"#SBATCH {line}\n" in script
+    assert f"--output={tmp_path}/.submitit/" in script
 
 
 def test_a_launcher_whose_plugin_is_missing_says_what_to_install(monkeypatch):
