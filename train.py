@@ -126,7 +126,7 @@ if __name__ == "__main__":
 
     from ganexp.errors import ConfigError
     from ganexp.launch import check_launcher
-    from ganexp.sweep import exit_status
+    from ganexp.sweep import exit_status, with_grid
     from ganexp.validate import check_command_line
 
     args = sys.argv[1:]
@@ -134,7 +134,7 @@ if __name__ == "__main__":
     if not hydra_flags and not os.environ.get("HYDRA_FULL_ERROR"):
         try:  # compose and check every job before Hydra creates a run folder
             check_launcher(args)
-            check_command_line(args, CONF_DIR)
+            check_command_line(with_grid(args, CONF_DIR), CONF_DIR)
         except ConfigError as err:
             print(f"ganexp: error: {err}", file=sys.stderr)
             sys.exit(2)

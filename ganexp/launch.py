@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from ganexp.errors import ConfigError
 
 log = logging.getLogger("ganexp")
+GPU_LOCKS = Path(tempfile.gettempdir()) / "ganexp-gpu-locks"  # machine-wide: two sweeps never share a GPU either
 
 # conf/hydra/launcher/<name>.yaml or Hydra's own launcher name → the plugin it needs, and its extra
 PLUGINS = {
@@ -76,9 +77,8 @@ def _concurrent_jobs(launcher: DictConfig) -> int:
     return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores, -2 = all but one
 
 
-def _lock_free_gpu(count: int, poll_s: float = 1.0) -> tuple[int, object]:
-    """Index of a GPU no other ganexp job holds, and the open lock file that holds it."""
-    folder = Path(tempfile.gettempdir()) / "ganexp-gpu-locks"
+def lock_free_gpu(count: int, folder: Path = GPU_LOCKS, poll_s: float = 1.0) -> tuple[int, object]:
+    """Index of a visible GPU no other ganexp job holds, and the open lock file that holds it (close it to release)."""
     folder.mkdir(exist_ok=True)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     physical = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(count)]
@@ -111,9 +111,10 @@ def job_resources(cfg: DictConfig) -> Iterator[None]:
     held = None
     gpus = visible_gpus() if str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") else 0
     if gpus:
-        index, held = _lock_free_gpu(gpus)
+        index, held = lock_free_gpu(gpus, GPU_LOCKS)
         cfg.trainer.accelerator, cfg.trainer.devices = "gpu", [index]
-    log.info("parallel job %s (pid %d): up to %d jobs at a time, %d torch threads, %s", hydra_cfg.job.num,
+    log.info("parallel job %s (pid %d): up to %d jobs at a time, %d torch threads, %s",
+             OmegaConf.select(hydra_cfg, "job.num", default="?"),
              os.getpid(), jobs, threads, f"GPU {cfg.trainer.devices[0]}" if gpus else "CPU")
     try:
         yield

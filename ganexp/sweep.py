@@ -44,6 +44,23 @@ class SweepSummary(Callback):
         print(f"ganexp: {line}", file=sys.stderr if summary.failures else sys.stdout, flush=True)
 
 
+def with_grid(args: list[str], conf_dir: Path, config_name: str = "train") -> list[str]:
+    """A multirun command line plus the grid its config declares (hydra.sweeper.params, e.g. from a
+    conf/sweep/ file) as sweep overrides, so that every job of a ready-made sweep is checked up front."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in args if not a.startswith("-")]
+    if not any(a in ("-m", "--multirun") for a in args):
+        return args
+    try:
+        with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
+            params = compose(config_name, overrides=overrides, return_hydra_config=True).hydra.sweeper.get("params")
+    except Exception:  # noqa: BLE001 - a bad command line: check_command_line says what is wrong with it
+        return args
+    given = {a.split("=", 1)[0].lstrip("+~") for a in overrides}  # the command line wins, as in Hydra
+    return args + [f"{key}={value}" for key, value in (params or {}).items() if key not in given]
+
+
 def exit_status() -> int:
     """0 unless the last multirun in this process had a job that did not finish (then 1)."""
     return 1 if _unfinished else 0

@@ -204,3 +204,51 @@ def test_parallel_launcher_runs_two_jobs_at_once_with_the_cpu_threads_divided(tm
     assert [a["threads"] for a in arrivals] == [expected_threads] * 2
     assert sorted(statuses(sweep_dir).values()) == ["finished", "finished"]
     assert len(summary_rows(sweep_dir)) == 2
+
+
+def test_gpu_locks_give_each_job_a_gpu_of_its_own_and_wait_when_all_are_taken(tmp_path, monkeypatch):
+    import threading
+
+    from ganexp.launch import lock_free_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # lock names are physical ids: other masks see the same locks
+    first, held_first = lock_free_gpu(2, tmp_path)
+    second, held_second = lock_free_gpu(2, tmp_path)
+    assert (first, second) == (0, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu3.lock", "gpu5.lock"]
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(lock_free_gpu(2, tmp_path, poll_s=0.02)))
+    waiter.start()
+    time.sleep(0.3)
+    assert not got  # both GPUs taken: the third job waits
+    held_second.close()  # the second job ends
+    waiter.join(timeout=5)
+    assert got and got[0][0] == 1
+    held_first.close(), got[0][1].close()
+
+
+def test_parallel_jobs_on_two_gpus_get_one_each_and_half_the_cpu_threads(tmp_path, monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from hydra.core.hydra_config import HydraConfig
+
+    import ganexp.launch as launch
+
+    monkeypatch.setattr(launch, "visible_gpus", lambda: 2)
+    monkeypatch.setattr(launch, "GPU_LOCKS", tmp_path)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        jobs = [compose("train", overrides=["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"],
+                        return_hydra_config=True) for _ in range(2)]
+    previous, threads = HydraConfig.instance().cfg, torch.get_num_threads()
+    HydraConfig.instance().set_config(jobs[0])  # as in a job of the sweep
+    try:
+        with launch.job_resources(jobs[0]), launch.job_resources(jobs[1]):  # two jobs at once
+            assert [(j.trainer.accelerator, list(j.trainer.devices)) for j in jobs] == [("gpu", [0]), ("gpu", [1])]
+            assert torch.get_num_threads() == 4
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu0.lock", "gpu1.lock"]
+        with launch.job_resources(jobs[1]):  # the locks went with the jobs
+            assert list(jobs[1].trainer.devices) == [0]
+    finally:
+        torch.set_num_threads(threads)
+        HydraConfig.instance().cfg = previous
