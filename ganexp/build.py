@@ -43,5 +43,7 @@ def build_module(cfg: DictConfig) -> GANModule:
 
 def build_trainer(cfg: DictConfig):
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if cfg.get("eval"):  # eval=none switches metrics off
+        callbacks.append(instantiate(cfg.eval))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

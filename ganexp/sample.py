@@ -61,8 +61,9 @@ def generate(path: str | Path, n: int, seed: int = 0) -> tuple[torch.Tensor, dic
 
 
 def to_uint8(images: torch.Tensor, value_range) -> np.ndarray:
-    lo, hi = value_range
-    images = ((images.clamp(lo, hi) - lo) / (hi - lo) * 255).round().to(torch.uint8)
+    from ganexp.metrics.evaluator import quantize
+
+    images = quantize(images, value_range)
     return (images[:, 0] if images.shape[1] == 1 else images).numpy()
 
 

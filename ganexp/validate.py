@@ -29,6 +29,10 @@ RULES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("image_every", _INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
     ("ckpt_every", _INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
     ("n_fixed", _INT, lambda v: v >= 1, "an integer >= 1"),
+    ("eval_every", _INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
+    ("eval.n", _INT, lambda v: v >= 10, "an integer >= 10 (the default is 2000)"),
+    ("eval.n_final", _INT, lambda v: v >= 10, "an integer >= 10 (the default is 10000)"),
+    ("eval.batch_size", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("noise.latent_dim", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("noise.instance_sigma", _FLOAT, lambda v: v >= 0, "a number >= 0 (0 = off)"),
     ("noise.instance_sigma_min", _FLOAT, lambda v: v >= 0, "a number >= 0"),
@@ -40,6 +44,8 @@ RULES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("optimizer.d.lr", _FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
     ("trainer.max_epochs", _INT, lambda v: v >= 1 or v == -1, "an integer >= 1 (or -1: no limit)"),
 ]
+IMAGE_METRICS = ("fid", "kid", "is", "coverage", "class_kl", "precision", "recall")
+TOY_METRICS = ("swd", "modes", "hq", "residual")
 CHOICES = {"noise.prior": PRIORS, "noise.anneal": ANNEALS, "loss.name": tuple(LOSSES)}
 
 
@@ -68,6 +74,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"loss.label_smoothing={loss.label_smoothing} has no meaning for loss={loss.name} "
                           "(it has no targets); drop it or use loss=nonsaturating, minimax or lsgan")
     shape = list(cfg.data.shape)
+    monitor = OmegaConf.select(cfg, "eval.monitor", default="auto")
+    allowed = TOY_METRICS if len(shape) == 1 else IMAGE_METRICS
+    if monitor != "auto" and monitor not in allowed:
+        raise ConfigError(f"eval.monitor={monitor} is not a metric of this data; choose auto or one of {', '.join(allowed)}")
     if "dcgan" in str(cfg.model.generator.get("_target_", "")) and len(shape) != 3:
         raise ConfigError(f"model=dcgan needs images, but the data is {shape}-shaped; "
                           "use model=toy_mlp or model=mlp with data=toy")

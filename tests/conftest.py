@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,18 @@ from hydra import compose, initialize_config_dir
 
 import train  # noqa: F401  (registers the ganexp_run_dir resolver)
 
+# Domain classifiers train into a cache of this test session's own (digits: seconds), unless
+# GANEXP_CACHE_DIR names one already (keeps MNIST's ~2 minutes of training between sessions).
+os.environ.setdefault("GANEXP_CACHE_DIR", tempfile.mkdtemp(prefix="ganexp-cache-"))
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FAST = [
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "trainer.max_epochs=1",
+    "eval.n=200",
+    "eval.n_final=500",
 ]
 
 

@@ -67,6 +67,8 @@ def scale_unit(x: Tensor, value_range: Sequence[float] | None) -> Tensor:
 class TensorDataModule(pl.LightningDataModule):
     """Subclasses implement `load()` → (train tensor as float32, labels or None)."""
 
+    metrics_name: str | None = None  # which ganexp.metrics evaluator scores samples of this data
+
     def __init__(self, batch_size: int, seed: int = 0, shape: Sequence[int] = (), value_range=(-1, 1)):
         super().__init__()
         if int(batch_size) < 1:

@@ -8,6 +8,8 @@ from ganexp.data.base import TensorDataModule, scale_unit
 
 
 class DigitsDataModule(TensorDataModule):
+    metrics_name = "digits"
+
     def load(self):
         digits = load_digits()
         images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # pixel values are 0..16

@@ -32,6 +32,7 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 class MNISTDataModule(TensorDataModule):
     dataset_cls = torchvision.datasets.MNIST
+    metrics_name = "mnist"
 
     def __init__(self, root: str = "./data", download: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -75,6 +76,7 @@ class MNISTDataModule(TensorDataModule):
 
 class FashionMNISTDataModule(MNISTDataModule):
     dataset_cls = torchvision.datasets.FashionMNIST
+    metrics_name = "fashion_mnist"
 
     def _fill_from_system(self) -> None:
         for target in self.raw_files:

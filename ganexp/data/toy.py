@@ -40,6 +40,8 @@ def mode_centers(dist: str) -> tuple[Tensor, float]:
 
 
 class ToyDataModule(TensorDataModule):
+    metrics_name = "toy"
+
     def __init__(self, dist: str = "ring", n: int = 10_000, standardize: bool = True, **kwargs):
         super().__init__(**kwargs)
         if dist not in DISTRIBUTIONS:

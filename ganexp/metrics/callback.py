@@ -1,0 +1,138 @@
+"""Metrics during training: every `every` iterations on `n` samples, at the end on `n_final`.
+
+- TensorBoard: `metrics/<name>` on the iteration axis; at the end the HParams entry
+  (flattened config + final metrics as `hparams/<name>`), so runs line up side by side.
+- `checkpoints/best.ckpt`: the weights with the best `monitor` value seen during training.
+- metrics.json: `final` and `best` (both scored on `n_final` samples, so they compare),
+  `best_iteration`, `monitor`, `protocol` (with the real-vs-real floors).
+Only rank 0 evaluates; evaluation runs under a forked RNG, so it never changes training.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from ganexp.metrics.evaluator import Evaluator, quantize
+from ganexp.metrics.scores import better
+from ganexp.results import update_metrics
+
+log = logging.getLogger("ganexp")
+EVAL_SEED = 1234  # the same latent sample at every evaluation, so curves move only with G
+
+
+class EvalCallback(Callback):
+    def __init__(self, dirpath: str, every: int = 1000, n: int = 2000, n_final: int = 10_000,
+                 monitor: str = "auto", batch_size: int = 1000):
+        self.dirpath, self.every, self.n, self.n_final = Path(dirpath), int(every), int(n), int(n_final)
+        self.monitor, self.batch_size = monitor, int(batch_size)
+        self.best_value: float | None = None
+        self.best_iteration: int | None = None
+        self.evaluator: Evaluator | None = None
+
+    @property
+    def best_path(self) -> Path:
+        return self.dirpath / "checkpoints" / "best.ckpt"
+
+    def state_dict(self) -> dict:  # a resumed run keeps its best
+        return {"best_value": self.best_value, "best_iteration": self.best_iteration}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_value, self.best_iteration = state.get("best_value"), state.get("best_iteration")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        if getattr(trainer.datamodule, "metrics_name", None) is None:
+            log.warning("no metrics for %s (no labelled classifier); eval is off", type(trainer.datamodule).__name__)
+            return
+        self.evaluator = Evaluator.for_datamodule(trainer.datamodule, device=pl_module.device, log=log.info)
+        if self.monitor == "auto":
+            self.monitor = self.evaluator.monitor
+        protocol = self.evaluator.protocol(n_eval=self.n, n_final=self.n_final, eval_every=self.every,
+                                           floor=self.evaluator.floor(self.n_final),  # the scale of final/best
+                                           floor_eval=self.evaluator.floor(self.n))  # of the metrics/ curves
+        update_metrics(self.dirpath, monitor=self.monitor, protocol=protocol)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.evaluator is None or self.every <= 0 or pl_module.iteration % self.every:
+            return
+        scores = self.evaluate(pl_module.generator, pl_module, self.n)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({f"metrics/{k}": v for k, v in scores.items()}, step=pl_module.iteration)
+        value = scores.get(self.monitor, math.nan)
+        if better(self.monitor, value, self.best_value):
+            self.best_value, self.best_iteration = value, pl_module.iteration
+            self._save_best(pl_module)
+        log.info("iteration %d: %s", pl_module.iteration, _fmt(scores))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.evaluator is None or pl_module.diverged_at is not None:
+            return  # a diverged generator's samples score nothing worth recording
+        final = self.evaluate(pl_module.generator, pl_module, self.n_final)
+        best, best_iteration = final, pl_module.iteration
+        if self.best_iteration is not None and self.best_path.is_file() and self.best_iteration != pl_module.iteration:
+            best_g = copy.deepcopy(pl_module.generator)
+            state = torch.load(self.best_path, map_location=pl_module.device, weights_only=True)["state_dict"]
+            best_g.load_state_dict({k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")})
+            best, best_iteration = self.evaluate(best_g, pl_module, self.n_final), self.best_iteration
+            if not better(self.monitor, best.get(self.monitor, math.nan), final.get(self.monitor)):
+                best, best_iteration = final, pl_module.iteration  # on n_final samples the last one wins
+                self.best_value, self.best_iteration = final.get(self.monitor), pl_module.iteration
+                self._save_best(pl_module)
+        update_metrics(self.dirpath, final=final, best=best, best_iteration=best_iteration)
+        log.info("final (%d samples): %s", self.n_final, _fmt(final))
+        if trainer.logger is not None and hasattr(trainer.logger, "log_hyperparams"):
+            trainer.logger.log_hyperparams(flat_hparams(pl_module.hparams), {f"hparams/{k}": v for k, v in final.items()})
+
+    def evaluate(self, generator, pl_module, n: int) -> dict[str, float]:
+        """Scores of n samples of `generator` on a fixed latent sample; training's RNG is untouched."""
+        was_training = generator.training
+        generator.eval()
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                torch.manual_seed(EVAL_SEED)
+                z = pl_module.prior.sample(n, generator=torch.Generator().manual_seed(EVAL_SEED))
+                samples = torch.cat([generator(c.to(pl_module.device)) for c in z.split(self.batch_size)])
+                if samples.dim() == 4:
+                    samples = quantize(samples, pl_module.trainer.datamodule.value_range)
+                return self.evaluator.score(samples.cpu())
+        finally:
+            generator.train(was_training)
+
+    def _save_best(self, pl_module) -> None:
+        """Weights + config (what sample / evaluate need), written atomically by rank 0 alone."""
+        self.best_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.best_path.with_suffix(".ckpt.tmp")
+        torch.save({"state_dict": pl_module.state_dict(), "hyper_parameters": dict(pl_module.hparams),
+                    "iteration": pl_module.iteration, self.monitor: self.best_value}, tmp)
+        os.replace(tmp, self.best_path)
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
+    """Nested config → {"a.b": value} with one scalar type per key (TensorBoard HParams needs it):
+    lists become strings, None becomes "none"; hydra and path keys, which differ per run, are left out."""
+    flat: dict = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name in ("paths", "hydra", "ckpt_path") or key in ("root", "dirpath", "save_dir", "default_root_dir"):
+            continue
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}."))
+        elif value is None:
+            flat[name] = "none"
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _fmt(scores: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4g}" for k, v in scores.items())

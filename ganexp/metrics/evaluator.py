@@ -1,0 +1,106 @@
+"""Evaluator: scores generated samples against one dataset's test split, with the protocol recorded.
+
+Images: the domain classifier's features of generated images (quantized to uint8 like
+the real ones) against the whole test split. Toy 2-D data: exact scores against fresh
+samples of the true distribution, in the standardized space the model sees (`swd`) and
+in data units (`modes`, `hq` for ring / grid; `residual` for quadratic).
+
+The real-vs-real floor scores n real *train* images (or fresh toy points) exactly as a
+generator's n samples are scored: the value a perfect generator would get.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import ganexp
+from ganexp.data.toy import mode_centers, sample_toy
+from ganexp.errors import ConfigError
+from ganexp.metrics.classifier import LABELLED, load_classifier, load_split
+from ganexp.metrics.scores import (HIGHER_IS_BETTER, LOWER_IS_BETTER, image_scores, mode_scores,
+                                   quadratic_residual, sliced_wasserstein)
+
+METRICS = tuple(sorted(LOWER_IS_BETTER | HIGHER_IS_BETTER))
+
+
+def quantize(images: Tensor, value_range) -> Tensor:
+    """Generator output in `value_range` → uint8 [N, C, H, W], as real images are stored."""
+    lo, hi = value_range or (-1.0, 1.0)
+    return ((images.float().clamp(lo, hi) - lo) / (hi - lo) * 255).round().to(torch.uint8)
+
+
+class Evaluator:
+    def __init__(self, dataset: str, root=None, toy=None, device="cpu", log=print):
+        self.dataset, self.toy, self.device = dataset, toy, torch.device(device)
+        if dataset == "toy":
+            self.monitor = "swd"
+            self.info = {"dataset": f"toy/{toy.dist}", "split": "fresh samples of the true distribution"}
+            return
+        if dataset not in LABELLED:
+            raise ConfigError(f"no metrics for data '{dataset}': they need a labelled dataset "
+                              f"({', '.join(LABELLED)}) or toy data; set eval=none")
+        self.monitor = "fid"
+        self.classifier, clf = load_classifier(dataset, root=root, log=log)
+        self.classifier.to(self.device)
+        self.root = root
+        test_images, self.test_labels = load_split(dataset, train=False, root=root)
+        self.real_features, self.real_logits = self.classifier.embed(test_images)
+        self.info = {
+            "dataset": dataset, "split": "test", "n_real": len(test_images),
+            "classifier": {"sha256": clf["sha256"], "test_accuracy": clf["test_accuracy"], "arch": clf["arch"]},
+        }
+        self._train_images: Tensor | None = None
+
+    @classmethod
+    def for_datamodule(cls, datamodule, device="cpu", log=print) -> Evaluator:
+        name = getattr(datamodule, "metrics_name", None)
+        if name is None:
+            raise ConfigError(f"no metrics for {type(datamodule).__name__}: they need a labelled dataset "
+                              f"({', '.join(LABELLED)}) or toy data; set eval=none")
+        root = getattr(datamodule, "root", None)
+        return cls(name, root=root, toy=datamodule if name == "toy" else None, device=device, log=log)
+
+    def score(self, samples: Tensor) -> dict[str, float]:
+        """Scores of generated samples: uint8 images [N, C, H, W], or toy points [N, 2] as the model outputs them."""
+        if self.dataset == "toy":
+            return self._toy_scores(samples.detach().float().cpu())
+        if samples.dtype != torch.uint8:
+            raise ConfigError("images to score must be uint8 (use quantize())")
+        shape = tuple(self.classifier.shape)
+        if tuple(samples.shape[1:]) != shape:
+            raise ConfigError(f"samples are {list(samples.shape[1:])}-shaped but {self.dataset} images are {list(shape)}")
+        features, logits = self.classifier.embed(samples)
+        return image_scores(self.real_features, self.real_logits, features, logits)
+
+    def floor(self, n: int) -> dict[str, float]:
+        """The real-vs-real floor: n real samples not in the reference, scored like generated ones
+        (digits has 1,437 train images: its floor uses at most that many)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            if self.dataset == "toy":
+                return self._toy_scores(self._fresh_toy(n, seed=2))
+            if self._train_images is None:
+                self._train_images, _ = load_split(self.dataset, train=True, root=self.root)
+            pick = torch.randperm(len(self._train_images))[:n]
+            return self.score(self._train_images[pick])
+
+    def protocol(self, **counts: int) -> dict:
+        """What a number means: dataset, split, sample counts, classifier hash and accuracy, versions."""
+        import torchmetrics
+
+        return {**self.info, **counts, "ganexp": ganexp.__version__, "torchmetrics": torchmetrics.__version__}
+
+    # toy data ---------------------------------------------------------------
+    def _fresh_toy(self, n: int, seed: int) -> Tensor:
+        points, _ = sample_toy(self.toy.dist, n, torch.Generator().manual_seed(10_000 + seed))
+        return (points - self.toy.mean) / self.toy.std if self.toy.standardize else points
+
+    def _toy_scores(self, points: Tensor) -> dict[str, float]:
+        scores = {"swd": sliced_wasserstein(points, self._fresh_toy(len(points), seed=1))}
+        data_units = points * self.toy.std + self.toy.mean if self.toy.standardize else points
+        if self.toy.dist == "quadratic":
+            scores["residual"] = quadratic_residual(data_units)
+        else:
+            centers, sigma = mode_centers(self.toy.dist)
+            scores.update(mode_scores(data_units, centers, sigma))
+        return scores
