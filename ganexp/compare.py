@@ -94,7 +94,7 @@ def collect(sweep_dir: str | Path) -> list[Job]:
     return jobs
 
 
-def last_logged(run_dir: Path, tag: str = LOSS_FALLBACK) -> float:
+def last_logged(run_dir: Path, tag: str) -> float:
     """The last value of a TensorBoard scalar in `run_dir` (NaN when there is none)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -106,21 +106,21 @@ def last_logged(run_dir: Path, tag: str = LOSS_FALLBACK) -> float:
 
 
 def choose_metric(jobs: list[Job], metric: str | None) -> str:
-    """--metric, else the metric most runs monitor, else one they all report, else the G loss."""
+    """--metric, else the metric most runs monitor, else the one most runs report, else the G loss."""
     if metric:
         return metric
     monitors = [j.monitor for j in jobs if j.monitor]
     if monitors:
-        return max(set(monitors), key=monitors.count)
+        return max(sorted(set(monitors)), key=monitors.count)
     reported = [m for j in jobs for m in {**j.final, **j.best}]
-    return max(set(reported), key=reported.count) if reported else LOSS_FALLBACK
+    return max(sorted(set(reported)), key=reported.count) if reported else LOSS_FALLBACK
 
 
 def score(jobs: list[Job], metric: str, sweep_dir: Path) -> None:
     for job in jobs:
         value = job.best.get(metric, job.final.get(metric))
-        if value is None and metric == LOSS_FALLBACK and job.finished:
-            value = last_logged(sweep_dir / job.run)
+        if value is None and metric.startswith("loss/") and job.finished:  # from its TensorBoard files
+            value = last_logged(sweep_dir / job.run, metric)
         job.value = math.nan if value is None else float(value)
 
 
@@ -231,11 +231,11 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
     fixed = {k: v for k, v in jobs[0].params.items() if k not in keys} if jobs else {}
     lines = [f"# Sweep {sweep_dir}", "",
              f"{len(jobs)} jobs; ranked by **{metric}** ({direction(metric)})"
-             + (", best value during training where recorded, else final" if metric != LOSS_FALLBACK else ""),
+             + (", best value during training where recorded, else final" if not metric.startswith("loss/") else ""),
              ]
-    if metric == LOSS_FALLBACK:
-        lines.append("(no metrics in metrics.json: ranked by the last logged generator loss, which says little "
-                     "about sample quality)")
+    if metric.startswith("loss/"):
+        lines.append(f"(ranked by the last logged {metric}: a loss says little about sample quality; "
+                     "runs with eval on record fid and friends in metrics.json)")
     if fixed:
         lines.append("fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
     configs = by_config(jobs, keys)

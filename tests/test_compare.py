@@ -107,7 +107,7 @@ def test_runs_without_metrics_fall_back_to_the_last_logged_generator_loss(tmp_pa
             for step, loss in enumerate(losses):
                 writer.add_scalar("loss/g", loss, step)
     summary = compare.summarize(tmp_path)
-    assert summary.metric == "loss/g" and "says little about sample quality" in summary.markdown
+    assert summary.metric == "loss/g" and "a loss says little about sample quality" in summary.markdown
     assert [(j.params["optimizer.lr"], round(j.value, 4)) for j in compare.ranked(summary.jobs, lambda j: j.value, "loss/g")] \
         == [("2e-4", 0.65), ("1e-4", 0.7)]
 
