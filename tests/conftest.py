@@ -22,14 +22,14 @@ FAST = [
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "trainer.max_epochs=1",
-    "eval.n=200",
-    "eval.n_final=500",
 ]
+SMALL_EVAL = ["eval.n=200", "eval.n_final=500"]  # when metrics are on
 
 
 def make_cfg(out: Path, *overrides: str):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={out}", *FAST, *overrides])
+        small = [] if "eval=none" in overrides else SMALL_EVAL
+        return compose("train", overrides=[f"paths.output_dir={out}", *FAST, *small, *overrides])
 
 
 def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
