@@ -252,3 +252,15 @@ def test_parallel_jobs_on_two_gpus_get_one_each_and_half_the_cpu_threads(tmp_pat
     finally:
         torch.set_num_threads(threads)
         HydraConfig.instance().cfg = previous
+
+
+def test_every_job_of_a_ready_made_grid_is_checked_before_the_sweep_starts():
+    from ganexp.errors import ConfigError
+    from ganexp.sweep import with_grid
+    from ganexp.validate import check_command_line
+
+    args = ["-m", f"{SWEEP_GROUP}=lr_smoothing_noise", "seed=0,1", "optimizer.lr=0.1"]
+    assert with_grid(args, CONF) == [*args, "loss.label_smoothing=0,0.1", "noise.instance_sigma=0,0.1"]  # CLI wins
+    assert with_grid(args[1:], CONF) == args[1:]  # not a multirun
+    with pytest.raises(ConfigError, match="has no meaning for loss=hinge"):
+        check_command_line(with_grid(["-m", f"{SWEEP_GROUP}=losses", "loss.label_smoothing=0.1"], CONF), CONF)
