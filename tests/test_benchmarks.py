@@ -1,0 +1,61 @@
+"""The benchmarks run from a fresh clone and print what BENCHMARKS.md quotes. No timed assertions:
+speed depends on the machine and its load; these tests check the fields and their consistency."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
+
+
+def run_script(*args: str, timeout: int = 600) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def field(pattern: str, text: str) -> float:
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"no line matching {pattern!r} in:\n{text}"
+    return float(match.group(1))
+
+
+@pytest.mark.slow
+def test_bench_overhead_prints_medians_ratio_and_data_share():
+    out = run_script("benchmarks/bench_overhead.py", "--data", "digits", "--batch", "32", "--iters", "6",
+                     "--warmup", "2", "--rounds", "2", "model.generator.hidden=[16]",
+                     "model.discriminator.hidden=[16]", "optimizer.fused=true")
+    assert re.search(r"^device: cpu: .+, \d+ cores, \d+ torch threads$", out, re.MULTILINE), out
+    assert re.search(r"^versions: torch \S+, lightning \S+, python \S+$", out, re.MULTILINE), out
+    assert "config: model=mlp data=digits batch_size=32 model.generator.hidden=[16]" in out
+    assert len(re.findall(r"^round \d: \(a\) lightning .* \(b\) plain .* ratio ", out, re.MULTILINE)) == 2
+    med_a = field(rf"^median \(a\) lightning: {NUMBER} it/s", out)
+    med_b = field(rf"^median \(b\) plain: {NUMBER} it/s", out)
+    ratio = field(rf"^ratio \(a\)/\(b\): {NUMBER}", out)
+    assert med_a > 0 and med_b > 0
+    assert ratio == pytest.approx(med_a / med_b, rel=0.01, abs=0.002)  # printed with 3 decimals
+    share_a = field(rf"^data share \(a\): {NUMBER} %", out)
+    share_b = field(rf"^data share \(b\): {NUMBER} %", out)
+    assert 0 <= share_a < 100 and 0 <= share_b < 100
+    assert re.search(r"^load before: .+ \(1/5/15 min\)$", out, re.MULTILINE)
+
+
+def test_bench_overhead_refuses_more_iterations_than_one_epoch():
+    done = subprocess.run([sys.executable, "benchmarks/bench_overhead.py", "--data", "digits", "--batch", "100",
+                           "--iters", "100"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "more than one epoch of digits (17)" in done.stderr
+
+
+@pytest.mark.slow
+def test_startup_prints_the_median_of_its_runs():
+    out = run_script("benchmarks/startup.py", "--runs", "1", "trainer.accelerator=cpu", "eval=none")
+    seconds = field(rf"start-up of python train.py trainer.accelerator=cpu eval=none: median {NUMBER} s", out)
+    runs = re.search(r"\(runs: ([0-9.]+);", out)
+    assert runs and float(runs.group(1)) == pytest.approx(seconds, abs=0.01)
+    assert 0 < seconds < 600
