@@ -68,6 +68,19 @@ def load_data(cfg):
     return datamodule
 
 
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)  # no "GPU available: …" banner every round
+
+
+@contextlib.contextmanager
+def quiet():
+    """The progress bar still draws (its cost counts), into /dev/null."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -122,8 +135,7 @@ def lightning_round(cfg, module, datamodule, warmup: int, device: torch.device) 
     trainer.profiler = fetch = FetchTimer()  # replaces the default PassThroughProfiler (which does nothing)
     clock = IterationClock(warmup, fetch, device)
     trainer.callbacks.append(clock)
-    quiet = open(os.devnull, "w")
-    with quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):  # the bar still draws
+    with quiet():
         trainer.fit(module, datamodule=datamodule)
     return clock.result()
 
@@ -235,10 +247,6 @@ def main(argv: list[str] | None = None) -> float:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # no "GPU available: …" banner every round
     data, n_batches = args.data, args.warmup + args.iters
 
     with tempfile.TemporaryDirectory(prefix="ganexp-bench-") as out:

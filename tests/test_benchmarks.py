@@ -59,3 +59,13 @@ def test_startup_prints_the_median_of_its_runs():
     runs = re.search(r"\(runs: ([0-9.]+);", out)
     assert runs and float(runs.group(1)) == pytest.approx(seconds, abs=0.01)
     assert 0 < seconds < 600
+
+
+@pytest.mark.slow
+def test_host_reads_counts_reads_per_iteration_by_call_site():
+    out = run_script("benchmarks/host_reads.py", "--iters", "20", "log_every=10")
+    per_iteration = field(rf"^host reads per iteration: {NUMBER} \(target 0.100 = 1/log_every; 20 iterations", out)
+    sites = [float(n) for n in re.findall(rf"^  {NUMBER}/iteration  \S+ at \S+:\d+$", out, re.MULTILINE)]
+    assert sites and sum(sites) == pytest.approx(per_iteration, abs=0.002)
+    # GANModule's own read: one .tolist() every log_every iterations, 2 of the 20 counted
+    assert re.search(r"^  0\.100/iteration  tolist at .*ganexp/module\.py:\d+$", out, re.MULTILINE), out
