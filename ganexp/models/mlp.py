@@ -20,10 +20,13 @@ def output_layer(out_range: Sequence[float] | None) -> nn.Module:
     return {(-1.0, 1.0): nn.Tanh, (0.0, 1.0): nn.Sigmoid}[tuple(map(float, out_range))]()
 
 
-def _stack(sizes: Sequence[int], activation: str, slope: float, dropout: float) -> list[nn.Module]:
+def _stack(sizes: Sequence[int], activation: str, slope: float, dropout: float,
+           linear_last: bool = False) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation](slope)]
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if not (linear_last and i == len(sizes) - 2):
+            layers.append(ACTIVATIONS[activation](slope))
         if dropout:
             layers.append(nn.Dropout(dropout))
     return layers
@@ -57,13 +60,18 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """x → hidden… → 1 logit. `features(x)` is the last hidden layer (2-d in `toy_mlp`)."""
+    """x → hidden… → 1 logit. `features(x)` is the last hidden layer (2-d in `toy_mlp`).
+
+    `linear_features`: no activation after the last hidden layer, as in seed 002, whose
+    2-unit feature layer is a plain dense layer (`h3 = dense(h2, 2)`).
+    """
 
     def __init__(self, in_shape: Sequence[int], hidden: Sequence[int] = (1024, 512, 256),
                  activation: str = "leaky_relu", slope: float = 0.2, dropout: float = 0.3,
-                 init: str = "default"):
+                 init: str = "default", linear_features: bool = False):
         super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), *_stack([math.prod(in_shape), *hidden], activation, slope, dropout))
+        sizes = [math.prod(in_shape), *hidden]
+        self.body = nn.Sequential(nn.Flatten(), *_stack(sizes, activation, slope, dropout, linear_features))
         self.head = nn.Linear(hidden[-1], 1)
         _init(self, init)
 

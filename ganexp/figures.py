@@ -1,0 +1,162 @@
+"""Pure plotting functions: numpy arrays in, a matplotlib Figure out.
+
+No training state, no file or TensorBoard I/O (ganexp/callbacks.py does that), no pyplot:
+figures are built with `matplotlib.figure.Figure`, so nothing accumulates in a global
+figure manager over a long run. Every figure has a fixed size in inches at `DPI`, so a
+saved PNG has a predictable size in pixels (`save_png` keeps it: no tight bounding box).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 100
+CURVE_PANELS = (  # (title, y label, tags, log y)
+    ("losses", "loss", ("loss/d", "loss/g"), False),
+    ("discriminator accuracy", "accuracy", ("d/acc_real", "d/acc_fake", "d/acc"), False),
+    ("gradient norms", "‖∇‖₂", ("grad/g_norm", "grad/d_norm"), True),
+)
+CURVES_SIZE = (15.0, 4.0)     # inches: 1500 x 400 px
+SQUARE_PANEL = 4.0            # inches per scatter / feature-space panel
+PROGRESSION_CELL = 0.5        # inches per sample in the progression strip
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write `fig` at its own size: width x height inches x DPI pixels."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=fig.dpi)
+    return path
+
+
+def curves_figure(epochs: Sequence[float], series: Mapping[str, Sequence[float]]) -> Figure:
+    """Seed 000's training curves: losses, D accuracy (real / fake / total) and gradient norms.
+
+    `epochs[i]` is the x value (epochs, fractional) of `series[tag][i]` for every tag; tags
+    missing from `series` are left out of their panel.
+    """
+    fig = Figure(figsize=CURVES_SIZE, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(CURVE_PANELS))
+    x = np.asarray(epochs, dtype=float)
+    for ax, (title, ylabel, tags, log) in zip(axes, CURVE_PANELS):
+        for tag in tags:
+            if tag in series:
+                ax.plot(x, np.asarray(series[tag], dtype=float), lw=1.2, label=tag)
+        if log and ax.lines:
+            ax.set_yscale("log")
+        if title.startswith("discriminator"):
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")  # chance: D cannot tell real from fake
+            ax.set_ylim(-0.02, 1.02)
+        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def progression_figure(rows: Sequence[np.ndarray], labels: Sequence[str]) -> Figure:
+    """Seed 000's image progression: row i shows `rows[i]` (uint8 [n, C, H, W]) labelled `labels[i]`.
+
+    Every row holds the generator's output on the same latent vectors, so a column follows one
+    z through training. Size: (n + 1.5) x (rows + 0.5) x PROGRESSION_CELL inches.
+    """
+    if not rows:
+        raise ValueError("progression_figure needs at least one row of samples")
+    if len(rows) != len(labels):
+        raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
+    n, c, h, w = rows[0].shape
+    mosaic = np.concatenate([np.concatenate(list(row), axis=2) for row in rows], axis=1)  # [C, rows*H, n*W]
+    cell = PROGRESSION_CELL
+    fig = Figure(figsize=((n + 1.5) * cell, (len(rows) + 0.5) * cell), dpi=DPI)
+    ax = fig.add_axes((1.5 / (n + 1.5), 0.25 / (len(rows) + 0.5), n / (n + 1.5), len(rows) / (len(rows) + 0.5)))
+    if c == 1:
+        ax.imshow(mosaic[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
+    else:
+        ax.imshow(mosaic.transpose(1, 2, 0), interpolation="nearest", aspect="auto")
+    ax.set_yticks([(i + 0.5) * h for i in range(len(rows))], list(labels), fontsize=8)
+    ax.set_xticks([])
+    return fig
+
+
+def bounds(*points: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
+    """(x_min, x_max, y_min, y_max) around all `points` ([n, 2] each), widened by `margin` of the span."""
+    allp = np.concatenate([np.asarray(p, dtype=float).reshape(-1, 2) for p in points])
+    lo, hi = allp.min(0), allp.max(0)
+    pad = np.maximum((hi - lo) * margin, 1e-6)
+    return lo[0] - pad[0], hi[0] + pad[0], lo[1] - pad[1], hi[1] + pad[1]
+
+
+def scatter_panels_figure(real: np.ndarray, snapshots: Sequence[tuple[str, np.ndarray]]) -> Figure:
+    """Seed 002's real vs generated points over training: one panel per (title, generated [n, 2])."""
+    if not snapshots:
+        raise ValueError("scatter_panels_figure needs at least one snapshot")
+    fig = Figure(figsize=(SQUARE_PANEL * len(snapshots), SQUARE_PANEL), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(snapshots), sharex=True, sharey=True))
+    x0, x1, y0, y1 = bounds(real, *(fake for _, fake in snapshots))
+    for ax, (title, fake) in zip(axes, snapshots):
+        ax.scatter(real[:, 0], real[:, 1], s=3, alpha=0.4, label="real")
+        ax.scatter(fake[:, 0], fake[:, 1], s=3, alpha=0.4, label="generated")
+        ax.set(title=title, xlim=(x0, x1), ylim=(y0, y1))
+    axes[0].legend(loc="upper center", fontsize="small", markerscale=3)
+    return fig
+
+
+def decision_surface_figure(xs: np.ndarray, ys: np.ndarray, prob: np.ndarray, real: np.ndarray,
+                            fake: np.ndarray, title: str = "") -> Figure:
+    """D(x) = σ(logit) on the grid xs × ys (`prob` is [len(ys), len(xs)]) as a heatmap, points on top."""
+    if prob.shape != (len(ys), len(xs)):
+        raise ValueError(f"prob is {prob.shape}, expected (len(ys), len(xs)) = {(len(ys), len(xs))}")
+    fig = Figure(figsize=(SQUARE_PANEL * 1.25, SQUARE_PANEL), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    mesh = ax.pcolormesh(xs, ys, prob, cmap="RdBu_r", vmin=0.0, vmax=1.0, shading="auto")
+    fig.colorbar(mesh, ax=ax, label="D(x): probability real")
+    ax.scatter(real[:, 0], real[:, 1], s=3, c="k", alpha=0.5, label="real")
+    ax.scatter(fake[:, 0], fake[:, 1], s=3, c="gold", alpha=0.6, label="generated")
+    ax.set(title=title, xlim=(xs[0], xs[-1]), ylim=(ys[0], ys[-1]))
+    ax.legend(loc="upper center", fontsize="small", markerscale=3)
+    return fig
+
+
+def _check_features(name: str, features: np.ndarray) -> None:
+    if features.ndim != 2 or features.shape[1] != 2:
+        dims = "x".join(map(str, features.shape[1:])) or "0"
+        raise ValueError(f"the feature-space figure needs 2-d discriminator features, but {name} is {dims}-d: "
+                         f"use a discriminator whose last hidden layer has 2 units (model=toy_mlp)")
+
+
+def feature_space_figure(panels: Sequence[dict]) -> Figure:
+    """Seed 002's "effect of one generator update" in D's 2-d feature space, one panel per dict.
+
+    Each panel: `real`, `fake_before`, `fake_after` (features [n, 2] of real points and of the same
+    generated points before and after one generator update; D is unchanged by it, so the real
+    features are too), `title`, and optionally `surface` = (xs, ys, prob): σ(head(f)) on the grid
+    xs × ys of feature space, drawn as a heatmap under the points. Centroids are the big markers;
+    the arrow shows how the generated centroid moved.
+    """
+    if not panels:
+        raise ValueError("feature_space_figure needs at least one panel")
+    for panel in panels:
+        for name in ("real", "fake_before", "fake_after"):
+            _check_features(name, np.asarray(panel[name]))
+    fig = Figure(figsize=(SQUARE_PANEL * len(panels), SQUARE_PANEL), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, panel in zip(axes, panels):
+        real, before, after = (np.asarray(panel[k], dtype=float) for k in ("real", "fake_before", "fake_after"))
+        if panel.get("surface") is not None:
+            xs, ys, prob = panel["surface"]
+            ax.pcolormesh(xs, ys, prob, cmap="RdBu_r", vmin=0.0, vmax=1.0, shading="auto", alpha=0.6)
+        ax.scatter(real[:, 0], real[:, 1], s=3, alpha=0.4, c="tab:blue", label="real")
+        ax.scatter(before[:, 0], before[:, 1], s=3, alpha=0.3, c="tab:orange", label="generated, before G step")
+        ax.scatter(after[:, 0], after[:, 1], s=3, alpha=0.3, c="tab:green", label="generated, after G step")
+        c_real, c_before, c_after = real.mean(0), before.mean(0), after.mean(0)
+        for c, color, marker in ((c_real, "tab:blue", "o"), (c_before, "tab:orange", "X"), (c_after, "tab:green", "X")):
+            ax.scatter(*c, s=160, c=color, marker=marker, edgecolors="k", linewidths=1.2, zorder=5)
+        ax.annotate("", xy=c_after, xytext=c_before, zorder=6,
+                    arrowprops=dict(arrowstyle="->", color="k", lw=1.5))
+        x0, x1, y0, y1 = bounds(real, before, after)
+        ax.set(title=panel.get("title", ""), xlim=(x0, x1), ylim=(y0, y1), xlabel="feature 1", ylabel="feature 2")
+    axes[0].legend(loc="upper center", fontsize="x-small", markerscale=3)
+    return fig

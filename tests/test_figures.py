@@ -1,0 +1,115 @@
+"""The seed recipes (conf/experiment/) and their figures (ganexp/figures.py, callbacks=figures|toy)."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ganexp import figures
+from ganexp.callbacks import ToyFigures, marginal_w1, quadratic_error
+from ganexp.errors import ConfigError
+from tests.conftest import CONF, data_dir_with
+from train import train
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+FEW = ["trainer.limit_train_batches=3", "eval=none", "log_every=1", "image_every=2", "ckpt_every=0"]
+PNGS = {"figures": ["curves.png", "progression.png"],
+        "toy": ["curves.png", "scatter.png", "decision_surface.png", "feature_space.png"]}
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_trains_three_iterations_and_draws_its_figures(name, cfg_factory, tmp_path):
+    extra = ["callbacks.toy.grid=20"] if name == "toy_quadratic" else []
+    cfg = cfg_factory(f"experiment={name}", *FEW, *extra)
+    if cfg.data._target_.endswith("MNISTDataModule") and data_dir_with("MNIST") is None:
+        cfg = cfg_factory(f"experiment={name}", *FEW, "data=digits")  # the recipe on the bundled digits
+    module = train(cfg, return_module=True)
+    assert module.iteration == 3
+    kind = "toy" if "toy" in cfg.callbacks else "figures"
+    for png in PNGS[kind]:
+        assert (tmp_path / png).stat().st_size > 1000, png
+    with open(tmp_path / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [0, 1, 2]  # log_every=1
+    assert {"loss/d", "loss/g", "d/acc", "grad/g_norm", "grad/d_norm", "epoch"} <= set(rows[0])
+
+
+def test_experiments_set_what_their_seed_says(cfg_factory):
+    noise = cfg_factory("experiment=instance_noise")
+    assert (noise.noise.instance_sigma, noise.noise.instance_sigma_min, noise.noise.anneal_epochs) == (0.75, 0.05, 10)
+    assert list(noise.model.discriminator.hidden) == [512, 256] and noise.batch_size == 50
+    vanilla = cfg_factory("experiment=vanilla_gan")
+    assert list(vanilla.model.generator.hidden) == [256, 512, 1024] and vanilla.n_fixed == 16
+    toy = cfg_factory("experiment=toy_quadratic")
+    assert list(toy.model.discriminator.hidden) == [16, 16, 2] and toy.noise.latent_dim == 2
+    assert toy.optimizer.d._target_ == "torch.optim.RMSprop" and toy.optimizer.lr == 1e-3
+    smooth = cfg_factory("experiment=label_smoothing")
+    assert smooth.loss.label_smoothing == 0.1 and smooth.noise.prior == "uniform" and smooth.optimizer.lr == 2e-3
+    original = cfg_factory("experiment=original_gan")
+    assert original.model.generator.activation == "relu" and original.model.generator.init == "xavier"
+    assert list(original.data.value_range) == [0, 1] and original.d_steps == 1
+
+
+def test_figure_files_have_their_documented_pixel_sizes(cfg_factory, tmp_path):
+    train(cfg_factory("callbacks=figures", "model=mlp_small", *FEW))  # digits, 3 iterations, 1 epoch
+    assert png_size(tmp_path / "curves.png") == (1500, 400)
+    # rows: the untrained G and the end of epoch 1; 8 samples + 1.5 cells of labels, 0.5 cell margin
+    cell = figures.PROGRESSION_CELL * figures.DPI
+    assert png_size(tmp_path / "progression.png") == (round(9.5 * cell), round(2.5 * cell))
+    images = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload().Tags()["images"]
+    assert {"figures/curves", "figures/progression", "samples/fake"} <= set(images)
+
+
+def test_toy_figures_sizes_and_the_quadratic_scores(cfg_factory, tmp_path):
+    cfg = cfg_factory("experiment=toy_quadratic", *FEW, "callbacks.toy.grid=20", "callbacks.toy.every=1")
+    module = train(cfg, return_module=True)
+    panel = figures.SQUARE_PANEL * figures.DPI
+    # snapshots after iterations 1, 2 and 3 (every=1): three panels side by side
+    assert png_size(tmp_path / "scatter.png") == (3 * panel, panel)
+    assert png_size(tmp_path / "feature_space.png") == (3 * panel, panel)
+    assert png_size(tmp_path / "decision_surface.png") == (round(1.25 * panel), panel)
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.step for e in events.Scalars("toy/curve_error")] == [1, 2, 3]
+    assert {"figures/decision_surface", "figures/feature_space"} <= set(events.Tags()["images"])
+    assert module.iteration == 3
+
+
+def test_feature_space_after_one_generator_update_leaves_training_untouched(cfg_factory, tmp_path):
+    cfg = cfg_factory("experiment=toy_quadratic", *FEW, "callbacks.toy.grid=10", "callbacks.toy.every=0")
+    module = train(cfg, return_module=True)
+    before = {k: v.clone() for k, v in module.generator.state_dict().items()}
+    callback = next(c for c in module.trainer.callbacks if isinstance(c, ToyFigures))
+    callback.snapshot(module.trainer, module)
+    snap = callback.snapshots[-1]
+    assert all(torch.equal(before[k], v) for k, v in module.generator.state_dict().items())
+    assert snap["real_f"].shape == snap["before_f"].shape == snap["after_f"].shape == (1000, 2)
+    assert not torch.equal(snap["before_f"], snap["after_f"])  # one G step moved the generated points
+
+
+def test_feature_space_refuses_a_discriminator_without_a_2d_feature_layer(cfg_factory):
+    cfg = cfg_factory("data=toy", "callbacks=toy", "model=mlp", *FEW)
+    with pytest.raises(ConfigError, match=r"MLPDiscriminator's feature layer is 256-d.*model=toy_mlp"):
+        train(cfg)
+    with pytest.raises(ValueError, match=r"needs 2-d discriminator features, but real is 3-d"):
+        figures.feature_space_figure([{"real": np.zeros((5, 3)), "fake_before": np.zeros((5, 2)),
+                                       "fake_after": np.zeros((5, 2))}])
+
+
+def test_toy_figures_refuse_image_data(cfg_factory):
+    with pytest.raises(ConfigError, match=r"callbacks=toy draws 2-d points, but the data is \[1, 8, 8\]"):
+        train(cfg_factory("callbacks=toy", "model=mlp_small", *FEW))
+
+
+def test_quadratic_scores_by_hand():
+    on_curve = torch.tensor([[0.0, 10.0], [2.0, 14.0], [-3.0, 19.0]])
+    assert quadratic_error(on_curve) == 0.0
+    assert quadratic_error(on_curve + torch.tensor([0.0, 3.0])) == pytest.approx(3.0)
+    # W1 of equal-size 1-d samples: mean gap of the sorted values, [0, 1, 2] vs [0, 1, 3] → (0 + 0 + 1) / 3
+    assert marginal_w1(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 1.0, 0.0])) == pytest.approx(1 / 3)
