@@ -202,6 +202,29 @@ def config_table(configs: list[Config], keys: list[str], metric: str) -> list[st
     return _table(header, rows)
 
 
+def effects_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
+    """Why the best won: each swept parameter's mean metric per value over the finished jobs (marginal
+    means), the parameter whose values differ most first. Empty when fewer than two parameters or values."""
+    rows, spreads = {}, {}
+    for key in keys:
+        levels = {}
+        for job in jobs:
+            if job.finished and math.isfinite(job.value):
+                levels.setdefault(job.params.get(key, ""), []).append(job.value)
+        means = {v: statistics.fmean(xs) for v, xs in levels.items()}
+        if len(means) > 1:
+            order = ranked(list(means), means.get, metric)
+            rows[key] = [[key, v, _fmt(means[v]), str(len(levels[v])), "best" if i == 0 else ""]
+                         for i, v in enumerate(order)]
+            spreads[key] = max(means.values()) - min(means.values())
+    if not rows:
+        return []
+    keys_by_effect = sorted(rows, key=lambda k: -spreads[k])
+    lines = _table(["parameter", "value", f"mean {metric}", "jobs", ""], [r for k in keys_by_effect for r in rows[k]])
+    top = keys_by_effect[0]
+    return lines + ["", f"{top} moves {metric} the most: {_fmt(spreads[top])} between its best and worst value."]
+
+
 @dataclass
 class Summary:
     sweep_dir: Path
@@ -243,6 +266,9 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
         lines += ["", "## Per configuration (mean ± std over seeds)", "", *config_table(configs, keys, metric),
                   "", "## Per job"]
     lines += ["", *job_table(jobs, keys, metric)]
+    effects = effects_table(jobs, keys, metric)
+    if effects:
+        lines += ["", "## Why: the effect of each swept parameter (mean over the jobs with that value)", "", *effects]
     summary = Summary(sweep_dir, metric, jobs, keys, "")
     summary.markdown = "\n".join(lines + ["", summary.count_line(), ""])
     return summary

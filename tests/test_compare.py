@@ -84,6 +84,22 @@ def test_failed_and_diverged_jobs_are_marked_and_listed_last(tmp_path):
     assert summary.count_line() == "3 of 5 jobs did not finish (1 failed, 1 diverged, 1 no result)"
 
 
+def test_effects_say_why_the_best_won_with_marginal_means(tmp_path):
+    fids = {("1e-4", "0"): 40.0, ("1e-4", "0.1"): 36.0, ("2e-4", "0"): 20.0, ("2e-4", "0.1"): 18.0}
+    for (lr, smoothing), fid in fids.items():
+        make_job(tmp_path, [f"optimizer.lr={lr}", f"loss.label_smoothing={smoothing}"], status="finished",
+                 monitor="fid", final={"fid": fid})
+    make_job(tmp_path, ["optimizer.lr=5e-4", "loss.label_smoothing=0"], status="diverged", reason="nan")
+    summary = compare.summarize(tmp_path)
+    rows = table_rows(summary.markdown, "| parameter | value | mean fid")
+    # lr: 2e-4 → (20 + 18) / 2 = 19, 1e-4 → 38 (spread 19); smoothing: 0.1 → 27, 0 → 30 (spread 3); the
+    # diverged job counts nowhere
+    assert [r[:4] for r in rows] == [["optimizer.lr", "2e-4", "19", "2"], ["optimizer.lr", "1e-4", "38", "2"],
+                                     ["loss.label_smoothing", "0.1", "27", "2"], ["loss.label_smoothing", "0", "30", "2"]]
+    assert [r[4] for r in rows] == ["best", "", "best", ""]
+    assert "optimizer.lr moves fid the most: 19 between its best and worst value." in summary.markdown
+
+
 def test_writes_summary_md_csv_and_png(seeded_sweep):
     make_job(seeded_sweep, ["optimizer.lr=1e-3", "trainer.max_epochs=5"], status="failed", reason="boom")
     written = compare.write(compare.summarize(seeded_sweep))
