@@ -2,6 +2,8 @@
 speed depends on the machine and its load; these tests check the fields and their consistency."""
 from __future__ import annotations
 
+import csv
+import json
 import re
 import subprocess
 import sys
@@ -69,3 +71,45 @@ def test_host_reads_counts_reads_per_iteration_by_call_site():
     assert sites and sum(sites) == pytest.approx(per_iteration, abs=0.002)
     # GANModule's own read: one .tolist() every log_every iterations, 2 of the 20 counted
     assert re.search(r"^  0\.100/iteration  tolist at .*ganexp/module\.py:\d+$", out, re.MULTILINE), out
+
+
+def _fake_run(folder, rows, final, floor=None, wall=None):
+    """A run folder as train.py leaves it, reduced to what recipes.py reads."""
+    folder.mkdir(parents=True)
+    with open(folder / "curves.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    protocol = {"dataset": "mnist", "floor": floor or {"fid": 1.5}}
+    (folder / "metrics.json").write_text(json.dumps({"final": final, "iteration": int(rows[-1]["iteration"]) + 1,
+                                                     "protocol": protocol}))
+    if wall is not None:
+        (folder / "wall_seconds").write_text(f"{wall}\n")
+
+
+def test_recipes_report_checks_each_claim_with_the_numbers_of_its_runs(tmp_path):
+    import benchmarks.recipes as recipes
+
+    # two epochs of 100 iterations; the last epoch's rows are the ones averaged
+    def rows(acc_first, acc_last, **extra):
+        return [{"iteration": i, "epoch": (i + 1) / 100, "d/acc": acc_first if i < 100 else acc_last,
+                 "d/acc_real": 1.0, "d/acc_fake": 0.5, "noise/sigma": 0.5, **extra} for i in range(0, 200, 50)]
+
+    _fake_run(tmp_path / "noise_on", rows(0.9, 0.6), {"fid": 30.0}, wall=12.5)
+    _fake_run(tmp_path / "noise_off", rows(0.9, 0.95), {"fid": 40.0})
+    early = [{"iteration": i, "epoch": (i + 1) / 100, "grad/g_norm": g, "d/fake_score": 0.1}
+             for i, g in ((0, 2.0), (50, 4.0), (150, 1.0))]
+    _fake_run(tmp_path / "orig_ns", early, {"fid": 20.0})
+    _fake_run(tmp_path / "orig_mm", [dict(r, **{"grad/g_norm": r["grad/g_norm"] / 100}) for r in early], {"fid": 90.0})
+    text = recipes.report(tmp_path)
+    noise = [line for line in text.splitlines() if line.startswith("| σ")]
+    # last epoch = iterations 100 and 150: d/acc 0.6 (noise on) and 0.95 (off)
+    assert noise == ["| σ 0.75 → 0.05 (annealed) | 0.5 | 1 | 0.5 | 0.6 | 30 |", "| σ = 0 | 0.5 | 1 | 0.5 | 0.95 | 40 |"]
+    ns = next(line for line in text.splitlines() if line.startswith("| non-saturating"))
+    mm = next(line for line in text.splitlines() if line.startswith("| minimax"))
+    assert ns.split(" | ")[1:4] == ["3", "0.1", "1"]  # mean of 2 and 4 over iterations 0-99; last epoch: 1
+    assert mm.split(" | ")[1:4] == ["0.03", "0.1", "0.01"]
+    runs = [line for line in text.splitlines() if line.startswith("| noise_on")]
+    assert runs == ["| noise_on | 12.5 | 151 | 30 | — | — | — | — | — | — |"]
+    assert "| real vs real (mnist train vs test) |  |  | 1.5 |" in text
+    assert "label smoothing" not in text  # no runs for it: no table
