@@ -66,7 +66,9 @@ def last_epoch(rows: list[dict]) -> list[dict]:
 
 
 def fmt(value, digits: int = 4) -> str:
-    if isinstance(value, (int, float)) and math.isfinite(value):
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
         return f"{value:.{digits}g}"
     return "—"
 
