@@ -41,6 +41,9 @@ IMAGE_METRICS = ("fid", "kid", "is", "coverage", "class_kl", "precision", "recal
 def run(out: Path, names: list[str]) -> None:
     for name in names:
         folder = out / name
+        if (folder / "metrics.json").is_file():  # train.py would skip or resume it: its wall time would be wrong
+            print(f"recipes: {folder} holds a run already; kept (delete it to train again)", file=sys.stderr)
+            continue
         start = time.perf_counter()
         done = subprocess.run([sys.executable, str(ROOT / "train.py"), *RUNS[name], *QUIET,
                                f"hydra.run.dir={folder}"], cwd=ROOT)
@@ -91,13 +94,18 @@ def report(out: Path) -> str:
     parts = []
     if {"noise_on", "noise_off"} <= have:
         rows = []
-        for name, label in (("noise_on", "σ 0.75 → 0.05 (annealed)"), ("noise_off", "σ = 0")):
-            last = last_epoch(curves(out / name))
+        for name in ("noise_on", "noise_off"):
+            all_rows = curves(out / name)
+            last = last_epoch(all_rows)
+            sigmas = [r["noise/sigma"] for r in all_rows]
+            label = f"σ {fmt(sigmas[0], 2)} → {fmt(sigmas[-1], 2)}" if max(sigmas) > 0 else "σ = 0"
             rows.append([label, mean_of(last, "noise/sigma"), mean_of(last, "d/acc_real"),
                          mean_of(last, "d/acc_fake"), mean_of(last, "d/acc"), record(out / name)["final"]["fid"]])
         parts.append("### Seed 000: instance noise keeps D's accuracy from running away\n\n"
-                     "Means over the last epoch's logged iterations (every 50th).\n\n"
-                     + table(["instance noise", "σ", "D acc real", "D acc fake", "D acc", "final fid"], rows))
+                     "Means over the last epoch's logged iterations (every 50th). As in the seed, D's accuracy is "
+                     "measured on the inputs it trains on, noise included.\n\n"
+                     + table(["instance noise (epoch 0 → last)", "σ, last epoch", "D acc real", "D acc fake", "D acc",
+                              "final fid"], rows))
     if {"smooth_01", "smooth_0"} <= have:
         rows = []
         for name, label in (("smooth_01", "0.1"), ("smooth_0", "0")):
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", action="store_true", help="train the runs first")
     parser.add_argument("--only", nargs="*", choices=list(RUNS), help="train only these")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # train.py runs from the repository root
     if args.run:
         run(args.out, args.only or list(RUNS))
     if not args.out.is_dir():

@@ -42,8 +42,12 @@ def build_module(cfg: DictConfig) -> GANModule:
 
 
 def build_trainer(cfg: DictConfig):
+    from ganexp.callbacks import PeriodicCheckpoint
+
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if cfg.get("eval"):  # eval=none switches metrics off
         callbacks.append(instantiate(cfg.eval))
+    # The checkpoint last, so last.ckpt holds what every other callback did in the same iteration.
+    callbacks.sort(key=lambda c: isinstance(c, PeriodicCheckpoint))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

@@ -176,11 +176,16 @@ class TrainingCurves(Callback):
         if (writer := _writer(trainer)) is not None:
             writer.add_figure("figures/curves", fig, pl_module.iteration, close=False)
 
-    def state_dict(self) -> dict:
-        return {"rows": self.rows}
+    def state_dict(self) -> dict:  # one tensor, not a list of dicts: long runs log 10^5 rows
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        values = torch.tensor([[row.get(c, math.nan) for c in columns] for row in self.rows], dtype=torch.float64)
+        return {"columns": columns, "values": values}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rows = list(state.get("rows", []))
+        columns, values = state.get("columns", []), state.get("values")
+        self.rows = [] if values is None else [
+            {c: int(v) if c == "iteration" else v for c, v in zip(columns, row) if not math.isnan(v)}
+            for row in values.tolist()]
 
 
 class ImageProgression(Callback):
@@ -226,7 +231,7 @@ class ImageProgression(Callback):
         if not trainer.is_global_zero:
             return
         keep = _pick(self.iterations, self.max_rows)
-        labels = [f"epoch {_epochs(trainer, self.iterations[i]):.3g}" for i in keep]
+        labels = [f"epoch {_epochs(trainer, self.iterations[i]):.4g}" for i in keep]  # 0.5, 12, 1900
         fig = figures.progression_figure([self.rows[i].numpy() for i in keep], labels)
         figures.save_png(fig, self.dirpath / "progression.png")
         if (writer := _writer(trainer)) is not None:

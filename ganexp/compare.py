@@ -203,26 +203,32 @@ def config_table(configs: list[Config], keys: list[str], metric: str) -> list[st
 
 
 def effects_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
-    """Why the best won: each swept parameter's mean metric per value over the finished jobs (marginal
-    means), the parameter whose values differ most first. Empty when fewer than two parameters or values."""
+    """Why the best won: for each swept parameter, the mean metric of the finished jobs at each of its
+    values (marginal means; a failed job leaves its cell out, so an unbalanced grid is flagged), the
+    parameter whose values differ most first. Values with no finished job are listed last with "—"."""
     rows, spreads = {}, {}
     for key in keys:
-        levels = {}
-        for job in jobs:
-            if job.finished and math.isfinite(job.value):
-                levels.setdefault(job.params.get(key, ""), []).append(job.value)
-        means = {v: statistics.fmean(xs) for v, xs in levels.items()}
-        if len(means) > 1:
-            order = ranked(list(means), means.get, metric)
-            rows[key] = [[key, v, _fmt(means[v]), str(len(levels[v])), "best" if i == 0 else ""]
-                         for i, v in enumerate(order)]
-            spreads[key] = max(means.values()) - min(means.values())
+        values = list(dict.fromkeys(job.params.get(key, "") for job in jobs))
+        scores = {v: [j.value for j in jobs if j.params.get(key, "") == v and j.finished and math.isfinite(j.value)]
+                  for v in values}
+        means = {v: statistics.fmean(xs) if xs else math.nan for v, xs in scores.items()}
+        if sum(math.isfinite(m) for m in means.values()) < 2:
+            continue
+        order = ranked(values, means.get, metric)
+        rows[key] = [[key, v, _fmt(means[v]), f"{len(scores[v])}/{sum(j.params.get(key, '') == v for j in jobs)}",
+                      "best" if i == 0 else ""] for i, v in enumerate(order)]
+        finite = [m for m in means.values() if math.isfinite(m)]
+        spreads[key] = max(finite) - min(finite)
     if not rows:
         return []
     keys_by_effect = sorted(rows, key=lambda k: -spreads[k])
-    lines = _table(["parameter", "value", f"mean {metric}", "jobs", ""], [r for k in keys_by_effect for r in rows[k]])
+    lines = _table(["parameter", "value", f"mean {metric}", "jobs finished", ""],
+                   [r for k in keys_by_effect for r in rows[k]])
     top = keys_by_effect[0]
-    return lines + ["", f"{top} moves {metric} the most: {_fmt(spreads[top])} between its best and worst value."]
+    lines += ["", f"{top} moves {metric} the most: {_fmt(spreads[top])} between its best and worst value."]
+    if any(not j.finished for j in jobs):
+        lines.append("Some jobs did not finish: the means above leave them out, so they compare unequal sets of jobs.")
+    return lines
 
 
 @dataclass

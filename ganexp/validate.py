@@ -46,7 +46,9 @@ RULES: list[tuple[str, str, Callable[[Any], bool], str]] = [
 ]
 IMAGE_METRICS = ("fid", "kid", "is", "coverage", "class_kl", "precision", "recall")
 TOY_METRICS = ("swd", "modes", "hq", "residual")
-CHOICES = {"noise.prior": PRIORS, "noise.anneal": ANNEALS, "loss.name": tuple(LOSSES)}
+INITS = ("default", "xavier", "kaiming")
+CHOICES = {"noise.prior": PRIORS, "noise.anneal": ANNEALS, "loss.name": tuple(LOSSES),
+           "model.generator.init": INITS, "model.discriminator.init": INITS}
 
 
 def _typed(value: Any, kind: str) -> bool:

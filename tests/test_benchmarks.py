@@ -91,20 +91,20 @@ def test_recipes_report_checks_each_claim_with_the_numbers_of_its_runs(tmp_path)
     import benchmarks.recipes as recipes
 
     # two epochs of 100 iterations; the last epoch's rows are the ones averaged
-    def rows(acc_first, acc_last, **extra):
+    def rows(acc_first, acc_last, sigmas):
         return [{"iteration": i, "epoch": (i + 1) / 100, "d/acc": acc_first if i < 100 else acc_last,
-                 "d/acc_real": 1.0, "d/acc_fake": 0.5, "noise/sigma": 0.5, **extra} for i in range(0, 200, 50)]
+                 "d/acc_real": 1.0, "d/acc_fake": 0.5, "noise/sigma": sigma} for i, sigma in zip(range(0, 200, 50), sigmas)]
 
-    _fake_run(tmp_path / "noise_on", rows(0.9, 0.6), {"fid": 30.0}, wall=12.5)
-    _fake_run(tmp_path / "noise_off", rows(0.9, 0.95), {"fid": 40.0})
+    _fake_run(tmp_path / "noise_on", rows(0.9, 0.6, [0.75, 0.75, 0.7, 0.6]), {"fid": 30.0}, wall=12.5)
+    _fake_run(tmp_path / "noise_off", rows(0.9, 0.95, [0, 0, 0, 0]), {"fid": 40.0})
     early = [{"iteration": i, "epoch": (i + 1) / 100, "grad/g_norm": g, "d/fake_score": 0.1}
              for i, g in ((0, 2.0), (50, 4.0), (150, 1.0))]
     _fake_run(tmp_path / "orig_ns", early, {"fid": 20.0})
     _fake_run(tmp_path / "orig_mm", [dict(r, **{"grad/g_norm": r["grad/g_norm"] / 100}) for r in early], {"fid": 90.0})
     text = recipes.report(tmp_path)
     noise = [line for line in text.splitlines() if line.startswith("| σ")]
-    # last epoch = iterations 100 and 150: d/acc 0.6 (noise on) and 0.95 (off)
-    assert noise == ["| σ 0.75 → 0.05 (annealed) | 0.5 | 1 | 0.5 | 0.6 | 30 |", "| σ = 0 | 0.5 | 1 | 0.5 | 0.95 | 40 |"]
+    # last epoch = iterations 100 and 150: d/acc 0.6 (noise on) and 0.95 (off); σ from the first and last rows
+    assert noise == ["| σ 0.75 → 0.6 | 0.65 | 1 | 0.5 | 0.6 | 30 |", "| σ = 0 | 0 | 1 | 0.5 | 0.95 | 40 |"]
     ns = next(line for line in text.splitlines() if line.startswith("| non-saturating"))
     mm = next(line for line in text.splitlines() if line.startswith("| minimax"))
     assert ns.split(" | ")[1:4] == ["3", "0.1", "1"]  # mean of 2 and 4 over iterations 0-99; last epoch: 1

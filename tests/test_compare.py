@@ -92,12 +92,19 @@ def test_effects_say_why_the_best_won_with_marginal_means(tmp_path):
     make_job(tmp_path, ["optimizer.lr=5e-4", "loss.label_smoothing=0"], status="diverged", reason="nan")
     summary = compare.summarize(tmp_path)
     rows = table_rows(summary.markdown, "| parameter | value | mean fid")
-    # lr: 2e-4 → (20 + 18) / 2 = 19, 1e-4 → 38 (spread 19); smoothing: 0.1 → 27, 0 → 30 (spread 3); the
-    # diverged job counts nowhere
-    assert [r[:4] for r in rows] == [["optimizer.lr", "2e-4", "19", "2"], ["optimizer.lr", "1e-4", "38", "2"],
-                                     ["loss.label_smoothing", "0.1", "27", "2"], ["loss.label_smoothing", "0", "30", "2"]]
-    assert [r[4] for r in rows] == ["best", "", "best", ""]
+    # lr: 2e-4 → (20 + 18) / 2 = 19, 1e-4 → 38 (spread 19), 5e-4 → nothing finished; smoothing: 0.1 → 27,
+    # 0 → 30 over 2 of its 3 jobs (spread 3)
+    assert [r[:4] for r in rows] == [
+        ["optimizer.lr", "2e-4", "19", "2/2"], ["optimizer.lr", "1e-4", "38", "2/2"], ["optimizer.lr", "5e-4", "—", "0/1"],
+        ["loss.label_smoothing", "0.1", "27", "2/2"], ["loss.label_smoothing", "0", "30", "2/3"]]
+    assert [r[4] for r in rows] == ["best", "", "", "best", ""]
     assert "optimizer.lr moves fid the most: 19 between its best and worst value." in summary.markdown
+    assert "Some jobs did not finish: the means above leave them out" in summary.markdown
+
+
+def test_one_swept_parameter_gets_its_effect_table_too(seeded_sweep):
+    rows = table_rows(compare.summarize(seeded_sweep).markdown, "| parameter | value | mean fid")
+    assert [(r[1], r[2], r[3]) for r in rows] == [("2e-4", "23", "2/2"), ("1e-4", "32", "2/2"), ("5e-4", "45", "2/2")]
 
 
 def test_writes_summary_md_csv_and_png(seeded_sweep):

@@ -30,6 +30,7 @@ BAD_INPUTS = [
     (["batch_size=0"], ["batch_size=0 is out of range"]),
     (["batch_size=big"], ["batch_size=big is not an integer"]),
     (["noise.prior=gaussian"], ["noise.prior=gaussian is not allowed", "normal, uniform"]),
+    (["model.generator.init=he"], ["model.generator.init=he is not allowed", "default, xavier, kaiming"]),
     (["loss=hinge", "loss.label_smoothing=0.1"], ["has no meaning for loss=hinge"]),
     (["loss=wgan_gp", "loss.label_smoothing=0.1"], ["has no meaning for loss=wgan_gp"]),
     (["model=dcgan", "data=toy"], ["model=dcgan needs images"]),

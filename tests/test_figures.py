@@ -47,13 +47,15 @@ def test_experiments_set_what_their_seed_says(cfg_factory):
     assert list(noise.model.discriminator.hidden) == [512, 256] and noise.batch_size == 50
     vanilla = cfg_factory("experiment=vanilla_gan")
     assert list(vanilla.model.generator.hidden) == [256, 512, 1024] and vanilla.n_fixed == 16
+    assert list(vanilla.optimizer.betas) == [0.9, 0.999] and vanilla.batch_size == 100
     toy = cfg_factory("experiment=toy_quadratic")
     assert list(toy.model.discriminator.hidden) == [16, 16, 2] and toy.noise.latent_dim == 2
     assert toy.optimizer.d._target_ == "torch.optim.RMSprop" and toy.optimizer.lr == 1e-3
+    assert toy.optimizer.d.alpha == 0.9 and toy.model.discriminator.linear_features and toy.data.dist == "quadratic"
     smooth = cfg_factory("experiment=label_smoothing")
     assert smooth.loss.label_smoothing == 0.1 and smooth.noise.prior == "uniform" and smooth.optimizer.lr == 2e-3
     original = cfg_factory("experiment=original_gan")
-    assert original.model.generator.activation == "relu" and original.model.generator.init == "xavier"
+    assert original.model.generator.activation == "relu" and original.model.generator.init == "kaiming"
     assert list(original.data.value_range) == [0, 1] and original.d_steps == 1
 
 
@@ -67,7 +69,7 @@ def test_figure_files_have_their_documented_pixel_sizes(cfg_factory, tmp_path):
     assert {"figures/curves", "figures/progression", "samples/fake"} <= set(images)
 
 
-def test_toy_figures_sizes_and_the_quadratic_scores(cfg_factory, tmp_path):
+def test_toy_figures_have_their_sizes_and_a_tensorboard_figure_per_snapshot(cfg_factory, tmp_path):
     cfg = cfg_factory("experiment=toy_quadratic", *FEW, "callbacks.toy.grid=20", "callbacks.toy.every=1")
     module = train(cfg, return_module=True)
     panel = figures.SQUARE_PANEL * figures.DPI
@@ -84,11 +86,17 @@ def test_toy_figures_sizes_and_the_quadratic_scores(cfg_factory, tmp_path):
 def test_feature_space_after_one_generator_update_leaves_training_untouched(cfg_factory, tmp_path):
     cfg = cfg_factory("experiment=toy_quadratic", *FEW, "callbacks.toy.grid=10", "callbacks.toy.every=0")
     module = train(cfg, return_module=True)
+    opt_g = module.optimizers()[0].optimizer
     before = {k: v.clone() for k, v in module.generator.state_dict().items()}
+    g_state = {i: {k: v.clone() for k, v in st.items()} for i, st in opt_g.state_dict()["state"].items()}
+    d_grads = [p.grad.clone() for p in module.discriminator.parameters()]
     callback = next(c for c in module.trainer.callbacks if isinstance(c, ToyFigures))
     callback.snapshot(module.trainer, module)
     snap = callback.snapshots[-1]
     assert all(torch.equal(before[k], v) for k, v in module.generator.state_dict().items())
+    after = opt_g.state_dict()["state"]  # RMSprop's step and square_avg: the copy stepped, not the real one
+    assert all(torch.equal(g_state[i][k], after[i][k]) for i in g_state for k in g_state[i])
+    assert all(torch.equal(g, p.grad) for g, p in zip(d_grads, module.discriminator.parameters()))
     assert snap["real_f"].shape == snap["before_f"].shape == snap["after_f"].shape == (1000, 2)
     assert not torch.equal(snap["before_f"], snap["after_f"])  # one G step moved the generated points
 
@@ -105,3 +113,17 @@ def test_feature_space_refuses_a_discriminator_without_a_2d_feature_layer(cfg_fa
 def test_toy_figures_refuse_image_data(cfg_factory):
     with pytest.raises(ConfigError, match=r"callbacks=toy draws 2-d points, but the data is \[1, 8, 8\]"):
         train(cfg_factory("callbacks=toy", "model=mlp_small", *FEW))
+
+
+def test_a_resumed_run_keeps_its_curves_and_progression_rows(cfg_factory, tmp_path):
+    first = cfg_factory("callbacks=figures", "model=mlp_small", "trainer.limit_train_batches=3", "eval=none",
+                        "log_every=1", "trainer.max_epochs=1")
+    train(first)
+    resumed = cfg_factory("callbacks=figures", "model=mlp_small", "trainer.limit_train_batches=3", "eval=none",
+                          "log_every=1", "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}")
+    module = train(resumed, return_module=True)
+    assert module.iteration == 6
+    with open(tmp_path / "curves.csv") as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [0, 1, 2, 3, 4, 5]  # both halves, loaded weights_only
+    progression = next(c for c in module.trainer.callbacks if type(c).__name__ == "ImageProgression")
+    assert progression.iterations == [0, 3, 6]  # untrained G, end of epoch 1, end of epoch 2

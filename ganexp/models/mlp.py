@@ -33,11 +33,17 @@ def _stack(sizes: Sequence[int], activation: str, slope: float, dropout: float,
 
 
 def _init(module: nn.Module, init: str) -> None:
-    if init == "xavier":  # seed 004: Glorot-normal weights, zero biases
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
+    """`default`: torch's; `xavier`: Glorot-normal, N(0, 2/(fan_in + fan_out)); `kaiming`: He-normal,
+    N(0, 2/fan_in), which is what seed 004's `xavier_init` computes (stddev 1/sqrt(in_dim/2)). Zero biases."""
+    if init == "default":
+        return
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            if init == "xavier":
                 nn.init.xavier_normal_(m.weight)
-                nn.init.zeros_(m.bias)
+            else:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
 
 
 class MLPGenerator(nn.Module):
