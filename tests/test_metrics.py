@@ -142,6 +142,17 @@ def test_real_train_vs_test_is_small_and_noise_is_large(digits_evaluator):
     assert noise["precision"] < 0.2 and noise["recall"] < 0.2 and floor["class_kl"] < 0.05 < noise["class_kl"]
 
 
+def test_the_floor_is_cached_by_classifier_hash_and_n(digits_evaluator, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANEXP_CACHE_DIR", str(tmp_path))
+    first = digits_evaluator.floor(300)
+    files = list(tmp_path.glob("floor-digits-*-300-v*.json"))
+    assert len(files) == 1 and digits_evaluator.info["classifier"]["sha256"][:16] in files[0].name
+    monkeypatch.setattr(digits_evaluator, "score", lambda *_: pytest.fail("the cached floor was scored again"))
+    assert digits_evaluator.floor(300) == first  # read back, the same numbers
+    with pytest.raises(pytest.fail.Exception):
+        digits_evaluator.floor(301)  # another n is another floor
+
+
 def test_one_class_of_real_digits_covers_one_mode(digits_evaluator):
     images, labels = clf.load_split("digits", train=True)
     threes = images[labels == 3]

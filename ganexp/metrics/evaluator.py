@@ -10,13 +10,16 @@ generator's n samples are scored: the value a perfect generator would get.
 """
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 from torch import Tensor
 
 import ganexp
 from ganexp.data.toy import mode_centers, sample_toy
 from ganexp.errors import ConfigError
-from ganexp.metrics.classifier import LABELLED, load_classifier, load_split
+from ganexp.metrics.classifier import LABELLED, cache_dir, load_classifier, load_split
 from ganexp.metrics.scores import (HIGHER_IS_BETTER, LOWER_IS_BETTER, image_scores, mode_scores,
                                    quadratic_residual, sliced_wasserstein)
 
@@ -74,7 +77,22 @@ class Evaluator:
 
     def floor(self, n: int) -> dict[str, float]:
         """The real-vs-real floor: n real samples not in the reference, scored like generated ones
-        (digits has 1,437 train images: its floor uses at most that many)."""
+        (digits has 1,437 train images: its floor uses at most that many). Images: cached beside the
+        classifier, keyed by its hash and n (MNIST's 10,000-image floor takes seconds at every start)."""
+        if self.dataset == "toy":
+            return self._floor(n)
+        key = f"floor-{self.dataset}-{self.info['classifier']['sha256'][:16]}-{n}-v{ganexp.__version__}.json"
+        path = cache_dir() / key
+        if path.is_file():
+            return json.loads(path.read_text())
+        floor = self._floor(n)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(floor))
+        os.replace(tmp, path)  # parallel jobs may race: both write the same numbers
+        return floor
+
+    def _floor(self, n: int) -> dict[str, float]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
             if self.dataset == "toy":
