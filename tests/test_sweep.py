@@ -101,12 +101,13 @@ def test_a_launcher_whose_plugin_is_missing_says_what_to_install(monkeypatch):
 # --- slow: real sweeps ------------------------------------------------------------------------------------
 
 class KillJob(Callback):
-    """SIGKILLs the whole sweep in job `num` at `iteration`, once (a marker file remembers it)."""
+    """SIGKILLs the whole sweep in job `num` as the iteration after `iteration` starts (the checkpoint of
+    `iteration` written, the checkpoint callback running last), once (a marker file remembers it)."""
 
     def __init__(self, num: int = 2, iteration: int = 2):
         self.num, self.iteration = num, iteration
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         from hydra.core.hydra_config import HydraConfig
 
         marker = Path(os.environ["GANEXP_TEST_KILL_MARKER"])
