@@ -2,7 +2,7 @@
 
     python benchmarks/recipes.py OUT [--run] [--only NAME ...]
 
-`--run` trains every run below into OUT/<name> (one after another; about 35 minutes on 2 CPU cores,
+`--run` trains every run below into OUT/<name> (one after another; about 30 minutes on 2 CPU cores,
 MNIST from $GANEXP_DATA_DIR) and records each wall time in OUT/<name>/wall_seconds. Without it, the
 runs already in OUT are read. Then it prints a markdown table per claim: D accuracy with instance noise
 vs without, D's real score with label smoothing 0.1 vs 0, the generator's early gradient norm under
