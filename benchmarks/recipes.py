@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ganexp.compare import markdown_table  # noqa: E402
+
 QUIET = ["trainer.enable_progress_bar=false"]
 RUNS = {  # name: overrides; pairs differ in exactly the one setting their claim is about
     "noise_on": ["experiment=instance_noise", "trainer.max_epochs=3"],
@@ -77,9 +81,7 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |"
-                              for row in rows])
+    return "\n".join(markdown_table(header, [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]))
 
 
 def record(folder: Path) -> dict:

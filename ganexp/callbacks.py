@@ -13,7 +13,6 @@ import math
 import os
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -24,9 +23,6 @@ from ganexp import figures
 from ganexp.errors import ConfigError
 from ganexp.metrics.scores import quadratic_residual
 from ganexp.module import GANModule
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 class PeriodicCheckpoint(Callback):
@@ -100,24 +96,14 @@ class SampleGrid(Callback):
         else:  # toy 2-D: a fixed, larger latent sample so the scatter shows the distribution
             z = pl_module.prior.sample(self.n_real_points, generator=torch.Generator().manual_seed(0))
             fake = pl_module.sample(z.to(pl_module.device))
-            writer.add_figure("samples/scatter", scatter_figure(real[: self.n_real_points], fake, step), step)
+            real, fake = real[: self.n_real_points].cpu().numpy(), fake.float().cpu().numpy()
+            writer.add_figure("samples/scatter", figures.scatter_panels_figure(real, [(f"iteration {step}", fake)]), step)
 
     @staticmethod
     def _grid(images: torch.Tensor, trainer) -> torch.Tensor:
         value_range = trainer.datamodule.value_range or (-1.0, 1.0)
         nrow = math.ceil(math.sqrt(len(images)))  # square grids: 64 → 8x8, seed 001's 16 → 4x4
         return make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True, value_range=value_range)
-
-
-def scatter_figure(real: torch.Tensor, fake: torch.Tensor, iteration: int):
-    fig, ax = plt.subplots(figsize=(5, 5))
-    real, fake = real.detach().cpu().numpy(), fake.detach().float().cpu().numpy()
-    ax.scatter(real[:, 0], real[:, 1], s=4, alpha=0.5, label="real")
-    ax.scatter(fake[:, 0], fake[:, 1], s=4, alpha=0.5, label="generated")
-    ax.set_title(f"iteration {iteration}")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    return fig
 
 
 def _writer(trainer):
@@ -152,14 +138,11 @@ class TrainingCurves(Callback):
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
         self.rows: list[dict[str, float]] = []
-        self._seen: dict | None = None
 
     def on_train_batch_end(self, trainer, pl_module: GANModule, outputs, batch, batch_idx) -> None:
-        logged = pl_module.last_logged
-        if logged and logged is not self._seen:  # GANModule makes a new dict each time it logs
-            self._seen = logged
-            iteration = pl_module.iteration - 1  # it logged, then counted the iteration as done
-            self.rows.append({"iteration": iteration, "epoch": _epochs(trainer, iteration + 1), **logged})
+        iteration = pl_module.iteration - 1  # GANModule logs an iteration, then counts it as done
+        if iteration % pl_module.log_every == 0 and pl_module.last_logged:
+            self.rows.append({"iteration": iteration, "epoch": _epochs(trainer, iteration + 1), **pl_module.last_logged})
 
     def on_train_end(self, trainer, pl_module: GANModule) -> None:
         if not trainer.is_global_zero or not self.rows:

@@ -174,7 +174,7 @@ def _status(job: Job) -> str:
     return f"**{job.status}**" + (f": {reason}" if reason else "")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
 
@@ -188,7 +188,7 @@ def job_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
         rows.append([rank, *(job.params.get(k, "") for k in keys), *([job.seed] if show_seed else []),
                      *([] if keys else [job.run]), _fmt(job.value), job.iteration if job.iteration is not None else "—",
                      _status(job)])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def config_table(configs: list[Config], keys: list[str], metric: str) -> list[str]:
@@ -199,7 +199,7 @@ def config_table(configs: list[Config], keys: list[str], metric: str) -> list[st
         failed = ", ".join(f"seed {j.seed}: {j.status}" for j in c.jobs if not j.finished) or ""
         rows.append([str(i) if math.isfinite(c.mean) else "—", *c.params.values(), value,
                      f"{len(c.values)}/{len(c.jobs)}", failed])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def effects_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
@@ -222,7 +222,7 @@ def effects_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
     if not rows:
         return []
     keys_by_effect = sorted(rows, key=lambda k: -spreads[k])
-    lines = _table(["parameter", "value", f"mean {metric}", "jobs finished", ""],
+    lines = markdown_table(["parameter", "value", f"mean {metric}", "jobs finished", ""],
                    [r for k in keys_by_effect for r in rows[k]])
     top = keys_by_effect[0]
     lines += ["", f"{top} moves {metric} the most: {_fmt(spreads[top])} between its best and worst value."]

@@ -82,9 +82,10 @@ def save(samples: torch.Tensor, config: dict, out: Path) -> None:
 
             save_image(samples, out, nrow=int(np.ceil(np.sqrt(len(samples)))), normalize=True, value_range=value_range)
         else:
-            from ganexp.callbacks import scatter_figure
+            from ganexp.figures import save_png, scatter_panels_figure
 
-            scatter_figure(samples[:0], samples, iteration=-1).savefig(out, dpi=100)
+            points = samples.float().numpy()
+            save_png(scatter_panels_figure(points[:0], [(f"{len(points)} samples", points)]), out)
     else:
         raise ConfigError(f"--out {out}: use a .png (grid) or .npz (arrays) file name")
 

@@ -127,3 +127,12 @@ def test_a_resumed_run_keeps_its_curves_and_progression_rows(cfg_factory, tmp_pa
         assert [int(r["iteration"]) for r in csv.DictReader(f)] == [0, 1, 2, 3, 4, 5]  # both halves, loaded weights_only
     progression = next(c for c in module.trainer.callbacks if type(c).__name__ == "ImageProgression")
     assert progression.iterations == [0, 3, 6]  # untrained G, end of epoch 1, end of epoch 2
+
+
+def test_sample_cli_draws_toy_points_as_a_scatter_png(cfg_factory, tmp_path):
+    from ganexp.sample import main as sample_main
+
+    train(cfg_factory("experiment=toy_quadratic", *FEW, "callbacks=default"))
+    assert sample_main([str(tmp_path), "--n", "50", "--out", str(tmp_path / "points.png")]) == 0
+    panel = figures.SQUARE_PANEL * figures.DPI
+    assert png_size(tmp_path / "points.png") == (panel, panel)  # one scatter panel

@@ -41,8 +41,10 @@ def _init(module: nn.Module, init: str) -> None:
         if isinstance(m, nn.Linear):
             if init == "xavier":
                 nn.init.xavier_normal_(m.weight)
-            else:
+            elif init == "kaiming":
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            else:
+                raise ValueError(f"init={init!r}: use default, xavier or kaiming")
             nn.init.zeros_(m.bias)
 
 
