@@ -14,54 +14,80 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ganexp.errors import ConfigError
+
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 log = logging.getLogger("ganexp")
 
 
-def run_dir(ckpt_path: str | None, default: str) -> str:
-    """Resuming from <run>/checkpoints/last.ckpt continues in <run>; otherwise a new folder."""
-    return str(Path(ckpt_path).resolve().parent.parent) if ckpt_path else default
-
+from ganexp.resume import hydra_subdir, run_dir  # noqa: E402
 
 OmegaConf.register_new_resolver("ganexp_run_dir", run_dir, replace=True)
+OmegaConf.register_new_resolver("ganexp_hydra_subdir", hydra_subdir, replace=True)
+_started: set[str] = set()  # run folders whose metrics.json this process set to "running"
 
 
 class Diverged(RuntimeError):
     pass
 
 
-def train(cfg: DictConfig, return_module: bool = False):
+def _task_overrides() -> list[str] | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed in code: no command line, every setting as composed
+        return None
+
+
+def train(cfg: DictConfig, return_module: bool = False, overrides: list[str] | None = None):
     """Check, build the parts from the composed config, fit, record the outcome in metrics.json.
 
-    Returns the monitored metric (for Hydra sweepers), or the module when `return_module`.
+    A resume (ckpt_path, or a last.ckpt already in the run folder) takes the experiment from the
+    checkpoint and refuses overrides that change it (ganexp/resume.py). Returns the monitored
+    metric (for Hydra sweepers), or the module when `return_module`.
     """
     import pytorch_lightning as pl
 
-    from ganexp.build import build_module, build_trainer
+    from ganexp.build import build_datamodule, build_module, build_trainer
+    from ganexp.resume import in_place_run, init_weights, mark_run, resume_config
     from ganexp.results import read_metrics, update_metrics
-    from ganexp.sample import load_checkpoint
     from ganexp.validate import check_config
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # data is already a device tensor
     check_config(cfg)  # bad values fail here, before anything is built or written
+    overrides = _task_overrides() if overrides is None else overrides
     out = Path(cfg.paths.output_dir)
-    previous = read_metrics(out)
-    if previous.get("status") == "finished" and not cfg.ckpt_path and not return_module:  # re-run sweeps skip it
+    previous = read_metrics(out)  # unreadable: one line, and the file is left as it is
+    last = out / "checkpoints" / "last.ckpt"
+    source, asked_to_resume = None, bool(cfg.ckpt_path)
+    if cfg.ckpt_path or last.is_file():  # ...a re-run in the same folder resumes it where it stopped
+        if not cfg.ckpt_path:
+            cfg.ckpt_path = str(last)
+        cfg, _ = resume_config(cfg, overrides)
+        if previous.get("status") != "finished" or asked_to_resume:
+            log.info("resuming from %s", cfg.ckpt_path)  # the checkpoint's experiment, or one line refusing
+        if in_place_run(cfg.ckpt_path) != out.resolve():
+            source = str(Path(cfg.ckpt_path).resolve())  # a checkpoint from elsewhere: a new run folder
+    if previous.get("status") == "finished" and not asked_to_resume and not return_module:  # re-run sweeps skip it
         log.info("%s already finished; skipping", out)
         return _monitored(previous)
-    last = out / "checkpoints" / "last.ckpt"
-    if not cfg.ckpt_path and last.is_file():  # ...and resumes unfinished ones where they stopped
-        log.info("resuming from %s", last)
-        cfg.ckpt_path = str(last)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = build_datamodule(cfg.data)
     datamodule.setup("fit")  # a missing dataset fails here, before the run writes anything
-    if cfg.ckpt_path:
-        load_checkpoint(cfg.ckpt_path)  # unreadable or truncated: one line, nothing touched
     module = build_module(cfg)
+    if cfg.get("init_from"):
+        init_weights(module, cfg.init_from)  # a new run from a checkpoint's or export's weights
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
-        update_metrics(out, status="running", reason=None, diverged_at=None)
+        mark_run(out)
+        fields = {"status": "running", "reason": None, "diverged_at": None}
+        if source or cfg.get("init_from"):
+            fields.update(resumed_from=source, init_from=cfg.get("init_from"))
+        if cfg.ckpt_path and source is None:
+            fields["resumes"] = [*previous.get("resumes", []), {"time": _now(), "overrides": overrides or []}]
+        update_metrics(out, **fields)
+        _started.add(str(out.resolve()))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     if trainer.is_global_zero:
         if module.diverged_at is not None:
@@ -77,6 +103,12 @@ def train(cfg: DictConfig, return_module: bool = False):
     return _monitored(read_metrics(out))
 
 
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _monitored(record: dict) -> float | None:
     """The metric a sweeper optimizes: the best value of `monitor` (else its final value)."""
     monitor = record.get("monitor")
@@ -85,11 +117,20 @@ def _monitored(record: dict) -> float | None:
 
 
 def _record_failure(cfg: DictConfig, status: str, reason: str) -> None:
+    """A failed job says why in its folder, unless the folder holds an earlier run this process did
+    not start: a refused or failed resume leaves that run's record exactly as it was."""
+    from ganexp.resume import is_run_folder
     from ganexp.results import update_metrics
 
     out = cfg.paths.output_dir
-    if out and Path(out).is_dir():  # Hydra made the run folder; a failed job says why in it
+    if not out or not Path(out).is_dir():
+        return
+    if is_run_folder(out) and str(Path(out).resolve()) not in _started:
+        return
+    try:
         update_metrics(out, status=status, reason=reason)
+    except ConfigError:  # an unreadable metrics.json stays as it is (it is evidence)
+        pass
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -97,7 +138,6 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from ganexp.errors import ConfigError
     from ganexp.launch import job_resources
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -124,7 +164,6 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     import os
 
-    from ganexp.errors import ConfigError
     from ganexp.launch import check_launcher
     from ganexp.sweep import exit_status, with_grid
     from ganexp.validate import check_command_line

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
+from ganexp.registry import build  # noqa: E402
 from pytorch_lightning.profilers import PassThroughProfiler  # noqa: E402
 
 import train  # noqa: E402,F401  (registers the ganexp_run_dir resolver)
@@ -59,7 +59,7 @@ def compose_config(data: str, batch: int, device: str, iterations: int, out: Pat
 
 def load_data(cfg):
     """The datamodule with its tensor loaded, or None when the files are missing (MNIST offline)."""
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data, "data", key="data")
     try:
         datamodule.setup("fit")
     except ConfigError as err:
@@ -144,13 +144,13 @@ class PlainLoop:
     """(b): the same G, D, loss, prior, optimizers and data tensor, stepped by hand."""
 
     def __init__(self, cfg, module, data, device: torch.device):
-        self.generator = instantiate(cfg.model.generator).to(device)
-        self.discriminator = instantiate(cfg.model.discriminator).to(device)
+        self.generator = build(cfg.model.generator, "generator", key="model.generator").to(device)
+        self.discriminator = build(cfg.model.discriminator, "discriminator", key="model.discriminator").to(device)
         self.generator.load_state_dict(module.generator.state_dict())  # same start as (a)
         self.discriminator.load_state_dict(module.discriminator.state_dict())
-        self.opt_g = instantiate(cfg.optimizer.g)(self.generator.parameters())
-        self.opt_d = instantiate(cfg.optimizer.d)(self.discriminator.parameters())
-        self.loss, self.prior = instantiate(cfg.loss), build_prior(cfg.noise)
+        self.opt_g = build(cfg.optimizer.g, "optimizer", key="optimizer.g")(self.generator.parameters())
+        self.opt_d = build(cfg.optimizer.d, "optimizer", key="optimizer.d")(self.discriminator.parameters())
+        self.loss, self.prior = build(cfg.loss, "loss", key="loss"), build_prior(cfg.noise)
         noise = cfg.noise
         self.instance_noise = InstanceNoise(noise.instance_sigma, noise.instance_sigma_min, noise.anneal,
                                             noise.anneal_epochs)

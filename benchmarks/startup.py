@@ -43,7 +43,8 @@ def one_run(overrides: list[str]) -> float:
                "+callbacks.first_batch._target_=benchmarks.startup.FirstBatch",  # train.py's folder is on sys.path
                "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
         t0 = time.time()
-        done = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True)
+        env = {**os.environ, "GANEXP_PARTS": "callback=benchmarks.startup.FirstBatch"}  # a part of our own: declared
+        done = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True, env=env)
     stamp = re.search(rf"{STAMP} ([0-9.]+)", done.stdout)  # anywhere: tqdm's bar shares stdout, with \r
     if done.returncode != 0 or not stamp:
         raise SystemExit(f"train.py failed (exit {done.returncode}):\n{done.stderr[-2000:]}")

@@ -1,13 +1,13 @@
-"""Composed config → instantiated parts. The only place that knows the config layout."""
+"""Composed config → built parts, every one through ganexp.registry.build (no `instantiate`)."""
 from __future__ import annotations
 
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ganexp.module import GANModule
 from ganexp.noise import InstanceNoise, LatentPrior
+from ganexp.registry import build
 
 
 def plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -19,35 +19,42 @@ def build_prior(noise: Any) -> LatentPrior:
     return LatentPrior(noise["prior"], noise["latent_dim"])
 
 
-def build_generator(config: dict):
-    return instantiate(config["model"]["generator"])
+def build_generator(config: dict, source: str = "the config"):
+    return build(config["model"]["generator"], "generator", key="model.generator", source=source)
+
+
+def build_datamodule(data: Any, source: str = "the config", **extra: Any):
+    return build(data, "data", key="data", source=source, **extra)
 
 
 def build_module(cfg: DictConfig) -> GANModule:
-    noise = cfg.noise
+    config = plain(cfg)
+    noise = config["noise"]
     return GANModule(
-        generator=instantiate(cfg.model.generator),
-        discriminator=instantiate(cfg.model.discriminator),
-        loss=instantiate(cfg.loss),
+        generator=build_generator(config),
+        discriminator=build(config["model"]["discriminator"], "discriminator", key="model.discriminator"),
+        loss=build(config["loss"], "loss", key="loss"),
         prior=build_prior(noise),
-        instance_noise=InstanceNoise(noise.instance_sigma, noise.instance_sigma_min, noise.anneal, noise.anneal_epochs),
-        optimizer_g=instantiate(cfg.optimizer.g),
-        optimizer_d=instantiate(cfg.optimizer.d),
-        d_steps=cfg.d_steps,
-        log_every=cfg.log_every,
-        n_fixed=cfg.n_fixed,
-        seed=cfg.seed,
-        config=plain(cfg),
+        instance_noise=InstanceNoise(noise["instance_sigma"], noise["instance_sigma_min"], noise["anneal"],
+                                     noise["anneal_epochs"]),
+        optimizer_g=build(config["optimizer"]["g"], "optimizer", key="optimizer.g"),
+        optimizer_d=build(config["optimizer"]["d"], "optimizer", key="optimizer.d"),
+        d_steps=config["d_steps"],
+        log_every=config["log_every"],
+        n_fixed=config["n_fixed"],
+        seed=config["seed"],
+        config=config,
     )
 
 
 def build_trainer(cfg: DictConfig):
     from ganexp.callbacks import PeriodicCheckpoint
 
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    if cfg.get("eval"):  # eval=none switches metrics off
-        callbacks.append(instantiate(cfg.eval))
+    config = plain(cfg)
+    callbacks = [build(c, "callback", key=f"callbacks.{name}") for name, c in (config.get("callbacks") or {}).items()]
+    if config.get("eval"):  # eval=none switches metrics off
+        callbacks.append(build(config["eval"], "callback", key="eval"))
     # The checkpoint last, so last.ckpt holds what every other callback did in the same iteration.
     callbacks.sort(key=lambda c: isinstance(c, PeriodicCheckpoint))
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    logger = build(config["logger"], "logger", key="logger") if config.get("logger") else False
+    return build(config["trainer"], "trainer", key="trainer", callbacks=callbacks, logger=logger)

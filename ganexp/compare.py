@@ -23,14 +23,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ganexp.results import read_metrics
 
-try:  # the metrics package knows the direction of every metric it computes
-    from ganexp.metrics.scores import HIGHER_IS_BETTER
-except ImportError:  # pragma: no cover - metrics not installed in this tree
-    HIGHER_IS_BETTER = {"is", "coverage", "precision", "recall", "modes", "hq"}
+from ganexp.files import BadFile, read_yaml
+from ganexp.metrics.scores import HIGHER_IS_BETTER  # the direction of every metric ganexp computes
 
 LOSS_FALLBACK = "loss/g"
 NOT_OVERRIDES = ("hydra.", "paths.", "ckpt_path", "sweep")  # bookkeeping, not a parameter of the run
@@ -42,7 +38,7 @@ class Job:
     run: str                     # folder, relative to the sweep folder
     params: dict[str, str]       # the job's command-line overrides (seed and bookkeeping excluded)
     seed: int | None
-    status: str                  # finished | failed | diverged | running | no result
+    status: str                  # finished | failed | diverged | running | no result | unreadable
     reason: str = ""
     iteration: int | None = None
     best: dict[str, float] = field(default_factory=dict)
@@ -63,35 +59,51 @@ def direction(metric: str) -> str:
     return "higher is better" if higher_is_better(metric) else "lower is better"
 
 
-def _numbers(record: dict | None) -> dict[str, float]:
-    return {k: float(v) for k, v in (record or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def _numbers(record) -> dict[str, float]:
+    if not isinstance(record, dict):
+        return {}
+    return {str(k): float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
-    lines = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    """The job's command-line overrides and seed, read as plain data (BadFile when malformed)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    lines = read_yaml(path, default=[]) or []
+    if not isinstance(lines, list) or not all(isinstance(line, (str, int, float)) for line in lines):
+        raise BadFile(f"{path} is not a list of overrides")
     params = {}
     for line in lines:
         key, _, value = str(line).lstrip("+~").partition("=")
         if not key.startswith(NOT_OVERRIDES) and key not in ("seed",):
             params[key] = value
-    config = run_dir / ".hydra" / "config.yaml"
-    seed = (yaml.safe_load(config.read_text()) or {}).get("seed") if config.is_file() else None
-    return params, seed
+    config_path = run_dir / ".hydra" / "config.yaml"
+    config = read_yaml(config_path, default={}) or {}
+    if not isinstance(config, dict):
+        raise BadFile(f"{config_path} is not a mapping")
+    seed = config.get("seed")
+    return params, seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def read_job(run_dir: Path, sweep_dir: Path) -> Job:
+    """One job folder; a malformed file makes the job `unreadable` (with the reason), never the sweep."""
+    run = run_dir.relative_to(sweep_dir).as_posix() or "."
+    try:
+        params, seed = _overrides(run_dir)
+        record = read_metrics(run_dir)
+    except BadFile as err:
+        return Job(run=run, params={}, seed=None, status="unreadable", reason=str(err))
+    iteration = record.get("iteration")
+    return Job(run=run, params=params, seed=seed, status=str(record.get("status", "no result")),
+               reason=str(record.get("reason") or ""),
+               iteration=iteration if isinstance(iteration, int) and not isinstance(iteration, bool) else None,
+               best=_numbers(record.get("best")), final=_numbers(record.get("final")),
+               monitor=record.get("monitor") if isinstance(record.get("monitor"), str) else None)
 
 
 def collect(sweep_dir: str | Path) -> list[Job]:
     """Every job folder under `sweep_dir`, sorted by folder name."""
     sweep_dir = Path(sweep_dir)
-    jobs = []
-    for overrides in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
-        run_dir = overrides.parent.parent
-        params, seed = _overrides(run_dir)
-        record = read_metrics(run_dir)
-        jobs.append(Job(run=run_dir.relative_to(sweep_dir).as_posix() or ".", params=params, seed=seed,
-                        status=record.get("status", "no result"), reason=record.get("reason") or "",
-                        iteration=record.get("iteration"), best=_numbers(record.get("best")),
-                        final=_numbers(record.get("final")), monitor=record.get("monitor")))
-    return jobs
+    return [read_job(overrides.parent.parent, sweep_dir) for overrides in sorted(sweep_dir.rglob(".hydra/overrides.yaml"))]
 
 
 def last_logged(run_dir: Path, tag: str) -> float:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +29,9 @@ def images_from_npz(path: Path) -> torch.Tensor:
             if "images" not in f:
                 raise ConfigError(f"{path} has no key 'images' (it has: {', '.join(f.files) or 'nothing'})")
             images = f["images"]
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read {path} as .npz ({str(err).splitlines()[0]})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"cannot read {path} as .npz (truncated, empty or not an .npz: {why})") from None
     if images.dtype != np.uint8:
         raise ConfigError(f"{path}: images are {images.dtype}; save them as uint8 in 0..255")
     if images.ndim == 3:
@@ -37,17 +40,21 @@ def images_from_npz(path: Path) -> torch.Tensor:
         images = images.transpose(0, 3, 1, 2)
     if images.ndim != 4:
         raise ConfigError(f"{path}: images are {list(images.shape)}-shaped; expected [N, H, W] or [N, C, H, W]")
+    if len(images) == 0:
+        raise ConfigError(f"{path}: 'images' holds no images")
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
 def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None) -> tuple[torch.Tensor, Evaluator]:
-    from hydra.utils import instantiate
-
+    """Samples of a run, .ckpt or .safetensors export, and an evaluator for the data it names."""
+    from ganexp.build import build_datamodule
     from ganexp.sample import generate
 
     samples, config = generate(path, n, seed)
-    data_cfg = {**config["data"], **({"root": root} if root and "root" in config["data"] else {})}
-    datamodule = instantiate(data_cfg)
+    data_cfg = dict(config["data"])
+    if root:  # where the files are on this machine (an export carries no path)
+        data_cfg["root"] = root
+    datamodule = build_datamodule(data_cfg, source=path)
     if datamodule.metrics_name == "toy":
         datamodule.setup("fit")  # toy scores need the training sample's standardization
     evaluator = Evaluator.for_datamodule(datamodule)
@@ -58,12 +65,13 @@ def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("path", type=Path, help="a run folder (checkpoints/last.ckpt), a .ckpt or a .npz")
+    parser.add_argument("path", type=Path, help="a run folder (checkpoints/last.ckpt), a .ckpt, a .safetensors export or a .npz")
     parser.add_argument("--data", choices=LABELLED, help="the dataset of an .npz's images")
     parser.add_argument("--n", type=int, default=10_000, help="samples drawn from a checkpoint (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent sample")
     parser.add_argument("--data-root", help="where MNIST / Fashion-MNIST live (default: the run's data.root)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             samples, evaluator = samples_from_checkpoint(args.path, args.n, args.seed, args.data_root)
         scores, floor = evaluator.score(samples), evaluator.floor(len(samples))
     except ConfigError as err:
+        if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         print(f"ganexp.evaluate: error: {err}", file=sys.stderr)
         return 2
     protocol = evaluator.protocol(n=len(samples))

@@ -26,11 +26,14 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 
 def read_metrics(run_dir: str | Path) -> dict:
+    """The run's record ({} when there is none); BadFile (one line) when it is not a JSON object."""
+    from ganexp.files import BadFile, read_json
+
     path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    record = read_json(path, default={})
+    if not isinstance(record, dict):
+        raise BadFile(f"{path} is not a ganexp record (a JSON {type(record).__name__}, not an object)")
+    return record
 
 
 def update_metrics(run_dir: str | Path, **fields: Any) -> dict:

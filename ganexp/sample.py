@@ -3,54 +3,23 @@
     python -m ganexp.sample RUN_DIR_OR_CKPT --n 64 --out grid.png
     python -m ganexp.sample RUN_DIR_OR_CKPT --n 1000 --out samples.npz
 
+PATH may also be a generator export (`python -m ganexp.export`, .safetensors).
 `.png`: an image grid (toy 2-D data: a scatter plot). `.npz`: key `images`, uint8,
 [N, H, W] for grey and [N, C, H, W] for colour (toy data: key `points`, float32 [N, 2]).
 """
 from __future__ import annotations
 
 import argparse
-import pickle
+import os
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ganexp.build import build_generator, build_prior
+from ganexp.build import build_prior
 from ganexp.errors import ConfigError
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder means its checkpoints/last.ckpt."""
-    path = Path(path)
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise ConfigError(f"no checkpoint at {ckpt}; give a run folder holding checkpoints/last.ckpt or a .ckpt file")
-    return ckpt
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """torch.load with weights_only=True: a file that needs arbitrary code to unpickle is refused."""
-    ckpt = resolve_checkpoint(path)
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
-        raise ConfigError(f"cannot read checkpoint {ckpt} (truncated, corrupt or not a ganexp checkpoint: {first})")
-    if "hyper_parameters" not in checkpoint or "model" not in checkpoint["hyper_parameters"]:
-        raise ConfigError(f"{ckpt} is not a ganexp checkpoint (no stored config)")
-    return checkpoint
-
-
-def load_generator(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
-    """(generator in eval mode, the run's plain config, the checkpoint)."""
-    checkpoint = load_checkpoint(path)
-    config = checkpoint["hyper_parameters"]
-    generator = build_generator(config)
-    state = {k.removeprefix("generator."): v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
-    generator.load_state_dict(state)
-    return generator.eval(), config, checkpoint
+from ganexp.files import load_generator
 
 
 @torch.no_grad()
@@ -92,10 +61,11 @@ def save(samples: torch.Tensor, config: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.sample", description=__doc__.splitlines()[0])
-    parser.add_argument("path", help="a run folder (uses checkpoints/last.ckpt) or a .ckpt file")
+    parser.add_argument("path", help="a run folder (uses checkpoints/last.ckpt), a .ckpt or a .safetensors export")
     parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     parser.add_argument("--out", type=Path, default=Path("samples.png"), help=".png grid or .npz arrays")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent sample")
+    parser.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
     args = parser.parse_args(argv)
     try:
         if args.n < 1:
@@ -103,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         samples, config = generate(args.path, args.n, args.seed)
         save(samples, config, args.out)
     except ConfigError as err:
+        if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         print(f"ganexp.sample: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.n} samples to {args.out}")

@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ganexp.metrics.classifier import load_classifier
 from ganexp.results import read_metrics, write_json_atomic
-from ganexp.sample import load_checkpoint
+from ganexp.files import read_checkpoint
 from ganexp.validate import IMAGE_METRICS
 from tests.conftest import make_cfg
 from train import train
@@ -55,7 +55,7 @@ def test_metrics_json_records_final_best_and_protocol(run):
 def test_best_checkpoint_holds_the_best_iteration(run):
     out, _ = run
     record = read_metrics(out)
-    best = load_checkpoint(out / "checkpoints" / "best.ckpt")
+    best = read_checkpoint(out / "checkpoints" / "best.ckpt")
     assert best["iteration"] == record["best_iteration"]
     assert best["hyper_parameters"]["data"]["_target_"].endswith("DigitsDataModule")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import socket
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,8 +35,9 @@ class MNISTDataModule(TensorDataModule):
     dataset_cls = torchvision.datasets.MNIST
     metrics_name = "mnist"
 
-    def __init__(self, root: str = "./data", download: bool = True, **kwargs):
+    def __init__(self, root: str | None = None, download: bool = True, **kwargs):
         super().__init__(**kwargs)
+        root = root or os.environ.get("GANEXP_DATA_DIR") or "./data"  # as conf/data/mnist.yaml says
         self.root, self.download = Path(root).expanduser(), download
 
     @property

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from ganexp.files import load_weights, read_checkpoint
 from ganexp.metrics.evaluator import Evaluator, quantize
 from ganexp.metrics.scores import better
 from ganexp.results import update_metrics
@@ -78,8 +79,9 @@ class EvalCallback(Callback):
         best, best_iteration = final, pl_module.iteration
         if self.best_iteration is not None and self.best_path.is_file() and self.best_iteration != pl_module.iteration:
             best_g = copy.deepcopy(pl_module.generator)
-            state = torch.load(self.best_path, map_location=pl_module.device, weights_only=True)["state_dict"]
-            best_g.load_state_dict({k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")})
+            state = read_checkpoint(self.best_path)["state_dict"]  # validated like any file ganexp reads
+            load_weights(best_g, {k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")},
+                         self.best_path, "generator")
             best, best_iteration = self.evaluate(best_g, pl_module, self.n_final), self.best_iteration
             if not better(self.monitor, best.get(self.monitor, math.nan), final.get(self.monitor)):
                 best, best_iteration = final, pl_module.iteration  # on n_final samples the last one wins

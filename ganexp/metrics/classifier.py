@@ -191,6 +191,8 @@ def _read(path: Path) -> dict:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable cache file means the same thing
         raise ConfigError(f"cannot read the cached classifier {path} ({type(err).__name__}); delete it to retrain")
+    if not isinstance(record, dict) or not isinstance(record.get("state_dict"), dict) or "sha256" not in record:
+        raise ConfigError(f"the cached classifier {path} is not a ganexp classifier record; delete it to retrain")
     if state_hash(record["state_dict"]) != record["sha256"]:
         raise ConfigError(f"the cached classifier {path} does not match its recorded sha256; delete it to retrain")
     return record

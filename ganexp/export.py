@@ -1,0 +1,98 @@
+"""Export a generator for sharing: weights in safetensors, its build description as plain JSON.
+
+    python -m ganexp.export outputs/<date>/<time> --out g.safetensors          # last.ckpt's G
+    python -m ganexp.export outputs/<date>/<time> --best --out g.safetensors   # best.ckpt's G
+    python -m ganexp.sample g.safetensors --n 64 --out grid.png                 # read like a .ckpt
+
+Share `.safetensors`, resume from `.ckpt`: loading a safetensors file cannot run code, and its
+JSON description (model name and sizes, latent size and prior, image shape, dataset, metrics
+with the classifier hash) is checked against ganexp's registry of parts like any stored config.
+No path of the exporting machine goes into the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ganexp.errors import ConfigError
+from ganexp.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, read_checkpoint, resolve_checkpoint
+from ganexp.resume import is_run_folder
+from ganexp.results import read_metrics
+
+LOCAL_KEYS = ("root", "path", "download")  # where the data lay on the exporting machine
+
+
+def description(config: dict, checkpoint: dict, record: dict) -> dict:
+    """The plain-JSON build description of a checkpoint's generator."""
+    data = {k: v for k, v in config["data"].items() if k not in LOCAL_KEYS}
+    protocol = record.get("protocol") or {}
+    classifier = protocol.get("classifier") or {}
+    return {
+        "model": {"generator": config["model"]["generator"]},
+        "noise": {"prior": config["noise"]["prior"], "latent_dim": config["noise"]["latent_dim"]},
+        "data": data,
+        "image_shape": list(data.get("shape") or []),
+        "dataset": protocol.get("dataset") or data.get("_target_", "").rpartition(".")[2],
+        "iteration": checkpoint.get("iteration"),
+        "metrics": {"final": record.get("final"), "best": record.get("best"), "monitor": record.get("monitor"),
+                    "best_iteration": record.get("best_iteration"),
+                    "classifier_sha256": classifier.get("sha256")},
+    }
+
+
+def export(path: str | Path, out: str | Path, best: bool = False) -> dict:
+    """Write `out` (.safetensors) from a run folder or a .ckpt; returns the description."""
+    from safetensors.torch import save_file
+
+    path, out = Path(path).expanduser(), Path(out)
+    if out.suffix != EXPORT_SUFFIX:
+        raise ConfigError(f"--out {out}: the export is a {EXPORT_SUFFIX} file")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name ending in {EXPORT_SUFFIX}")
+    if not os.access(out.parent if str(out.parent) else Path("."), os.W_OK) and out.parent.exists():
+        raise ConfigError(f"--out {out}: {out.parent} is not writable")
+    if best:
+        if not path.is_dir():
+            raise ConfigError("--best needs a run folder (it exports checkpoints/best.ckpt)")
+        path = path / "checkpoints" / "best.ckpt"
+    ckpt = resolve_checkpoint(path)
+    checkpoint = read_checkpoint(ckpt)
+    run = ckpt.parent.parent
+    record = read_metrics(run) if is_run_folder(run) else {}
+    about = description(checkpoint["hyper_parameters"], checkpoint, record)
+    weights = {k.removeprefix("generator."): v.contiguous().clone()
+               for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
+    if not weights:
+        raise BadFile(f"{ckpt} holds no generator weights")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    save_file(weights, str(tmp), metadata={"format": EXPORT_FORMAT, "ganexp": json.dumps(about)})
+    os.replace(tmp, out)
+    return about
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ganexp.export", description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="a run folder (its checkpoints/last.ckpt) or a .ckpt file")
+    parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    parser.add_argument("--best", action="store_true", help="export the run's best.ckpt instead of last.ckpt")
+    parser.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
+    args = parser.parse_args(argv)
+    try:
+        about = export(args.path, args.out, args.best)
+    except ConfigError as err:
+        if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"ganexp.export: error: {err}", file=sys.stderr)
+        return 2
+    generator = about["model"]["generator"]["_target_"].rpartition(".")[2]
+    print(f"wrote {args.out}: {generator}, z {about['noise']['latent_dim']} ({about['noise']['prior']}), "
+          f"{about['dataset']} {about['image_shape']}, iteration {about['iteration']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

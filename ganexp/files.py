@@ -1,0 +1,170 @@
+"""Reading files that someone else may have made: checkpoints, exports, JSON and YAML records.
+
+Every reader here parses, validates and returns plain data, or raises `BadFile` (a
+ConfigError: one line that names the file and the problem, exit 2). Checkpoints are read
+with `torch.load(weights_only=True)`, exports with safetensors (no code can run while
+loading either), and any config inside them goes through `registry.check_stored` before
+anything is built from it. `load_generator` is the one way from a file to a generator.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ganexp.errors import ConfigError
+from ganexp.registry import build, check_stored
+
+EXPORT_SUFFIX = ".safetensors"
+EXPORT_FORMAT = "ganexp-generator/1"
+NEEDED = ("model.generator", "noise.prior", "noise.latent_dim", "data")  # to sample from a stored config
+
+
+class BadFile(ConfigError):
+    """A file ganexp was given cannot be used; the message names it and says why."""
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder means its checkpoints/last.ckpt."""
+    path = Path(path).expanduser()
+    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise BadFile(f"no checkpoint at {ckpt}; give a run folder holding checkpoints/last.ckpt, "
+                      f"a .ckpt or a {EXPORT_SUFFIX} file")
+    return ckpt
+
+
+def select(config: Any, dotted: str, default: Any = None) -> Any:
+    """config["a"]["b"] for "a.b" in plain nested dicts, or `default` where a part is missing."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def check_run_config(config: Any, source: Path) -> dict:
+    """A stored run config: a mapping that holds what sampling needs, and nothing that builds code."""
+    if not isinstance(config, dict):
+        raise BadFile(f"{source} holds no run config (found a {type(config).__name__}); is it a ganexp file?")
+    check_stored(config, source)
+    missing = [k for k in NEEDED if select(config, k) is None]
+    if missing:
+        raise BadFile(f"{source} is not a ganexp checkpoint: its stored config lacks {', '.join(missing)}")
+    for key in ("model", "model.generator", "noise", "data"):
+        if not isinstance(select(config, key), dict):
+            raise BadFile(f"{source}: stored {key} is not a mapping")
+    return config
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A ganexp .ckpt, validated: a plain dict whose stored config passed the allowlist."""
+    ckpt = resolve_checkpoint(path)
+    if ckpt.suffix == EXPORT_SUFFIX:
+        raise BadFile(f"{ckpt} is a generator export (weights only): sample or evaluate it, or start a new run "
+                      f"from it with init_from={ckpt}; it cannot be resumed")
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError,
+            AttributeError, TypeError, IndexError, KeyError) as err:
+        raise BadFile(f"cannot read checkpoint {ckpt} (truncated, corrupt or not a ganexp checkpoint: "
+                      f"{_first_line(err)})") from None
+    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint:
+        raise BadFile(f"{ckpt} is not a ganexp checkpoint (no stored config)")
+    check_run_config(checkpoint["hyper_parameters"], ckpt)
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise BadFile(f"{ckpt}: state_dict is missing or holds something other than named tensors")
+    return checkpoint
+
+
+def resumable(checkpoint: dict) -> bool:
+    """A full training checkpoint (last.ckpt), not the weights-only best.ckpt."""
+    return all(k in checkpoint for k in ("optimizer_states", "loops", "epoch", "iteration"))
+
+
+def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(generator weights, description) of a `python -m ganexp.export` file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BadFile(f"no file {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise BadFile(f"cannot read {path} as safetensors ({_first_line(err)})") from None
+    if metadata.get("format") != EXPORT_FORMAT:
+        raise BadFile(f"{path} is not a ganexp generator export (metadata format {metadata.get('format')!r}, "
+                      f"expected {EXPORT_FORMAT!r})")
+    try:
+        description = json.loads(metadata.get("ganexp", ""))
+    except json.JSONDecodeError as err:
+        raise BadFile(f"{path}: its ganexp metadata is not JSON ({_first_line(err)})") from None
+    check_run_config(description, path)
+    return weights, description
+
+
+def load_generator(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
+    """(generator in eval mode, the plain run config, the checkpoint or export description)."""
+    path = Path(path).expanduser()
+    if path.suffix == EXPORT_SUFFIX:
+        weights, config = read_export(path)
+        source, record = path, config
+    else:
+        record = read_checkpoint(path)
+        source, config = resolve_checkpoint(path), record["hyper_parameters"]
+        weights = {k.removeprefix("generator."): v for k, v in record["state_dict"].items() if k.startswith("generator.")}
+    generator = build(config["model"]["generator"], "generator", key="model.generator", source=source)
+    load_weights(generator, weights, source, "generator")
+    return generator.eval(), config, record
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path | str, what: str) -> None:
+    """`load_state_dict`, with a mismatch said in one line instead of torch's page of key lists."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    wrong = [k for k in own if k in weights and own[k].shape != weights[k].shape]
+    if missing or unexpected or wrong:
+        detail = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else
+                  f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else
+                  f"{wrong[0]} is {list(weights[wrong[0]].shape)} in the file, {list(own[wrong[0]].shape)} in the model")
+        raise BadFile(f"{source}: the {what} weights do not fit the {what} its config describes: {detail}")
+    module.load_state_dict(weights)
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    """A JSON record; `default` when the file does not exist; BadFile when it is not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadFile(f"cannot read {path} ({_first_line(err)})") from None
+
+
+def read_yaml(path: str | Path, default: Any = None) -> Any:
+    """A YAML file parsed as plain data (safe_load: no tags, no objects)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        return default
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise BadFile(f"cannot read {path} ({_first_line(err)})") from None

@@ -1,0 +1,256 @@
+"""Resuming continues the run that is in the checkpoint, and never rewrites what a user has.
+
+- A run folder is one that ganexp made: it holds the marker file `.ganexp-run`. Resuming
+  in place happens only for `<run>/checkpoints/last.ckpt` of such a folder; any other
+  checkpoint starts a new run folder (the source is recorded in its metrics.json).
+- The experiment (EXPERIMENT keys) comes from the checkpoint's stored config. A command-line
+  override that changes it is refused in one line that lists the keys; overrides that only
+  extend or observe the run (epochs, time, eval / log / checkpoint frequency, logger,
+  callbacks, trainer) apply.
+- `ResumeCheck` (a Hydra callback) does all of this in `on_run_start`, before Hydra makes or
+  touches a folder, so a refused resume leaves every byte of the run as it was; and
+  `hydra_subdir` keeps a folder's original `.hydra/` when a later attempt runs in it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ganexp.errors import ConfigError
+from ganexp.files import select
+
+RUN_MARKER = ".ganexp-run"
+# What the experiment is; a resume keeps the checkpoint's values of all of these.
+EXPERIMENT = ("model", "data", "loss", "optimizer", "noise", "seed", "batch_size", "d_steps", "n_fixed")
+FREE = ("data.root", "data.download")  # where the files are on this machine, not what they are
+NOT_SETTINGS = ("ckpt_path", "init_from", "paths", "hydra")
+
+
+def mark_run(run_dir: str | Path) -> None:
+    """Make `run_dir` recognisable as a ganexp run folder (the only thing in-place resume trusts)."""
+    from ganexp import __version__
+
+    path = Path(run_dir) / RUN_MARKER
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"ganexp": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+
+
+def is_run_folder(path: str | Path) -> bool:
+    return (Path(path) / RUN_MARKER).is_file()
+
+
+def in_place_run(ckpt_path: Any) -> Path | None:
+    """The run folder a checkpoint path resumes in: only `<run>/checkpoints/last.ckpt` of a marked run."""
+    if not ckpt_path:
+        return None
+    path = Path(str(ckpt_path)).expanduser()
+    if path.name == "last.ckpt" and path.parent.name == "checkpoints" and is_run_folder(path.parent.parent):
+        return path.parent.parent.resolve()
+    return None
+
+
+def run_dir(ckpt_path: Any, default: str) -> str:
+    """Hydra's run folder (conf/hydra/default.yaml): the checkpoint's run when it resumes in place."""
+    return str(in_place_run(ckpt_path) or default)
+
+
+def hydra_subdir(output_dir: str) -> str:
+    """`.hydra`, unless the folder already has one: then this attempt's copy goes beside it."""
+    if (Path(output_dir) / ".hydra" / "config.yaml").is_file():
+        return f".hydra/attempts/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+    return ".hydra"
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The config keys (or group names) a list of Hydra overrides sets."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    except Exception:  # noqa: BLE001 - unparsable overrides were already refused by the command-line check
+        return [str(o).lstrip("+~").split("=", 1)[0] for o in overrides]
+    return [o.key_or_group for o in parsed]
+
+
+def _leaves(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: node}
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def experiment_changes(requested: dict, stored: dict, keys: list[str]) -> list[str]:
+    """'key: stored → requested' for every experiment setting the overrides `keys` change."""
+    changes: list[str] = []
+    for key in keys:
+        if key.split(".")[0] in NOT_SETTINGS:
+            continue
+        scope = EXPERIMENT if key == "experiment" else [key] if key.split(".")[0] in EXPERIMENT else []
+        for k in scope:
+            new, old = _leaves(select(requested, k, _ABSENT), k), _leaves(select(stored, k, _ABSENT), k)
+            for path in sorted(set(new) | set(old)):
+                if any(path == f or path.startswith(f + ".") for f in FREE):
+                    continue
+                a, b = old.get(path, _ABSENT), new.get(path, _ABSENT)
+                if a != b and not (isinstance(a, _Absent) and isinstance(b, _Absent)):
+                    line = f"{path}: {_show(a)} → {_show(b)}"
+                    if line not in changes:
+                        changes.append(line)
+    return changes
+
+
+def _show(value: Any) -> str:
+    text = value if isinstance(value, _Absent) else json.dumps(value)
+    text = str(text)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictConfig, dict]:
+    """(cfg with the experiment taken from the checkpoint at cfg.ckpt_path, the checkpoint).
+
+    ConfigError when the file cannot be resumed from or the overrides change the experiment.
+    `overrides=None` (a config composed in code, no command line): every setting as composed,
+    the experiment from the checkpoint."""
+    from ganexp.files import read_checkpoint, resolve_checkpoint, resumable
+
+    ckpt_path = resolve_checkpoint(cfg.ckpt_path)  # a run folder means its last.ckpt (in a new run folder)
+    checkpoint = read_checkpoint(ckpt_path)
+    if not resumable(checkpoint):
+        raise ConfigError(f"{ckpt_path} holds weights only (no optimizer or loop state: best.ckpt or an export); "
+                          f"resume from the run's checkpoints/last.ckpt, or start a new run from these weights "
+                          f"with init_from={ckpt_path}")
+    stored = checkpoint["hyper_parameters"]
+    requested = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+                 for k in EXPERIMENT if k in cfg}  # only these: paths resolve only once Hydra runs the job
+    changes = experiment_changes(requested, stored, override_keys(overrides)) if overrides is not None else []
+    changes.sort(key=lambda c: not c.split(":")[0].endswith("._target_"))  # a swapped part says the most
+    if changes:
+        rest = [c.split(":")[0] for c in changes[6:]]
+        shown = "; ".join(changes[:6]) + (f"; also {', '.join(rest)}" if rest else "")
+        changed = sorted({c.split(":")[0] for c in changes})
+        raise ConfigError(f"resuming {ckpt_path} continues its experiment, but the command line changes it ({shown}); "
+                          f"drop those overrides to resume, or start a new run from its weights: "
+                          f"python train.py init_from={ckpt_path} {' '.join(o for o in overrides if _sets_any(o, changed))}".rstrip())
+    merged = copy.deepcopy(cfg)
+    with open_dict(merged):
+        if overrides is not None:
+            _carry_settings(merged, stored, override_keys(overrides))
+        for key in EXPERIMENT:
+            if key not in stored:
+                continue
+            value = copy.deepcopy(stored[key])
+            if key == "data" and isinstance(value, dict):
+                data = OmegaConf.to_container(merged.data, resolve=True)
+                for free in FREE:
+                    sub = free.split(".", 1)[1]
+                    if sub in data:
+                        value[sub] = data[sub]
+            merged[key] = value
+        merged.ckpt_path = str(ckpt_path)
+    return merged, checkpoint
+
+
+def _carry_settings(merged: DictConfig, stored: dict, keys: list[str]) -> None:
+    """The run's other settings (epochs, time budget, batches per epoch, frequencies) as stored,
+    unless the command line sets them; interpolated values (paths, `${batch_size}`) stay as composed,
+    so they point into this run's folder."""
+    if "experiment" in keys:
+        return  # an experiment overlay sets its own budget
+    for path, value in _leaves(stored, "").items():
+        path = path.lstrip(".")
+        top = path.split(".")[0]
+        if top in EXPERIMENT or top in NOT_SETTINGS or any(path == k or path.startswith(k + ".") for k in keys):
+            continue
+        parent_path, _, leaf = path.rpartition(".")
+        parent = OmegaConf.select(merged, parent_path) if parent_path else merged
+        if not isinstance(parent, DictConfig) or leaf not in parent or OmegaConf.is_interpolation(parent, leaf):
+            continue
+        parent[leaf] = copy.deepcopy(value)
+
+
+def _sets_any(override: str, keys: list[str]) -> bool:
+    key = override_keys([override])[0]
+    return any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in keys) or key == "experiment"
+
+
+def check_init_from(path: Any) -> None:
+    """init_from must be a readable ganexp checkpoint or export (the weights are loaded at build)."""
+    from ganexp.files import EXPORT_SUFFIX, read_checkpoint, read_export
+
+    if Path(str(path)).suffix == EXPORT_SUFFIX:
+        read_export(path)
+    else:
+        read_checkpoint(path)
+
+
+def check_run(config: DictConfig) -> None:
+    """Everything a run's files decide, checked before Hydra makes or touches a folder."""
+    task = OmegaConf.to_container(config.hydra.overrides.task) if "hydra" in config else []
+    if config.get("ckpt_path") and config.get("init_from"):
+        raise ConfigError("ckpt_path and init_from together: ckpt_path resumes a run, init_from starts a new one "
+                          "from a checkpoint's weights; give one of them")
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path and "hydra" in config and config.hydra.mode != "MULTIRUN":
+        last = Path(str(OmegaConf.select(config, "hydra.run.dir"))) / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if last.is_file() else None  # hydra.run.dir=<a run>: the same as resuming it
+    if ckpt_path:
+        cfg = copy.deepcopy(config)
+        with open_dict(cfg):
+            del cfg["hydra"]
+            cfg.ckpt_path = ckpt_path
+        resume_config(cfg, task)
+    if config.get("init_from"):
+        check_init_from(config.init_from)
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class ResumeCheck(Callback):
+    """conf/hydra/default.yaml: checks a resume (or init_from) before Hydra writes anything."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_run(config)
+        except ConfigError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"ganexp: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+
+def init_weights(module, path: Any) -> None:
+    """A new run that starts from a checkpoint's G and D (or an export's G): weights only, fresh
+    optimizers, the experiment as configured now."""
+    from ganexp.files import EXPORT_SUFFIX, load_weights, read_checkpoint, read_export, resolve_checkpoint
+
+    if Path(str(path)).suffix == EXPORT_SUFFIX:
+        weights, _ = read_export(path)
+        load_weights(module.generator, weights, path, "generator")
+        return
+    source = resolve_checkpoint(path)
+    state = read_checkpoint(source)["state_dict"]
+    for name in ("generator", "discriminator"):
+        part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+        load_weights(getattr(module, name), part, source, name)
