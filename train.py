@@ -20,15 +20,10 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 log = logging.getLogger("ganexp")
 
 
-from ganexp.resume import hydra_subdir, run_dir  # noqa: E402
+from ganexp.resume import register_resolvers  # noqa: E402
 
-OmegaConf.register_new_resolver("ganexp_run_dir", run_dir, replace=True)
-OmegaConf.register_new_resolver("ganexp_hydra_subdir", hydra_subdir, replace=True)
+register_resolvers()  # before @hydra.main composes conf/hydra/default.yaml
 _started: set[str] = set()  # run folders whose metrics.json this process set to "running"
-
-
-class Diverged(RuntimeError):
-    pass
 
 
 def _task_overrides() -> list[str] | None:
@@ -40,16 +35,19 @@ def _task_overrides() -> list[str] | None:
         return None
 
 
-def train(cfg: DictConfig, return_module: bool = False, overrides: list[str] | None = None):
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, dict]:
     """Check, build the parts from the composed config, fit, record the outcome in metrics.json.
 
     A resume (ckpt_path, or a last.ckpt already in the run folder) takes the experiment from the
-    checkpoint and refuses overrides that change it (ganexp/resume.py). Returns the monitored
-    metric (for Hydra sweepers), or the module when `return_module`.
+    checkpoint and refuses overrides that change it (ganexp/resume.py); a finished run in the same
+    folder is skipped. Returns (the run's metrics.json record, the built objects: cfg, datamodule,
+    module, trainer; none when skipped), as lightning-hydra-template's train(cfg) does.
     """
     import pytorch_lightning as pl
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from ganexp.build import build_datamodule, build_module, build_trainer
+    from ganexp.signals import stop_on_signals
     from ganexp.resume import in_place_run, init_weights, mark_run, resume_config
     from ganexp.results import read_metrics, update_metrics
     from ganexp.validate import check_config
@@ -69,9 +67,9 @@ def train(cfg: DictConfig, return_module: bool = False, overrides: list[str] | N
             log.info("resuming from %s", cfg.ckpt_path)  # the checkpoint's experiment, or one line refusing
         if in_place_run(cfg.ckpt_path) != out.resolve():
             source = str(Path(cfg.ckpt_path).resolve())  # a checkpoint from elsewhere: a new run folder
-    if previous.get("status") == "finished" and not asked_to_resume and not return_module:  # re-run sweeps skip it
+    if previous.get("status") == "finished" and not asked_to_resume:  # re-run sweeps skip it
         log.info("%s already finished; skipping", out)
-        return _monitored(previous)
+        return previous, {}
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data)
     datamodule.setup("fit")  # a missing dataset fails here, before the run writes anything
@@ -85,22 +83,36 @@ def train(cfg: DictConfig, return_module: bool = False, overrides: list[str] | N
         if source or cfg.get("init_from"):
             fields.update(resumed_from=source, init_from=cfg.get("init_from"))
         if cfg.ckpt_path and source is None:
-            fields["resumes"] = [*previous.get("resumes", []), {"time": _now(), "overrides": overrides or []}]
+            earlier = previous.get("resumes") if isinstance(previous.get("resumes"), list) else []
+            fields["resumes"] = [*earlier, {"time": _now(), "overrides": overrides or []}]
         update_metrics(out, **fields)
         _started.add(str(out.resolve()))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-    if trainer.is_global_zero:
-        if module.diverged_at is not None:
-            update_metrics(out, status="diverged", iteration=module.iteration, diverged_at=module.diverged_at,
-                           reason=f"non-finite loss at iteration {module.diverged_at}")
-        else:
-            update_metrics(out, status="finished", iteration=module.iteration)
-    if return_module:
-        return module
+    with stop_on_signals(module):  # Ctrl-C / SIGTERM: finish the iteration, checkpoint it, stop
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        except SIGTERMException:  # Lightning's way out of fit after SIGTERM; the handler above recorded it
+            module.request_stop("SIGTERM")
+    fields = {"status": "finished", "iteration": module.iteration}
     if module.diverged_at is not None:
-        raise Diverged(f"diverged at iteration {module.diverged_at} (NaN/Inf loss); "
-                       f"the last good checkpoint is in {out / 'checkpoints'}")
-    return _monitored(read_metrics(out))
+        fields.update(status="diverged", diverged_at=module.diverged_at, reason=module.divergence)
+    elif module.interrupted is not None:
+        fields.update(status="interrupted", signal=module.interrupted,
+                      reason=f"{module.interrupted} at iteration {module.iteration}")
+    record = update_metrics(out, **fields) if trainer.is_global_zero else fields
+    return record, {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
+
+
+def divergence_message(record: dict, out: Path) -> str:
+    """What diverged, and the checkpoint to go back to (one that exists), or that none was written."""
+    import torch
+
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        iteration = torch.load(last, map_location="cpu", weights_only=True).get("iteration")
+        keep = f"the last good checkpoint is {last} (iteration {iteration})"
+    else:
+        keep = "no checkpoint was written before it"
+    return f"diverged: {record.get('reason') or 'non-finite values'}; {keep}"
 
 
 def _now() -> str:
@@ -109,11 +121,15 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _monitored(record: dict) -> float | None:
+def monitored(record: dict) -> float | None:
     """The metric a sweeper optimizes: the best value of `monitor` (else its final value)."""
     monitor = record.get("monitor")
-    value = record.get("best", {}).get(monitor, record.get("final", {}).get(monitor))
-    return float(value) if value is not None else None
+    best, final = record.get("best"), record.get("final")  # read from a file: any shape
+    value = next((d[monitor] for d in (best, final) if isinstance(d, dict) and monitor in d), None)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
 
 
 def _record_failure(cfg: DictConfig, status: str, reason: str) -> None:
@@ -141,31 +157,55 @@ def main(cfg: DictConfig) -> float | None:
     from ganexp.launch import job_resources
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    # The pre-run check imported Lightning before Hydra set up logging, so Lightning gave its logger a
+    # console handler of its own and stopped propagation: hand its lines to Hydra's handlers (train.log).
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
     try:
         with job_resources(cfg):  # parallel sweeps: a share of the CPU threads, a GPU of its own
-            return train(cfg)
-    except (ConfigError, Diverged) as err:
-        status, code = ("failed", 2) if isinstance(err, ConfigError) else ("diverged", 3)
-        if isinstance(err, ConfigError):
-            _record_failure(cfg, status, str(err))
-        if multirun:  # the sweep goes on; the job's metrics.json says what happened
-            log.error("job %s: %s", status, err)
-            return math.nan
-        print(f"ganexp: error: {err}", file=sys.stderr)  # no traceback (HYDRA_FULL_ERROR=1 has it)
-        sys.exit(code)
+            record, _ = train(cfg)
+    except ConfigError as err:
+        _record_failure(cfg, "failed", str(err))
+        return _fail(multirun, "failed", str(err), 2)
     except Exception as err:
         _record_failure(cfg, "failed", f"{type(err).__name__}: {err}".splitlines()[0])
         if multirun:
             log.exception("job failed")
             return math.nan
         raise
+    if record.get("status") == "diverged":
+        return _fail(multirun, "diverged", divergence_message(record, Path(cfg.paths.output_dir)), 3)
+    if record.get("status") == "interrupted":
+        from ganexp.signals import EXIT_CODES
+        from ganexp.sweep import SweepInterrupted
+
+        last = Path(cfg.paths.output_dir).resolve() / "checkpoints" / "last.ckpt"
+        if multirun:  # no further jobs; train.py's __main__ writes the summary of those that ran
+            log.error("job interrupted: %s", record["reason"])
+            raise SweepInterrupted(record["signal"])
+        print(f"ganexp: interrupted by {record['reason']}; {last} holds it; "
+              f"resume with: python train.py ckpt_path={last}", file=sys.stderr)
+        sys.exit(EXIT_CODES[record["signal"]])
+    return monitored(record)
+
+
+def _fail(multirun: bool, status: str, message: str, code: int) -> float:
+    """In a sweep the job's metrics.json says what happened and the sweep goes on (NaN to the
+    sweeper); a single run says it in one line and exits with `code`."""
+    if multirun:
+        log.error("job %s: %s", status, message)
+        return math.nan
+    print(f"ganexp: error: {message}", file=sys.stderr)  # no traceback (HYDRA_FULL_ERROR=1 has it)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
     import os
 
     from ganexp.launch import check_launcher
-    from ganexp.sweep import exit_status, with_grid
+    from ganexp.sweep import SweepInterrupted, exit_status, interrupted, with_grid
     from ganexp.validate import check_command_line
 
     args = sys.argv[1:]
@@ -177,5 +217,8 @@ if __name__ == "__main__":
         except ConfigError as err:
             print(f"ganexp: error: {err}", file=sys.stderr)
             sys.exit(2)
-    main()
+    try:
+        main()
+    except SweepInterrupted as stop:  # a sweep's job was stopped by a signal: summarize what ran
+        interrupted(str(stop))
     sys.exit(exit_status())  # a multirun with a job that did not finish exits 1 (ganexp/sweep.py)

@@ -7,7 +7,7 @@ MNIST from $GANEXP_DATA_DIR) and records each wall time in OUT/<name>/wall_secon
 runs already in OUT are read. Then it prints a markdown table per claim: D accuracy with instance noise
 vs without, D's real score with label smoothing 0.1 vs 0, the generator's early gradient norm under
 the minimax vs the non-saturating loss, the toy samples' distance to the true quadratic, and the
-metrics of every run (with the real-vs-real floor). The budgets are short of the seeds' own (100 to
+metrics of every run (with the real-vs-real floor). The budgets are short of the tutorials' own (100 to
 2,000 epochs): the table says what each run had.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ganexp.compare import markdown_table  # noqa: E402
+from ganexp.metrics.scores import IMAGE_METRICS  # noqa: E402
 
 QUIET = ["trainer.enable_progress_bar=false"]
 RUNS = {  # name: overrides; pairs differ in exactly the one setting their claim is about
@@ -39,7 +40,6 @@ RUNS = {  # name: overrides; pairs differ in exactly the one setting their claim
     "orig_mm": ["experiment=original_gan", "trainer.max_epochs=5", "loss=minimax"],
     "mnist_fast": ["experiment=mnist_fast"],
 }
-IMAGE_METRICS = ("fid", "kid", "is", "coverage", "class_kl", "precision", "recall")
 
 
 def run(out: Path, names: list[str]) -> None:
@@ -103,8 +103,8 @@ def report(out: Path) -> str:
             label = f"σ {fmt(sigmas[0], 2)} → {fmt(sigmas[-1], 2)}" if max(sigmas) > 0 else "σ = 0"
             rows.append([label, mean_of(last, "noise/sigma"), mean_of(last, "d/acc_real"),
                          mean_of(last, "d/acc_fake"), mean_of(last, "d/acc"), record(out / name)["final"]["fid"]])
-        parts.append("### Seed 000: instance noise keeps D's accuracy from running away\n\n"
-                     "Means over the last epoch's logged iterations (every 50th). As in the seed, D's accuracy is "
+        parts.append("### instance_noise: instance noise keeps D's accuracy from running away\n\n"
+                     "Means over the last epoch's logged iterations (every 50th). As in the tutorial, D's accuracy is "
                      "measured on the inputs it trains on, noise included.\n\n"
                      + table(["instance noise (epoch 0 → last)", "σ, last epoch", "D acc real", "D acc fake", "D acc",
                               "final fid"], rows))
@@ -115,7 +115,7 @@ def report(out: Path) -> str:
             final = record(out / name)["final"]
             rows.append([label, mean_of(last, "d/real_score"), mean_of(last, "d/fake_score"), mean_of(last, "d/acc"),
                          final["fid"], final["precision"], final["recall"]])
-        parts.append("### Seed 003: one-sided label smoothing\n\nMeans over the last epoch's logged iterations.\n\n"
+        parts.append("### label_smoothing: one-sided label smoothing\n\nMeans over the last epoch's logged iterations.\n\n"
                      + table(["smoothing", "D(x) real", "D(G(z))", "D acc", "final fid", "precision", "recall"], rows))
     if {"orig_ns", "orig_mm"} <= have:
         rows = []
@@ -124,7 +124,7 @@ def report(out: Path) -> str:
             early = [r for r in rows_ if r["iteration"] < 100]
             rows.append([label, mean_of(early, "grad/g_norm"), mean_of(early, "d/fake_score"),
                          mean_of(last_epoch(rows_), "grad/g_norm"), record(out / name)["final"]["fid"]])
-        parts.append("### Seed 004: the minimax generator loss saturates early\n\n"
+        parts.append("### original_gan: the minimax generator loss saturates early\n\n"
                      "‖∇G‖ is the generator's gradient norm, logged every 10 iterations.\n\n"
                      + table(["G loss", "‖∇G‖, iterations 0-99", "D(G(z)), iterations 0-99", "‖∇G‖, last epoch",
                               "final fid"], rows))
@@ -132,7 +132,7 @@ def report(out: Path) -> str:
         rec = record(out / "toy")
         rows = [["generated", rec["final"].get("residual"), rec["final"].get("swd"), rec["iteration"]],
                 ["real vs real (floor)", rec["protocol"]["floor"].get("residual"), rec["protocol"]["floor"].get("swd"), ""]]
-        parts.append("### Seed 002: a GAN learns the quadratic y = 10 + x²\n\n"
+        parts.append("### toy_quadratic: a GAN learns the quadratic y = 10 + x²\n\n"
                      "`residual`: median |y − (10 + x²)| of 10,000 generated points, in data units (y spans "
                      "10 to 2,510); `swd`: sliced Wasserstein distance to fresh true samples, standardized.\n\n"
                      + table(["points", "residual", "swd", "iterations"], rows))

@@ -1,4 +1,10 @@
-"""Composed config → built parts, every one through ganexp.registry.build (no `instantiate`)."""
+"""Composed config → built parts, every one through ganexp.registry.build (no `instantiate`).
+
+This is where the parts are built. The config layout is also read, each for its own keys, by
+validate.py (train.yaml's top-level rules), resume.py (which keys are the experiment),
+sample.py / files.py / export.py (model.generator, noise, data of a stored config) and
+metrics/callback.py (the HParams entry).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -27,18 +33,35 @@ def build_datamodule(data: Any, source: str = "the config", **extra: Any):
     return build(data, "data", key="data", source=source, **extra)
 
 
+def build_instance_noise(noise: Any) -> InstanceNoise:
+    return InstanceNoise(noise["instance_sigma"], noise["instance_sigma_min"], noise["anneal"], noise["anneal_epochs"],
+                         noise.get("anneal_per", "epoch"))
+
+
+def build_parts(config: dict) -> dict[str, Any]:
+    """Every part of a GANModule but the optimizers' parameters; each constructor checks its own values."""
+    return {
+        "loss": build(config["loss"], "loss", key="loss"),
+        "prior": build_prior(config["noise"]),
+        "instance_noise": build_instance_noise(config["noise"]),
+        "generator": build_generator(config),
+        "discriminator": build(config["model"]["discriminator"], "discriminator", key="model.discriminator"),
+        "optimizer_g": build(config["optimizer"]["g"], "optimizer", key="optimizer.g"),
+        "optimizer_d": build(config["optimizer"]["d"], "optimizer", key="optimizer.d"),
+    }
+
+
+def build_cheap_parts(cfg: DictConfig) -> None:
+    """Build what a run builds before any data is read: the command line's checks (validate.py)."""
+    config = {k: plain(cfg[k]) for k in ("model", "data", "loss", "optimizer", "noise")}  # paths resolve only in a run
+    build_parts(config)
+    build_datamodule(config["data"])  # its constructor only: setup() reads the data
+
+
 def build_module(cfg: DictConfig) -> GANModule:
     config = plain(cfg)
-    noise = config["noise"]
     return GANModule(
-        generator=build_generator(config),
-        discriminator=build(config["model"]["discriminator"], "discriminator", key="model.discriminator"),
-        loss=build(config["loss"], "loss", key="loss"),
-        prior=build_prior(noise),
-        instance_noise=InstanceNoise(noise["instance_sigma"], noise["instance_sigma_min"], noise["anneal"],
-                                     noise["anneal_epochs"]),
-        optimizer_g=build(config["optimizer"]["g"], "optimizer", key="optimizer.g"),
-        optimizer_d=build(config["optimizer"]["d"], "optimizer", key="optimizer.d"),
+        **build_parts(config),
         d_steps=config["d_steps"],
         log_every=config["log_every"],
         n_fixed=config["n_fixed"],
@@ -48,7 +71,7 @@ def build_module(cfg: DictConfig) -> GANModule:
 
 
 def build_trainer(cfg: DictConfig):
-    from ganexp.callbacks import PeriodicCheckpoint
+    from ganexp.callbacks.checkpoint import PeriodicCheckpoint
 
     config = plain(cfg)
     callbacks = [build(c, "callback", key=f"callbacks.{name}") for name, c in (config.get("callbacks") or {}).items()]

@@ -11,11 +11,18 @@ Ranking value of a job: `best[metric]`, else `final[metric]` (what train.py retu
 sweepers). Runs with no metrics at all (eval=none) fall back to the last logged
 `loss/g` from their TensorBoard files: a loss says little about sample quality, and
 the summary says so.
+
+--metric takes a name of ganexp's metric registry (ganexp.metrics.scores) or `loss/<tag>`
+(the last logged TensorBoard scalar, e.g. loss/g); anything else is an error (exit 2).
+A known metric that no job reports is an error too (exit 2, naming the metrics the jobs
+do report), not a table of dashes: the ranking would rank nothing. (When no job finished,
+the table of failures is printed as usual, since the dashes then come from the failures.)
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import logging
 import math
 import statistics
@@ -23,10 +30,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganexp.results import read_metrics
-
+from ganexp.errors import ConfigError
 from ganexp.files import BadFile, read_yaml
-from ganexp.metrics.scores import HIGHER_IS_BETTER  # the direction of every metric ganexp computes
+from ganexp.metrics.scores import HIGHER_IS_BETTER, IMAGE_METRICS, TOY_METRICS  # the metric registry
+from ganexp.results import read_metrics
 
 LOSS_FALLBACK = "loss/g"
 NOT_OVERRIDES = ("hydra.", "paths.", "ckpt_path", "sweep")  # bookkeeping, not a parameter of the run
@@ -62,7 +69,14 @@ def direction(metric: str) -> str:
 def _numbers(record) -> dict[str, float]:
     if not isinstance(record, dict):
         return {}
-    return {str(k): float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers = {}
+    for k, v in record.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                numbers[str(k)] = float(v)
+            except OverflowError:  # a 400-digit integer in someone's metrics.json
+                numbers[str(k)] = math.nan
+    return numbers
 
 
 def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
@@ -115,6 +129,41 @@ def last_logged(run_dir: Path, tag: str) -> float:
     if tag not in events.Tags().get("scalars", []):
         return math.nan
     return float(events.Scalars(tag)[-1].value)
+
+
+def known_metrics() -> list[str]:
+    """The names --metric accepts (the registry, in report order), `loss/<tag>` aside."""
+    return list({**IMAGE_METRICS, **TOY_METRICS})
+
+
+def check_metric(metric: str) -> None:
+    """ConfigError unless `metric` is a registry name or `loss/<tag>` (a TensorBoard scalar)."""
+    if metric in known_metrics() or (metric.startswith("loss/") and len(metric) > len("loss/")):
+        return
+    close = difflib.get_close_matches(metric, known_metrics(), n=1)
+    raise ConfigError(f"--metric {metric!r} is not a metric ganexp reports"
+                      + (f" (did you mean {close[0]}?)" if close else "")
+                      + f"; use one of {', '.join(known_metrics())}, or loss/<tag> for the last logged "
+                      f"TensorBoard scalar (e.g. {LOSS_FALLBACK})")
+
+
+def check_reported(summary: Summary) -> None:
+    """ConfigError when jobs finished but none reports the ranking metric: the table would rank nothing."""
+    if not any(j.finished for j in summary.jobs) or any(math.isfinite(j.value) for j in summary.jobs):
+        return
+    names = {m for j in summary.jobs for m in {**j.final, **j.best}}
+    reported = [m for m in known_metrics() if m in names] + sorted(names - set(known_metrics()))
+    if summary.metric.startswith("loss/"):
+        why = f"no finished job in {summary.sweep_dir} logged {summary.metric} to TensorBoard"
+    else:
+        why = f"no job in {summary.sweep_dir} reports {summary.metric}"
+    if reported:
+        fix = f"the jobs report {', '.join(reported)}"
+    elif summary.metric.startswith("loss/"):
+        fix = f"look up the logged tags with tensorboard --logdir {summary.sweep_dir}"
+    else:
+        fix = f"the jobs report no metrics (eval=none?): try --metric {LOSS_FALLBACK}"
+    raise ConfigError(f"--metric {summary.metric}: {why}; {fix}")
 
 
 def choose_metric(jobs: list[Job], metric: str | None) -> str:
@@ -357,21 +406,41 @@ def write(summary: Summary) -> list[Path]:
     return [md, table] + ([png] if plot(summary, png) else [])
 
 
+def write_or_say(summary: Summary) -> str:
+    """`write`, for the CLI after the table is printed: the one line to print instead of a traceback
+    when the sweep folder cannot take the files (read-only, full disk), else ""."""
+    try:
+        write(summary)
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        return (f"ganexp.compare: note: could not write {', '.join(FILES)} into {summary.sweep_dir} ({why}); "
+                "the table above is the whole summary")
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder, e.g. outputs/multirun/<date>/<time>")
-    parser.add_argument("--metric", help="rank by this metric (default: the runs' monitored metric)")
+    parser.add_argument("--metric", help=f"rank by this metric: {', '.join(known_metrics())} or loss/<tag> "
+                                          "(default: the runs' monitored metric)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(f"ganexp.compare: error: {args.sweep_dir} is not a folder", file=sys.stderr)
+    try:
+        if args.metric is not None:
+            check_metric(args.metric)
+        if not args.sweep_dir.is_dir():
+            raise ConfigError(f"{args.sweep_dir} is not a folder; give a multirun folder")
+        summary = summarize(args.sweep_dir, args.metric)
+        if not summary.jobs:
+            raise ConfigError(f"no job folders (with .hydra/overrides.yaml) under {args.sweep_dir}")
+        if args.metric is not None:
+            check_reported(summary)
+    except ConfigError as err:
+        print(f"ganexp.compare: error: {err}", file=sys.stderr)
         return 2
-    summary = summarize(args.sweep_dir, args.metric)
-    if not summary.jobs:
-        print(f"ganexp.compare: error: no job folders (with .hydra/overrides.yaml) under {args.sweep_dir}",
-              file=sys.stderr)
-        return 2
-    write(summary)
-    print(summary.markdown)
+    print(summary.markdown, flush=True)  # first: the table is the answer, whether or not the files can be written
+    note = write_or_say(summary)
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,9 @@
     python -m ganexp.evaluate outputs/<date>/<time>            # its checkpoints/last.ckpt
     python -m ganexp.evaluate path/to/best.ckpt --n 10000
     python -m ganexp.evaluate samples.npz --data mnist          # key `images`, uint8
+
+Fewer samples than the data's metrics need (min_samples in ganexp.metrics.scores' registry) is a
+one-line error naming them, for an .npz exactly as for --n.
 """
 from __future__ import annotations
 
@@ -40,8 +43,6 @@ def images_from_npz(path: Path) -> torch.Tensor:
         images = images.transpose(0, 3, 1, 2)
     if images.ndim != 4:
         raise ConfigError(f"{path}: images are {list(images.shape)}-shaped; expected [N, H, W] or [N, C, H, W]")
-    if len(images) == 0:
-        raise ConfigError(f"{path}: 'images' holds no images")
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        if args.n < 10:
-            raise ConfigError(f"--n {args.n} must be >= 10")
+        if args.n < 1:  # nothing to draw; how many the metrics need is the evaluator's check, once the data is known
+            raise ConfigError(f"--n {args.n} must be a positive number of samples")
         if args.path.suffix == ".npz":
             if not args.data:
                 raise ConfigError(f"{args.path}: say which dataset the images are from with --data {{{','.join(LABELLED)}}}")
@@ -85,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             samples, evaluator = images_from_npz(args.path), Evaluator(args.data, root=args.data_root)
         else:
             samples, evaluator = samples_from_checkpoint(args.path, args.n, args.seed, args.data_root)
-        scores, floor = evaluator.score(samples), evaluator.floor(len(samples))
+        try:
+            scores = evaluator.score(samples)
+        except ConfigError as err:  # too few (or wrong) samples: say where they came from
+            where = args.path if args.path.suffix == ".npz" else f"--n {args.n}"
+            raise ConfigError(f"{where}: {err}") from None
+        floor = evaluator.floor(len(samples))
     except ConfigError as err:
         if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -43,17 +43,32 @@ def description(config: dict, checkpoint: dict, record: dict) -> dict:
     }
 
 
+def check_out(out: Path, suffixes: tuple[str, ...], flag: str = "--out") -> None:
+    """ConfigError unless `out` can be written as given, checked before any work is done: not a folder,
+    one of `suffixes`, not a read-only file, and its folder exists and is writable or can be created
+    (the nearest existing parent is a writable folder, not a file)."""
+    names = " or ".join(suffixes)
+    if out.is_dir():
+        raise ConfigError(f"{flag} {out} is a folder; give a file name ending in {names}")
+    if out.suffix not in suffixes:
+        raise ConfigError(f"{flag} {out}: give a file name ending in {names}")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ConfigError(f"{flag} {out} is a read-only file; give another file name or make it writable")
+    parent = Path(os.path.abspath(out)).parent
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent  # the nearest existing folder: what `mkdir(parents=True)` creates from
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {out}: cannot create its folder, {parent} exists and is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {out}: {parent} is not writable; give a path in a folder you can write to")
+
+
 def export(path: str | Path, out: str | Path, best: bool = False) -> dict:
     """Write `out` (.safetensors) from a run folder or a .ckpt; returns the description."""
     from safetensors.torch import save_file
 
     path, out = Path(path).expanduser(), Path(out)
-    if out.suffix != EXPORT_SUFFIX:
-        raise ConfigError(f"--out {out}: the export is a {EXPORT_SUFFIX} file")
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name ending in {EXPORT_SUFFIX}")
-    if not os.access(out.parent if str(out.parent) else Path("."), os.W_OK) and out.parent.exists():
-        raise ConfigError(f"--out {out}: {out.parent} is not writable")
+    check_out(out, (EXPORT_SUFFIX,))
     if best:
         if not path.is_dir():
             raise ConfigError("--best needs a run folder (it exports checkpoints/best.ckpt)")

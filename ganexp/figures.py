@@ -33,7 +33,7 @@ def save_png(fig: Figure, path: str | Path) -> Path:
 
 
 def curves_figure(epochs: Sequence[float], series: Mapping[str, Sequence[float]]) -> Figure:
-    """Seed 000's training curves: losses, D accuracy (real / fake / total) and gradient norms.
+    """The instance_noise recipe's training curves: losses, D accuracy (real / fake / total) and gradient norms.
 
     `epochs[i]` is the x value (epochs, fractional) of `series[tag][i]` for every tag; tags
     missing from `series` are left out of their panel.
@@ -58,7 +58,7 @@ def curves_figure(epochs: Sequence[float], series: Mapping[str, Sequence[float]]
 
 
 def progression_figure(rows: Sequence[np.ndarray], labels: Sequence[str]) -> Figure:
-    """Seed 000's image progression: row i shows `rows[i]` (uint8 [n, C, H, W]) labelled `labels[i]`.
+    """The instance_noise recipe's image progression: row i shows `rows[i]` (uint8 [n, C, H, W]) labelled `labels[i]`.
 
     Every row holds the generator's output on the same latent vectors, so a column follows one
     z through training. Size: (n + 1.5) x (rows + 0.5) x PROGRESSION_CELL inches.
@@ -90,7 +90,7 @@ def bounds(*points: np.ndarray, margin: float = 0.1) -> tuple[float, float, floa
 
 
 def scatter_panels_figure(real: np.ndarray, snapshots: Sequence[tuple[str, np.ndarray]]) -> Figure:
-    """Seed 002's real vs generated points over training: one panel per (title, generated [n, 2])."""
+    """The toy_quadratic recipe's real vs generated points over training: one panel per (title, generated [n, 2])."""
     if not snapshots:
         raise ValueError("scatter_panels_figure needs at least one snapshot")
     fig = Figure(figsize=(SQUARE_PANEL * len(snapshots), SQUARE_PANEL), dpi=DPI, layout="constrained")
@@ -128,7 +128,7 @@ def _check_features(name: str, features: np.ndarray) -> None:
 
 
 def feature_space_figure(panels: Sequence[dict]) -> Figure:
-    """Seed 002's "effect of one generator update" in D's 2-d feature space, one panel per dict.
+    """The toy_quadratic recipe's "effect of one generator update" in D's 2-d feature space, one panel per dict.
 
     Each panel: `real`, `fake_before`, `fake_after` (features [n, 2] of real points and of the same
     generated points before and after one generator update; D is unchanged by it, so the real

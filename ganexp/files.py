@@ -112,7 +112,7 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                       f"expected {EXPORT_FORMAT!r})")
     try:
         description = json.loads(metadata.get("ganexp", ""))
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:
         raise BadFile(f"{path}: its ganexp metadata is not JSON ({_first_line(err)})") from None
     check_run_config(description, path)
     return weights, description
@@ -153,7 +153,7 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return default
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
         raise BadFile(f"cannot read {path} ({_first_line(err)})") from None
 
 
@@ -166,5 +166,5 @@ def read_yaml(path: str | Path, default: Any = None) -> Any:
         return default
     try:
         return yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, RecursionError) as err:
         raise BadFile(f"cannot read {path} ({_first_line(err)})") from None

@@ -2,7 +2,7 @@
 
 Every function takes logits shaped [B] or [B, 1] and returns a scalar. The
 discriminator loss is the *sum* of its real and fake terms (Goodfellow et al.
-2014, Alg. 1; seed 001), not their mean. Binary cross-entropy is written with
+2014, Alg. 1; the vanilla_gan recipe), not their mean. Binary cross-entropy is written with
 softplus, the stable form of -log(sigmoid(x)) = softplus(-x).
 
 `label_smoothing` s is one-sided (Salimans et al. 2016): the real target becomes
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ganexp.checks import FLOAT, choice, number
 from ganexp.errors import ConfigError
 
 
@@ -28,12 +29,12 @@ def bce_d_loss(real: Tensor, fake: Tensor, label_smoothing: float = 0.0) -> Tens
 
 
 def minimax_g_loss(fake: Tensor) -> Tensor:
-    """G minimizes log(1 - σ(f)) = -softplus(f): saturates when D rejects fakes (seed 004)."""
+    """G minimizes log(1 - σ(f)) = -softplus(f): saturates when D rejects fakes (original_gan)."""
     return -F.softplus(fake).mean()
 
 
 def nonsaturating_g_loss(fake: Tensor) -> Tensor:
-    """G minimizes -log σ(f) = softplus(-f): strong gradients early on (seeds 001/003)."""
+    """G minimizes -log σ(f) = softplus(-f): strong gradients early on (the vanilla_gan and label_smoothing recipes)."""
     return F.softplus(-fake).mean()
 
 
@@ -53,7 +54,7 @@ def hinge_d_loss(real: Tensor, fake: Tensor) -> Tensor:
 
 
 def wasserstein_d_loss(real: Tensor, fake: Tensor) -> Tensor:
-    """Critic loss f - r; the gradient penalty is added by the caller (needs D and inputs)."""
+    """Critic loss f - r; GANLoss.discriminator_loss adds the gradient penalty (it needs D and inputs)."""
     return fake.mean() - real.mean()
 
 
@@ -71,38 +72,43 @@ def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fa
 
 
 @dataclass(frozen=True)
-class _Pair:
+class LossPair:
+    """One loss: D's and G's functions of logits, and whether it has targets (label smoothing)."""
+
     d: Callable[..., Tensor]
     g: Callable[[Tensor], Tensor]
     has_targets: bool
 
 
-LOSSES: dict[str, _Pair] = {
-    "minimax": _Pair(bce_d_loss, minimax_g_loss, True),
-    "nonsaturating": _Pair(bce_d_loss, nonsaturating_g_loss, True),
-    "lsgan": _Pair(lsgan_d_loss, lsgan_g_loss, True),
-    "hinge": _Pair(hinge_d_loss, critic_g_loss, False),
-    "wgan_gp": _Pair(wasserstein_d_loss, critic_g_loss, False),
+# The loss registry: `loss.name` chooses from here (conf/loss/<name>.yaml names one).
+LOSSES: dict[str, LossPair] = {
+    "minimax": LossPair(bce_d_loss, minimax_g_loss, True),
+    "nonsaturating": LossPair(bce_d_loss, nonsaturating_g_loss, True),
+    "lsgan": LossPair(lsgan_d_loss, lsgan_g_loss, True),
+    "hinge": LossPair(hinge_d_loss, critic_g_loss, False),
+    "wgan_gp": LossPair(wasserstein_d_loss, critic_g_loss, False),
 }
+
+
+def register_loss(name: str, d: Callable[..., Tensor], g: Callable[[Tensor], Tensor], has_targets: bool) -> None:
+    """Add a loss: `d(real_logits, fake_logits[, label_smoothing])` and `g(fake_logits)`, scalars.
+    With conf/loss/<name>.yaml (`_target_: ganexp.losses.GANLoss`, `name: <name>`) it is `loss=<name>`."""
+    LOSSES[name] = LossPair(d, g, has_targets)
 
 
 class GANLoss:
     """The (d, g) pair chosen by `loss=<name>`, with its options bound."""
 
     def __init__(self, name: str, label_smoothing: float = 0.0, gp_weight: float = 0.0):
-        if name not in LOSSES:
-            raise ConfigError(f"loss={name} is unknown; choose one of {', '.join(LOSSES)}")
-        pair = LOSSES[name]
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"loss.label_smoothing={label_smoothing} is out of range; use a value in [0, 1)")
+        pair = LOSSES[choice("loss.name", name, LOSSES)]
+        number("loss.label_smoothing", label_smoothing, FLOAT, lambda v: 0 <= v < 1, "a number in [0, 1)")
         if label_smoothing and not pair.has_targets:
             raise ConfigError(
                 f"loss.label_smoothing={label_smoothing} has no meaning for loss={name} (it has no targets); "
-                "drop it or use loss=nonsaturating, minimax or lsgan"
+                f"drop it or use loss={', '.join(n for n, p in LOSSES.items() if p.has_targets)}"
             )
-        if gp_weight < 0:
-            raise ConfigError(f"loss.gp_weight={gp_weight} must be >= 0")
-        self.name, self.label_smoothing, self.gp_weight = name, label_smoothing, gp_weight
+        number("loss.gp_weight", gp_weight, FLOAT, lambda v: v >= 0, "a number >= 0 (0 = off)")
+        self.name, self.label_smoothing, self.gp_weight = name, float(label_smoothing), float(gp_weight)
         self._pair = pair
 
     def d(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -112,3 +118,12 @@ class GANLoss:
 
     def g(self, fake_logits: Tensor) -> Tensor:
         return self._pair.g(fake_logits)
+
+    def discriminator_loss(self, discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
+                           real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        """D's whole loss: the pair's d term plus the regularisers this loss owns (the gradient penalty
+        on real/fake interpolates, as stylegan2-ada's loss.py owns R1)."""
+        loss = self.d(real_logits, fake_logits)
+        if self.gp_weight:
+            loss = loss + self.gp_weight * gradient_penalty(discriminator, real, fake)
+        return loss

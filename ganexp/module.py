@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from ganexp.losses import GANLoss, gradient_penalty
+from ganexp.losses import GANLoss
 from ganexp.noise import InstanceNoise, LatentPrior, add_noise
 
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
@@ -48,8 +48,10 @@ class GANModule(pl.LightningModule):
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.d_steps, self.log_every = int(d_steps), int(log_every)
         self.iteration = 0  # completed iterations; saved in checkpoints
-        self.diverged_at: int | None = None  # iteration whose loss was NaN/Inf
-        self.last_logged: dict[str, float] = {}
+        self.diverged_at: int | None = None  # set by _diverge only: the iteration NaN/Inf was found at
+        self.divergence: str | None = None  # ...and why, e.g. "non-finite loss at iteration 12"
+        self.interrupted: str | None = None  # set by request_stop only: the signal that asked to stop
+        self.last_logged: dict[str, float] = {}  # the last logged scalars, with their "iteration"
         # A fixed latent batch, so image grids show the same z over training.
         self.register_buffer("fixed_z", prior.sample(n_fixed, generator=torch.Generator().manual_seed(seed)))
 
@@ -61,26 +63,20 @@ class GANModule(pl.LightningModule):
 
     def training_step(self, real: Tensor, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
-        sigma = self.instance_noise.sigma(self.current_epoch)  # annealed per epoch, as in seed 000
+        sigma = self.sigma()
         log_now = self.iteration % self.log_every == 0
         n = len(real)
 
         for _ in range(self.d_steps):  # k discriminator updates (Goodfellow et al. 2014, Alg. 1)
             with self.toggled_optimizer(opt_d):
-                fake = self.generator(self.prior.sample(n, self.device)).detach()
-                real_logits = self.discriminator(add_noise(real, sigma))
-                fake_logits = self.discriminator(add_noise(fake, sigma))
-                d_loss = self.loss.d(real_logits, fake_logits)  # label smoothing lives in the loss
-                if self.loss.gp_weight:
-                    d_loss = d_loss + self.loss.gp_weight * gradient_penalty(self.discriminator, real, fake)
+                d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigma)
                 opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_loss)
                 d_norm = _grad_norm(self.discriminator) if log_now else None
                 opt_d.step()
 
         with self.toggled_optimizer(opt_g):
-            fake = self.generator(self.prior.sample(n, self.device))
-            g_loss = self.loss.g(self.discriminator(add_noise(fake, sigma)))
+            g_loss = self.generator_loss(self.prior.sample(n, self.device), sigma)
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             g_norm = _grad_norm(self.generator) if log_now else None
@@ -89,6 +85,28 @@ class GANModule(pl.LightningModule):
         if log_now:  # the only host-device sync: once every log_every iterations
             self._log_iteration(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigma)
         self.iteration += 1
+
+    def sigma(self) -> float:
+        """Instance noise σ now: annealed per whole epoch (the instance_noise recipe's tutorial recomputes
+        it from the fractional epoch every batch; noise.anneal_per=iteration does that)."""
+        epochs = self.current_epoch
+        if self.instance_noise.per_iteration and self._trainer is not None and self.trainer.num_training_batches:
+            epochs = self.iteration / max(int(self.trainer.num_training_batches), 1)
+        return self.instance_noise.sigma(epochs)
+
+    def discriminator_loss(self, real: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
+        """(D's loss, D(real) logits, D(fake) logits) on a fresh, detached fake batch, both inputs noised."""
+        fake = self.generator(self.prior.sample(len(real), self.device)).detach()
+        real_logits = self.discriminator(add_noise(real, sigma))
+        fake_logits = self.discriminator(add_noise(fake, sigma))
+        return self.loss.discriminator_loss(self.discriminator, real, fake, real_logits, fake_logits), real_logits, fake_logits
+
+    def generator_loss(self, z: Tensor, sigma: float | None = None, generator: nn.Module | None = None) -> Tensor:
+        """G's loss on G(z) as D sees it (instance noise included); `generator` defaults to this run's G
+        (the D-feature-space figure passes a copy, so its "one G step" is the step training takes)."""
+        generator = self.generator if generator is None else generator
+        sigma = self.sigma() if sigma is None else sigma
+        return self.loss.g(self.discriminator(add_noise(generator(z), sigma)))
 
     def _log_iteration(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigma) -> None:
         acc_real = (real_logits > 0).float().mean()
@@ -106,10 +124,9 @@ class GANModule(pl.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics(values, step=self.iteration)  # x-axis: iterations, not global_step
         self.log_dict({"loss/d": values["loss/d"], "loss/g": values["loss/g"]}, prog_bar=True, logger=False)
-        self.last_logged = values
+        self.last_logged = {"iteration": self.iteration, **values}
         if not (math.isfinite(values["loss/d"]) and math.isfinite(values["loss/g"])):
-            self.diverged_at = self.iteration + 1  # counted in completed iterations
-            self.trainer.should_stop = True
+            self._diverge(self.iteration + 1, "non-finite loss")  # counted in completed iterations
 
     @torch.no_grad()
     def sample(self, z: Tensor) -> Tensor:
@@ -135,9 +152,26 @@ class GANModule(pl.LightningModule):
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
 
-    def parameters_finite(self) -> bool:
-        """One sync, only when a checkpoint is about to be written."""
-        return bool(torch.stack([p.detach().isfinite().all() for p in self.parameters()]).all())
+    def check_parameters(self) -> bool:
+        """Whether every parameter is finite (one sync, only before a checkpoint is written); a run whose
+        parameters are not is marked diverged here and stops."""
+        finite = bool(torch.stack([p.detach().isfinite().all() for p in self.parameters()]).all())
+        if not finite:
+            self._diverge(self.iteration, "non-finite parameters")
+        return finite
+
+    def request_stop(self, signal_name: str) -> None:
+        """A signal asked the run to stop (ganexp/signals.py): finish this iteration, checkpoint it, stop."""
+        if self.interrupted is None:
+            self.interrupted = signal_name
+        if self._trainer is not None:
+            self.trainer.should_stop = True
+
+    def _diverge(self, iteration: int, what: str) -> None:
+        """The one writer of `diverged_at` / `divergence`: the first cause found wins; training stops."""
+        if self.diverged_at is None:
+            self.diverged_at, self.divergence = iteration, f"{what} at iteration {iteration}"
+        self.trainer.should_stop = True
 
 
 def rng_state() -> dict:

@@ -4,21 +4,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ganexp.errors import ConfigError
+from ganexp.checks import FLOAT, INT, choice, number
 
 PRIORS = ("normal", "uniform")
 ANNEALS = ("none", "linear")
+ANNEAL_PER = ("epoch", "iteration")  # σ from whole epochs, or from the fractional epoch at every iteration
 
 
 class LatentPrior:
-    """z ~ N(0, I) or z ~ U(-1, 1) (seeds 003/004), of size `latent_dim`."""
+    """z ~ N(0, I) or z ~ U(-1, 1) (the label_smoothing and original_gan recipes), of size `latent_dim`."""
 
     def __init__(self, prior: str = "normal", latent_dim: int = 100):
-        if prior not in PRIORS:
-            raise ConfigError(f"noise.prior={prior} is unknown; choose one of {', '.join(PRIORS)}")
-        if int(latent_dim) < 1:
-            raise ConfigError(f"noise.latent_dim={latent_dim} must be >= 1")
-        self.prior, self.latent_dim = prior, int(latent_dim)
+        self.prior = choice("noise.prior", prior, PRIORS)
+        self.latent_dim = number("noise.latent_dim", latent_dim, INT, lambda v: v >= 1, "an integer >= 1")
 
     def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
         shape = (n, self.latent_dim)
@@ -30,23 +28,22 @@ class LatentPrior:
 class InstanceNoise:
     """σ of the Gaussian noise added to D's real and fake inputs, as a function of the epoch.
 
-    `linear`: σ(e) = max(σ₀·(E - e)/E, σ_min) with E = anneal_epochs. Seed 000 is
-    σ₀ = 0.75, E = 10, σ_min = 0.05. `none`: σ₀ throughout. σ₀ = 0 switches it off.
+    `linear`: σ(e) = max(σ₀·(E - e)/E, σ_min) with E = anneal_epochs, e the completed epochs
+    (`anneal_per=epoch`) or the fractional epoch (`anneal_per=iteration`, as the instance_noise
+    recipe's tutorial does). `none`: σ₀ throughout. σ₀ = 0 switches it off.
     """
 
     def __init__(self, instance_sigma: float = 0.0, instance_sigma_min: float = 0.0,
-                 anneal: str = "none", anneal_epochs: int = 10):
-        if instance_sigma < 0 or instance_sigma_min < 0:
-            raise ConfigError(f"noise.instance_sigma={instance_sigma} and noise.instance_sigma_min="
-                              f"{instance_sigma_min} must be >= 0")
-        if anneal not in ANNEALS:
-            raise ConfigError(f"noise.anneal={anneal} is unknown; choose one of {', '.join(ANNEALS)}")
-        if anneal == "linear" and int(anneal_epochs) < 1:
-            raise ConfigError(f"noise.anneal_epochs={anneal_epochs} must be >= 1 with noise.anneal=linear")
+                 anneal: str = "none", anneal_epochs: int = 10, anneal_per: str = "epoch"):
+        number("noise.instance_sigma", instance_sigma, FLOAT, lambda v: v >= 0, "a number >= 0 (0 = off)")
+        number("noise.instance_sigma_min", instance_sigma_min, FLOAT, lambda v: v >= 0, "a number >= 0")
+        choice("noise.anneal", anneal, ANNEALS)
+        number("noise.anneal_epochs", anneal_epochs, INT, lambda v: v >= 1, "an integer >= 1")
+        self.per_iteration = choice("noise.anneal_per", anneal_per, ANNEAL_PER) == "iteration"
         self.sigma0, self.sigma_min = float(instance_sigma), float(instance_sigma_min)
         self.anneal, self.anneal_epochs = anneal, int(anneal_epochs)
 
-    def sigma(self, epoch: int) -> float:
+    def sigma(self, epoch: float) -> float:
         if self.sigma0 == 0.0 or self.anneal == "none":
             return self.sigma0
         return max(self.sigma0 * (self.anneal_epochs - epoch) / self.anneal_epochs, self.sigma_min)

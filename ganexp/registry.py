@@ -47,6 +47,12 @@ KNOWN: dict[str, str] = {
     "torch.optim.SGD": "optimizer",
     "pytorch_lightning.Trainer": "trainer",
     "pytorch_lightning.loggers.TensorBoardLogger": "logger",
+    "ganexp.callbacks.checkpoint.PeriodicCheckpoint": "callback",
+    "ganexp.callbacks.samples.SampleGrid": "callback",
+    "ganexp.callbacks.curves.TrainingCurves": "callback",
+    "ganexp.callbacks.progression.ImageProgression": "callback",
+    "ganexp.callbacks.toy.ToyFigures": "callback",
+    # the same classes under the names checkpoints made before ganexp/callbacks/ was a package
     "ganexp.callbacks.PeriodicCheckpoint": "callback",
     "ganexp.callbacks.SampleGrid": "callback",
     "ganexp.callbacks.TrainingCurves": "callback",
@@ -69,6 +75,11 @@ def register(kind: str):
         _REGISTERED[f"{cls.__module__}.{cls.__qualname__}"] = (kind, cls)
         return cls
     return add
+
+
+def unregister(cls: type) -> None:
+    """Undo `register` (tests, notebooks)."""
+    _REGISTERED.pop(f"{cls.__module__}.{cls.__qualname__}", None)
 
 
 def _declared() -> dict[str, str]:
@@ -107,7 +118,7 @@ def _resolve(target: str) -> type:
 def _refuse(source: str, key: str, what: str) -> ConfigError:
     fix = f"; declare your own classes with {ENV}=kind=package.Class (README: bad input and faults)"
     sep = "" if what.startswith("=") else " "
-    return ConfigError(f"{source}: {key}{sep}{what}; refused, nothing was built{fix}")
+    return ConfigError(f"{source or 'the config'}: {key}{sep}{what}; refused, nothing was built{fix}")
 
 
 def check_stored(config: Any, source: str | Path, prefix: str = "") -> None:
@@ -128,7 +139,7 @@ def check_stored(config: Any, source: str | Path, prefix: str = "") -> None:
                 if SPECIAL.match(key):
                     if key == "_target_":
                         if kind_of(value) is None:
-                            raise _refuse(source, where, f"={value!r} is not a ganexp part")
+                            raise _refuse(source, where, f"={_short(value)} is not a ganexp part")
                     elif key == "_partial_" and isinstance(value, bool) and kind_of(target) in PARTIAL_KINDS:
                         pass
                     else:
@@ -148,7 +159,12 @@ def check_stored(config: Any, source: str | Path, prefix: str = "") -> None:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A bounded repr: deep or huge values from a crafted file must not blow up the one-line message."""
+    import reprlib
+
+    brief = reprlib.Repr()
+    brief.maxlevel, brief.maxstring, brief.maxother = 3, 60, 60
+    text = brief.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -162,7 +178,7 @@ def _plain(value: Any, where: str, source: str) -> Any:
     raise _refuse(source, where, f"holds a {type(value).__name__}, not plain data")
 
 
-def build(node: Any, kind: str, *, key: str, source: str | Path = "the config", **extra: Any) -> Any:
+def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: Any) -> Any:
     """The object `node` describes: `_target_` must be an allowed class of `kind`; every other
     entry is a plain keyword argument (`extra` adds live objects, e.g. the trainer's callbacks)."""
     from omegaconf import DictConfig, OmegaConf
@@ -186,6 +202,6 @@ def build(node: Any, kind: str, *, key: str, source: str | Path = "the config", 
         return cls(**kwargs, **extra)
     except ConfigError:
         raise
-    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as err:
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError, KeyError, IndexError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"{source}: cannot build {key} ({target}): {first}") from None
+        raise ConfigError(f"{source + ': ' if source else ''}cannot build {key} ({target}): {first}") from None

@@ -69,6 +69,12 @@ def hydra_subdir(output_dir: str) -> str:
     return ".hydra"
 
 
+def register_resolvers() -> None:
+    """The resolvers conf/hydra/default.yaml uses (train.py calls this before Hydra composes)."""
+    OmegaConf.register_new_resolver("ganexp_run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("ganexp_hydra_subdir", hydra_subdir, replace=True)
+
+
 def override_keys(overrides: list[str]) -> list[str]:
     """The config keys (or group names) a list of Hydra overrides sets."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -165,6 +171,9 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
                         value[sub] = data[sub]
             merged[key] = value
         merged.ckpt_path = str(ckpt_path)
+    from ganexp.validate import check_config
+
+    check_config(merged)  # the stored values obey the same rules as the command line's
     return merged, checkpoint
 
 
@@ -208,9 +217,21 @@ def check_run(config: DictConfig) -> None:
         raise ConfigError("ckpt_path and init_from together: ckpt_path resumes a run, init_from starts a new one "
                           "from a checkpoint's weights; give one of them")
     ckpt_path = config.get("ckpt_path")
-    if not ckpt_path and "hydra" in config and config.hydra.mode != "MULTIRUN":
-        last = Path(str(OmegaConf.select(config, "hydra.run.dir"))) / "checkpoints" / "last.ckpt"
-        ckpt_path = str(last) if last.is_file() else None  # hydra.run.dir=<a run>: the same as resuming it
+    if "hydra" in config and config.hydra.mode != "MULTIRUN":
+        from ganexp.results import read_metrics
+
+        folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+        read_metrics(folder)  # an unreadable record: one line now, before Hydra writes anything there
+        last = folder / "checkpoints" / "last.ckpt"
+        if is_run_folder(folder) or last.is_file():
+            if config.get("init_from"):
+                raise ConfigError(f"hydra.run.dir={folder} already holds a run; init_from starts a new one: "
+                                  "drop hydra.run.dir (or give a new folder)")
+            if ckpt_path and in_place_run(ckpt_path) != folder.resolve():
+                raise ConfigError(f"hydra.run.dir={folder} already holds a run, and ckpt_path={ckpt_path} is "
+                                  "another one's checkpoint; drop hydra.run.dir to continue it in a new folder")
+        if not ckpt_path and last.is_file():
+            ckpt_path = str(last)  # hydra.run.dir=<a run>: the same as resuming it
     if ckpt_path:
         cfg = copy.deepcopy(config)
         with open_dict(cfg):

@@ -19,7 +19,10 @@ import torch
 
 from ganexp.build import build_prior
 from ganexp.errors import ConfigError
+from ganexp.export import check_out
 from ganexp.files import load_generator
+
+SUFFIXES = (".png", ".npz")
 
 
 @torch.no_grad()
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n < 1:
             raise ConfigError(f"--n {args.n} must be >= 1")
+        check_out(args.out, SUFFIXES)  # before the checkpoint is read: no work is lost to a bad --out
         samples, config = generate(args.path, args.n, args.seed)
         save(samples, config, args.out)
     except ConfigError as err:

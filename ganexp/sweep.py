@@ -19,6 +19,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 _unfinished: int | None = None  # jobs of the last multirun in this process that did not finish
+_running: tuple[Path, str | None] | None = None  # (sweep folder, metric) of the multirun in progress
+_interrupted_by: str | None = None  # the signal that stopped the last multirun
+
+
+class SweepInterrupted(BaseException):
+    """A job was stopped by SIGINT / SIGTERM: the sweep starts no further job. A BaseException, so that
+    Hydra's launcher does not record it as one failed job and go on; train.py's __main__ catches it."""
 
 
 class SweepSummary(Callback):
@@ -26,22 +33,38 @@ class SweepSummary(Callback):
         self.metric = metric
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _unfinished
-        _unfinished = None
+        global _unfinished, _running, _interrupted_by
+        _unfinished, _interrupted_by = None, None
+        _running = (Path(str(config.hydra.sweep.dir)), self.metric)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from ganexp.compare import summarize, write
+        report(Path(str(config.hydra.sweep.dir)), self.metric)
 
-        global _unfinished
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        summary = summarize(sweep_dir, self.metric)
-        _unfinished = len(summary.failures)  # counted before anything else can go wrong
-        written = write(summary)
-        print(summary.markdown, flush=True)
-        line = f"sweep {sweep_dir}: {summary.count_line()}; summary in {', '.join(p.name for p in written)}"
-        if summary.failures:
-            line += f"; re-run the same command with hydra.sweep.dir={sweep_dir} to retry them (finished jobs are skipped)"
-        print(f"ganexp: {line}", file=sys.stderr if summary.failures else sys.stdout, flush=True)
+
+def report(sweep_dir: Path, metric: str | None) -> None:
+    """The leaderboard printed, summary files written, and the count of jobs that did not finish."""
+    from ganexp.compare import summarize, write
+
+    global _unfinished
+    summary = summarize(sweep_dir, metric)
+    _unfinished = len(summary.failures)  # counted before anything else can go wrong
+    print(summary.markdown, flush=True)
+    try:
+        written = ", ".join(p.name for p in write(summary))
+    except OSError as err:
+        written = f"nothing (cannot write into {sweep_dir}: {err.strerror})"
+    line = f"sweep {sweep_dir}: {summary.count_line()}; summary in {written}"
+    if summary.failures:
+        line += f"; re-run the same command with hydra.sweep.dir={sweep_dir} to retry them (finished jobs are skipped)"
+    print(f"ganexp: {line}", file=sys.stderr if summary.failures else sys.stdout, flush=True)
+
+
+def interrupted(signal_name: str) -> None:
+    """After SweepInterrupted: the summary of the jobs that ran (the interrupted one is marked)."""
+    global _interrupted_by
+    _interrupted_by = signal_name
+    if _running is not None:
+        report(*_running)
 
 
 def with_grid(args: list[str], conf_dir: Path, config_name: str = "train") -> list[str]:
@@ -64,5 +87,10 @@ def with_grid(args: list[str], conf_dir: Path, config_name: str = "train") -> li
 
 
 def exit_status() -> int:
-    """0 unless the last multirun in this process had a job that did not finish (then 1)."""
+    """0 unless the last multirun in this process had a job that did not finish (then 1), or was
+    interrupted (then 130 for SIGINT, 143 for SIGTERM)."""
+    from ganexp.signals import EXIT_CODES
+
+    if _interrupted_by:
+        return EXIT_CODES[_interrupted_by]
     return 1 if _unfinished else 0

@@ -14,75 +14,47 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from ganexp.checks import FLOAT, INT, number
 from ganexp.errors import ConfigError
-from ganexp.losses import LOSSES
-from ganexp.noise import ANNEALS, PRIORS
 
-_INT, _FLOAT = "an integer", "a number"
-
+# The keys no part owns (train.yaml's own, the optimizers' learning rates, eval's sizes): their one home.
 # key, kind, predicate, what is allowed
 RULES: list[tuple[str, str, Callable[[Any], bool], str]] = [
-    ("seed", _INT, lambda v: True, "any integer"),
-    ("d_steps", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("batch_size", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("log_every", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("image_every", _INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
-    ("ckpt_every", _INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
-    ("n_fixed", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("eval_every", _INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
-    ("eval.n", _INT, lambda v: v >= 10, "an integer >= 10 (the default is 2000)"),
-    ("eval.n_final", _INT, lambda v: v >= 10, "an integer >= 10 (the default is 10000)"),
-    ("eval.batch_size", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("noise.latent_dim", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("noise.instance_sigma", _FLOAT, lambda v: v >= 0, "a number >= 0 (0 = off)"),
-    ("noise.instance_sigma_min", _FLOAT, lambda v: v >= 0, "a number >= 0"),
-    ("noise.anneal_epochs", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("loss.label_smoothing", _FLOAT, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("loss.gp_weight", _FLOAT, lambda v: v >= 0, "a number >= 0"),
-    ("optimizer.lr", _FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
-    ("optimizer.g.lr", _FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
-    ("optimizer.d.lr", _FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
-    ("trainer.max_epochs", _INT, lambda v: v >= 1 or v == -1, "an integer >= 1 (or -1: no limit)"),
+    ("seed", INT, lambda v: 0 <= v < 2**32, "an integer in [0, 2^32) (numpy's seed range)"),
+    ("d_steps", INT, lambda v: v >= 1, "an integer >= 1"),
+    ("batch_size", INT, lambda v: v >= 1, "an integer >= 1"),
+    ("log_every", INT, lambda v: v >= 1, "an integer >= 1"),
+    ("image_every", INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
+    ("ckpt_every", INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
+    ("n_fixed", INT, lambda v: v >= 1, "an integer >= 1"),
+    ("eval_every", INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
+    ("eval.n", INT, lambda v: v >= 100, "an integer >= 100, what every metric needs (the default is 2000)"),
+    ("eval.n_final", INT, lambda v: v >= 100, "an integer >= 100 (the default is 10000)"),
+    ("eval.batch_size", INT, lambda v: v >= 1, "an integer >= 1"),
+    ("optimizer.lr", FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
+    ("optimizer.g.lr", FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
+    ("optimizer.d.lr", FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
+    ("trainer.max_epochs", INT, lambda v: v >= 1 or v == -1, "an integer >= 1 (or -1: no limit)"),
 ]
-IMAGE_METRICS = ("fid", "kid", "is", "coverage", "class_kl", "precision", "recall")
-TOY_METRICS = ("swd", "modes", "hq", "residual")
-INITS = ("default", "xavier", "kaiming")
-CHOICES = {"noise.prior": PRIORS, "noise.anneal": ANNEALS, "loss.name": tuple(LOSSES),
-           "model.generator.init": INITS, "model.discriminator.init": INITS}
-
-
-def _typed(value: Any, kind: str) -> bool:
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) if kind == _INT else isinstance(value, (int, float))
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first bad value or nonsensical combination in `cfg`."""
+    """Raise ConfigError for the first bad value or nonsensical combination in `cfg`: the keys
+    above, then the cheap parts built as a run builds them (loss, prior, instance noise, datamodule
+    without its data, G and D), so that each part's own check is the one-line error."""
+    from ganexp.build import build_cheap_parts
+    from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS
+
     for key, kind, ok, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if not _typed(value, kind):
-            raise ConfigError(f"{key}={value} is not {kind}; use {allowed}")
-        if not ok(value):
-            raise ConfigError(f"{key}={value} is out of range; use {allowed}")
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and value not in allowed:
-            raise ConfigError(f"{key}={value} is not allowed; choose one of {', '.join(allowed)}")
-    loss = cfg.loss
-    if loss.label_smoothing and not LOSSES[loss.name].has_targets:
-        raise ConfigError(f"loss.label_smoothing={loss.label_smoothing} has no meaning for loss={loss.name} "
-                          "(it has no targets); drop it or use loss=nonsaturating, minimax or lsgan")
+        if value is not None:
+            number(key, value, kind, ok, allowed)
     shape = list(cfg.data.shape)
     monitor = OmegaConf.select(cfg, "eval.monitor", default="auto")
-    allowed = TOY_METRICS if len(shape) == 1 else IMAGE_METRICS
+    allowed = list(TOY_METRICS if len(shape) == 1 else IMAGE_METRICS)
     if monitor != "auto" and monitor not in allowed:
         raise ConfigError(f"eval.monitor={monitor} is not a metric of this data; choose auto or one of {', '.join(allowed)}")
-    if "dcgan" in str(cfg.model.generator.get("_target_", "")) and len(shape) != 3:
-        raise ConfigError(f"model=dcgan needs images, but the data is {shape}-shaped; "
-                          "use model=toy_mlp or model=mlp with data=toy")
+    build_cheap_parts(cfg)
 
 
 def check_multirun(cfg: DictConfig) -> None:
@@ -115,7 +87,7 @@ def _one_line(err: Exception, job: list[str], conf_dir: Path, compose) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
-def _job_overrides(args: list[str]) -> list[list[str]]:
+def job_overrides(args: list[str]) -> list[list[str]]:
     """Every job's override list, with Hydra's sweep syntax (a=1,2 / range(...)) expanded."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -134,8 +106,11 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if not a.startswith("-")]
+    if multirun and any(a.split("=", 1)[0].lstrip("+") in ("ckpt_path", "init_from") for a in overrides):
+        raise ConfigError("ckpt_path / init_from with -m: a sweep's jobs resume by themselves when re-run with "
+                          "hydra.sweep.dir=<that sweep>; resume one run without -m")
     try:
-        jobs = _job_overrides(overrides)
+        jobs = job_overrides(overrides)
     except Exception as err:  # noqa: BLE001 - a syntax error in an override
         raise ConfigError(f"cannot parse the overrides: {str(err).strip().splitlines()[0]}") from None
     with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):

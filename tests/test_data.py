@@ -10,15 +10,24 @@ from ganexp.data.image_folder import ImageFolderDataModule
 from ganexp.data.mnist import FashionMNISTDataModule, MNISTDataModule
 from ganexp.data.toy import ToyDataModule
 from ganexp.errors import ConfigError
-from tests.conftest import data_dir_with
+from tests.helpers import data_dir_with
 
 
-def test_digits_are_1797_grey_8x8_images_in_minus_one_one():
+def test_digits_train_on_the_1437_images_the_metrics_do_not_test_on():
     dm = DigitsDataModule(batch_size=64, shape=(1, 8, 8))
     dm.setup()
-    assert dm.train_data.shape == (1797, 1, 8, 8)
+    assert dm.train_data.shape == (1437, 1, 8, 8)
     assert dm.train_data.min().item() == -1.0 and dm.train_data.max().item() == 1.0
-    assert dm.labels.bincount().tolist()[0] == 178
+    assert dm.labels.bincount().sum().item() == 1437
+    from ganexp.metrics.classifier import load_split
+
+    test, _ = load_split("digits", train=False)  # the metrics' reference images
+    train, _ = load_split("digits", train=True)
+    as_uint8 = ((dm.train_data + 1) / 2 * 255).round().to(torch.uint8)
+    assert torch.equal(as_uint8, train)  # one split function: the GAN's set is the classifier's train split
+    gan_rows = {bytes(x.flatten().tolist()) for x in as_uint8}
+    test_rows = [bytes(x.flatten().tolist()) for x in test]
+    assert len(test_rows) == 360 and not any(r in gan_rows for r in test_rows)  # disjoint, pixel for pixel
 
 
 def test_value_range_zero_one():
@@ -47,7 +56,7 @@ def test_dataloader_yields_device_tensor_batches_without_collate():
     dm = DigitsDataModule(batch_size=50)
     dm.setup()
     batches = list(dm.train_dataloader())
-    assert len(batches) == 1797 // 50 and batches[0].shape == (50, 1, 8, 8)
+    assert len(batches) == 1437 // 50 and batches[0].shape == (50, 1, 8, 8)
 
 
 @pytest.mark.parametrize("dist, n_modes", [("ring", 8), ("grid", 25)])
@@ -86,7 +95,7 @@ def test_image_folder_without_images(tmp_path):
 
 
 def test_missing_mnist_fails_at_once_with_files_and_both_fixes(tmp_path, monkeypatch):
-    monkeypatch.setattr("ganexp.data.mnist._reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr("ganexp.data.mnist.reachable", lambda url, timeout=3.0: False)
     start = time.perf_counter()
     with pytest.raises(ConfigError) as err:
         MNISTDataModule(root=str(tmp_path), batch_size=10).setup()

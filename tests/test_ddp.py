@@ -6,7 +6,7 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from tests.conftest import CONF, run_train
+from tests.helpers import CONF, run_train
 
 pytestmark = pytest.mark.slow
 NO_EVAL = ["eval=none"] if (CONF / "eval" / "none.yaml").is_file() else []  # metrics cost minutes on 2 cores

@@ -15,9 +15,9 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from ganexp.metrics.classifier import load_classifier
 from ganexp.results import read_metrics, write_json_atomic
 from ganexp.files import read_checkpoint
-from ganexp.validate import IMAGE_METRICS
-from tests.conftest import make_cfg
-from train import train
+from ganexp.metrics.scores import IMAGE_METRICS
+from tests.helpers import make_cfg
+from train import monitored, train
 
 pytestmark = pytest.mark.slow
 EVAL = ["trainer.max_epochs=2", "trainer.limit_train_batches=15", "log_every=10", "eval_every=10", "eval.n=300", "eval.n_final=600"]
@@ -26,7 +26,7 @@ EVAL = ["trainer.max_epochs=2", "trainer.limit_train_batches=15", "log_every=10"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    returned = train(make_cfg(out, *EVAL))
+    returned = monitored(train(make_cfg(out, *EVAL))[0])
     return out, returned
 
 
@@ -120,7 +120,7 @@ def test_evaluate_bad_input_is_one_line(run, tmp_path, args, message):
 
 
 def test_toy_runs_get_exact_scores(tmp_path):
-    returned = train(make_cfg(tmp_path, "data=toy", "model=toy_mlp", "noise.latent_dim=2", *EVAL))
+    returned = monitored(train(make_cfg(tmp_path, "data=toy", "model=toy_mlp", "noise.latent_dim=2", *EVAL))[0])
     record = read_metrics(tmp_path)
     assert record["monitor"] == "swd" and set(record["final"]) == {"swd", "modes", "hq"}
     assert record["protocol"]["dataset"] == "toy/ring" and returned == record["best"]["swd"]
@@ -130,7 +130,7 @@ def test_toy_runs_get_exact_scores(tmp_path):
 
 
 def test_eval_none_records_no_metrics(tmp_path):
-    assert train(make_cfg(tmp_path, "eval=none", "trainer.limit_train_batches=3")) is None
+    assert monitored(train(make_cfg(tmp_path, "eval=none", "trainer.limit_train_batches=3"))[0]) is None
     record = read_metrics(tmp_path)
     assert record["status"] == "finished" and "final" not in record
     assert not (tmp_path / "checkpoints" / "best.ckpt").exists()

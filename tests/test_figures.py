@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ganexp import figures
 from ganexp.callbacks import ToyFigures
 from ganexp.errors import ConfigError
-from tests.conftest import CONF, data_dir_with
+from tests.helpers import train_module, CONF, data_dir_with
 from train import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -30,7 +30,7 @@ def test_every_experiment_composes_trains_three_iterations_and_draws_its_figures
     cfg = cfg_factory(f"experiment={name}", *FEW, *extra)
     if cfg.data._target_.endswith("MNISTDataModule") and data_dir_with("MNIST") is None:
         cfg = cfg_factory(f"experiment={name}", *FEW, "data=digits")  # the recipe on the bundled digits
-    module = train(cfg, return_module=True)
+    module = train_module(cfg)
     assert module.iteration == 3
     kind = "toy" if "toy" in cfg.callbacks else "figures"
     for png in PNGS[kind]:
@@ -71,7 +71,7 @@ def test_figure_files_have_their_documented_pixel_sizes(cfg_factory, tmp_path):
 
 def test_toy_figures_have_their_sizes_and_a_tensorboard_figure_per_snapshot(cfg_factory, tmp_path):
     cfg = cfg_factory("experiment=toy_quadratic", *FEW, "callbacks.toy.grid=20", "callbacks.toy.every=1")
-    module = train(cfg, return_module=True)
+    module = train_module(cfg)
     panel = figures.SQUARE_PANEL * figures.DPI
     # snapshots after iterations 1, 2 and 3 (every=1): three panels side by side
     assert png_size(tmp_path / "scatter.png") == (3 * panel, panel)
@@ -85,7 +85,7 @@ def test_toy_figures_have_their_sizes_and_a_tensorboard_figure_per_snapshot(cfg_
 
 def test_feature_space_after_one_generator_update_leaves_training_untouched(cfg_factory, tmp_path):
     cfg = cfg_factory("experiment=toy_quadratic", *FEW, "callbacks.toy.grid=10", "callbacks.toy.every=0")
-    module = train(cfg, return_module=True)
+    module = train_module(cfg)
     opt_g = module.optimizers()[0].optimizer
     before = {k: v.clone() for k, v in module.generator.state_dict().items()}
     g_state = {i: {k: v.clone() for k, v in st.items()} for i, st in opt_g.state_dict()["state"].items()}
@@ -121,7 +121,7 @@ def test_a_resumed_run_keeps_its_curves_and_progression_rows(cfg_factory, tmp_pa
     train(first)
     resumed = cfg_factory("callbacks=figures", "model=mlp_small", "trainer.limit_train_batches=3", "eval=none",
                           "log_every=1", "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}")
-    module = train(resumed, return_module=True)
+    module = train_module(resumed)
     assert module.iteration == 6
     with open(tmp_path / "curves.csv") as f:
         assert [int(r["iteration"]) for r in csv.DictReader(f)] == [0, 1, 2, 3, 4, 5]  # both halves, loaded weights_only

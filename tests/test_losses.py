@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +88,41 @@ def test_gradient_penalty_of_a_linear_critic_is_its_weight_norm_minus_one_square
         critic.weight.copy_(torch.tensor([[3.0, 0.0, 4.0]]))  # ‖w‖ = 5 everywhere
     gp = gradient_penalty(lambda x: critic(x).squeeze(1), torch.randn(8, 3), torch.randn(8, 3))
     assert gp.item() == pytest.approx((5 - 1) ** 2)
+
+
+def test_adding_a_loss_is_one_function_pair_and_one_yaml(tmp_path):
+    """README's "Extending ganexp": register the pair, drop a yaml into conf/loss/, train with loss=<name>."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from ganexp.losses import LOSSES, register_loss
+    from ganexp.resume import register_resolvers
+    from tests.helpers import CONF, FAST, train_module
+
+    calls = {"d": 0, "g": 0}
+
+    def l1_d(real, fake, label_smoothing=0.0):  # D pushes real logits up to 1 - s and fake ones down to 0
+        calls["d"] += 1
+        return (real - (1 - label_smoothing)).abs().mean() + fake.abs().mean()
+
+    def l1_g(fake):
+        calls["g"] += 1
+        return (fake - 1).abs().mean()
+
+    register_loss("l1", l1_d, l1_g, has_targets=True)
+    try:
+        conf = Path(shutil.copytree(CONF, tmp_path / "conf"))
+        (conf / "loss" / "l1.yaml").write_text("_target_: ganexp.losses.GANLoss\nname: l1\nlabel_smoothing: 0.1\n"
+                                               "gp_weight: 0.0\n")
+        register_resolvers()
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            cfg = compose("train", overrides=[f"paths.output_dir={tmp_path / 'run'}", *FAST, "eval=none", "loss=l1",
+                                              "model=mlp_small", "trainer.limit_train_batches=3", "log_every=1",
+                                              "d_steps=2"])
+        module = train_module(cfg)
+        assert module.iteration == 3 and module.loss.name == "l1" and module.loss.label_smoothing == 0.1
+        assert calls == {"d": 6, "g": 3}  # 2 D steps and 1 G step per iteration
+        assert module.last_logged["loss/g"] >= 0
+    finally:
+        LOSSES.pop("l1")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import CONF, data_dir_with
+from tests.helpers import train_module, CONF, data_dir_with
 from train import train
 
 SMALL = ["model=mlp_small", "batch_size=16", "trainer.limit_train_batches=2", "log_every=1", "image_every=1"]
@@ -43,7 +43,7 @@ def test_every_option_of_every_group_trains_two_iterations(group, option, cfg_fa
 def test_limit_train_batches_runs_exactly_n_iterations_with_k_d_updates_each(d_steps, cfg_factory, tmp_path):
     n = 5
     cfg = cfg_factory("trainer.limit_train_batches=5", f"d_steps={d_steps}", "model=mlp_small", "batch_size=32")
-    module = train(cfg, return_module=True)
+    module = train_module(cfg)
     opt_g, opt_d = (opt.optimizer if hasattr(opt, "optimizer") else opt for opt in module.optimizers())
     g_steps = {int(s["step"]) for s in opt_g.state.values()}
     d_steps_done = {int(s["step"]) for s in opt_d.state.values()}
@@ -54,7 +54,7 @@ def test_limit_train_batches_runs_exactly_n_iterations_with_k_d_updates_each(d_s
 
 def test_training_moves_both_networks_and_logs_on_the_iteration_axis(cfg_factory, tmp_path):
     cfg = cfg_factory("trainer.limit_train_batches=4", "log_every=2", "model=mlp_small", "batch_size=32")
-    module = train(cfg, return_module=True)
+    module = train_module(cfg)
     assert set(module.last_logged) >= {"loss/d", "loss/g", "d/acc", "noise/sigma", "lr/g", "lr/d", "grad/g_norm"}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -65,14 +65,50 @@ def test_training_moves_both_networks_and_logs_on_the_iteration_axis(cfg_factory
 def test_label_smoothing_and_instance_noise_reach_the_step(cfg_factory):
     cfg = cfg_factory("trainer.limit_train_batches=1", "log_every=1", "model=mlp_small", "loss.label_smoothing=0.1",
                       "noise.instance_sigma=0.5", "noise.anneal=linear", "noise.anneal_epochs=2")
-    module = train(cfg, return_module=True)
+    module = train_module(cfg)
     assert module.loss.label_smoothing == 0.1
     assert module.last_logged["noise/sigma"] == pytest.approx(0.5)
 
 
 def test_ttur_overrides_one_side(cfg_factory):
     cfg = cfg_factory("trainer.limit_train_batches=1", "optimizer.lr=1e-3", "optimizer.d.lr=4e-3", "model=mlp_small")
-    module = train(cfg, return_module=True)
+    module = train_module(cfg)
     opt_g, opt_d = module.optimizers()
     assert opt_g.param_groups[0]["lr"] == pytest.approx(1e-3) and opt_d.param_groups[0]["lr"] == pytest.approx(4e-3)
     assert opt_g.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+class PoisonAt:
+    """A test callback: sets one generator weight to NaN after iteration `at` (no NaN loss is logged)."""
+
+    def __new__(cls, at: int):
+        from pytorch_lightning.callbacks import Callback
+
+        class _Poison(Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if pl_module.iteration == at:
+                    with torch.no_grad():
+                        next(pl_module.generator.parameters()).view(-1)[0] = float("nan")
+        return _Poison()
+
+
+@pytest.mark.parametrize("cause, overrides, reason", [
+    ("loss", ["optimizer=sgd", "optimizer.lr=1e6", "log_every=1"], "non-finite loss at iteration "),
+    ("parameters", ["log_every=1000", "ckpt_every=2"], "non-finite parameters at iteration 4"),
+])
+def test_divergence_has_one_owner_and_says_what_was_not_finite(cause, overrides, reason, cfg_factory, monkeypatch):
+    import ganexp.build
+
+    if cause == "parameters":  # NaN weights after iteration 3 (no loss is logged); the checkpoint at 4 finds them
+        build_trainer = ganexp.build.build_trainer
+
+        def with_poison(cfg):
+            trainer = build_trainer(cfg)
+            trainer.callbacks.insert(0, PoisonAt(3))
+            return trainer
+        monkeypatch.setattr(ganexp.build, "build_trainer", with_poison)
+    record, objects = train(cfg_factory("model=mlp_small", "eval=none", "trainer.limit_train_batches=8", *overrides))
+    module = objects["module"]
+    assert record["status"] == "diverged" and record["reason"] == module.divergence
+    assert module.divergence.startswith(reason) and record["diverged_at"] == module.diverged_at
+    assert record["iteration"] < 8

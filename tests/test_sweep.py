@@ -12,8 +12,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import Callback
 
-from ganexp.validate import _job_overrides
-from tests.conftest import CONF, run_train
+from ganexp.validate import job_overrides
+from tests.helpers import CONF, run_train
 
 NO_EVAL = ["eval=none"] if (CONF / "eval" / "none.yaml").is_file() else []  # metrics cost minutes on 2 cores
 FAST = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false", "log_every=1",
@@ -47,7 +47,7 @@ def test_ready_made_sweeps_declare_their_grid(name, keys, jobs):
         cfg = compose("train", overrides=[f"{SWEEP_GROUP}={name}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert list(params) == keys
-    assert len(_job_overrides([f"{k}={v}" for k, v in params.items()])) == jobs
+    assert len(job_overrides([f"{k}={v}" for k, v in params.items()])) == jobs
 
 
 def test_parallel_launcher_config_runs_one_job_per_gpu_else_per_core():

@@ -22,7 +22,7 @@ from ganexp.errors import ConfigError
 from ganexp.files import BadFile, read_checkpoint
 from ganexp.registry import build, check_stored
 from ganexp.resume import RUN_MARKER, in_place_run, init_weights, resume_config
-from tests.conftest import ROOT, make_cfg, run_train
+from tests.helpers import ROOT, make_cfg, run_train
 
 # A run trained with settings that are NOT the defaults, so a resume that silently fell back to
 # the defaults would be seen: loss, d_steps, batch size and learning rate all differ.
@@ -215,7 +215,7 @@ def test_a_users_own_model_loads_once_declared_and_not_before(finished_run, tmp_
     try:
         assert sample.main([str(ckpt), "--n", "3", "--out", str(tmp_path / "t.npz")]) == 0
     finally:
-        registry._REGISTERED.pop(name)
+        registry.unregister(TinyGenerator)
 
 
 def test_no_path_from_a_file_reaches_instantiate_importlib_eval_or_pickle():

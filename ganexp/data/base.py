@@ -70,9 +70,7 @@ class TensorDataModule(pl.LightningDataModule):
     metrics_name: str | None = None  # which ganexp.metrics evaluator scores samples of this data
 
     def __init__(self, batch_size: int, seed: int = 0, shape: Sequence[int] = (), value_range=(-1, 1)):
-        super().__init__()
-        if int(batch_size) < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        super().__init__()  # batch_size >= 1 is train.yaml's rule, checked in ganexp/validate.py
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.shape = tuple(int(s) for s in shape)
         self.value_range = None if value_range is None else tuple(float(v) for v in value_range)
@@ -91,7 +89,21 @@ class TensorDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.shape={list(self.shape)} but the data is {list(data.shape[1:])}; fix data.shape")
         if len(data) < self.batch_size:
             raise ConfigError(f"batch_size={self.batch_size} is larger than the dataset ({len(data)} items)")
+        self.check_range(data)
         self.train_data, self.labels = data.float().contiguous(), labels
+
+    def check_range(self, data: Tensor, tolerance: float = 1e-4) -> None:
+        """Refuse images outside `value_range`: the generator's last activation cannot reach them,
+        and D would tell real from fake by range alone. Checked once, on the whole set, so every
+        batch lies in range. Only image tensors [N, C, H, W]: `value_range` is a pixel range, and
+        other data (toy points) keep their own scale."""
+        if self.value_range is None or data.dim() != 4 or data.numel() == 0:
+            return
+        lo, hi = self.value_range
+        low, high = data.min().item(), data.max().item()
+        if not (lo - tolerance <= low and high <= hi + tolerance):  # written so that NaN fails too
+            raise ConfigError(f"{type(self).__name__} gives data in [{low:.4g}, {high:.4g}] but data.value_range="
+                              f"[{lo:g}, {hi:g}]; the images were probably scaled wrongly (e.g. 16-bit pixels / 255)")
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

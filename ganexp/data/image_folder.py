@@ -1,16 +1,68 @@
-"""Any folder of images (searched recursively), resized and center-cropped to `size`."""
+"""Any folder of images (searched recursively), resized and center-cropped to `size`.
+
+Each file is scaled to [0, 1] by its own bit depth, so a folder reaches the model in
+`value_range` whatever it holds:
+- 8-bit files (grey, RGB, palette, with alpha: PNG, JPEG, BMP, GIF, WebP, TIFF): / 255, converted
+  to grey or RGB by PIL (alpha is dropped, not blended).
+- 16-bit grey (PIL modes "I;16…"): / 65535.
+- 32-bit integer (mode "I": 16-bit PNGs in older Pillow, integer TIFFs): / 65535 when every value
+  lies in 0..65535 (16-bit data held in 32 bits); refused otherwise, as it has no known full scale.
+- 32-bit float (mode "F", TIFF): used as is when every value lies in [0, 1]; refused otherwise, as
+  a float image has no full scale to divide by.
+Grey files are repeated to 3 channels for data.channels=3.
+
+Skipped on purpose, counted in one log line: hidden files and everything under hidden folders
+(names starting with "."), such as the "._name.png" AppleDouble files macOS writes beside copied
+images (metadata, not images) and ".thumbnails/". Animated files (GIF, APNG, WebP, multi-page TIFF)
+give their first frame only, counted in the same line. Any other file that cannot be decoded is
+refused in one line naming it.
+"""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
+from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
+from ganexp.checks import INT, number
 from ganexp.data.base import TensorDataModule, scale_unit
 from ganexp.errors import ConfigError
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+log = logging.getLogger("ganexp")
+
+
+def read_unit(file: Path, channels: int) -> tuple[Tensor, int]:
+    """The first frame of `file` as float32 [channels, H, W] in [0, 1], and its number of frames."""
+    try:
+        with Image.open(file) as image:
+            frames = getattr(image, "n_frames", 1)
+            mode = image.mode
+            if mode.startswith("I") or mode == "F":  # PIL's convert() would clip these to 8 bits
+                pixels = np.asarray(image, dtype=np.float32)
+            else:
+                pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ConfigError(f"{file} cannot be decoded as an image ({err}); delete it or save it again as PNG") from None
+    low, high = float(pixels.min()), float(pixels.max())
+    if mode.startswith("I"):
+        if low < 0 or high > 65535:
+            raise ConfigError(f"{file} is a {mode} image with values {low:g}..{high:g}, outside 16 bits (0..65535); "
+                              "save it as an 8- or 16-bit PNG")
+        full = 65535.0
+    elif mode == "F":
+        if not (0 <= low and high <= 1):  # also refuses NaN
+            raise ConfigError(f"{file} is a float image with values {low:g}..{high:g}, not in [0, 1]; "
+                              "scale it to [0, 1] or save it as an 8- or 16-bit PNG")
+        full = 1.0
+    else:
+        full = 255.0
+    unit = torch.from_numpy(pixels / full)
+    return (unit.permute(2, 0, 1) if unit.dim() == 3 else unit.expand(channels, *unit.shape)), frames
 
 
 class ImageFolderDataModule(TensorDataModule):
@@ -18,15 +70,29 @@ class ImageFolderDataModule(TensorDataModule):
         super().__init__(**kwargs)
         if not path:
             raise ConfigError("data=image_folder needs data.path=/folder/with/images")
-        if channels not in (1, 3):
-            raise ConfigError(f"data.channels={channels} must be 1 (grey) or 3 (RGB)")
-        self.path, self.size, self.channels = Path(path).expanduser(), int(size), int(channels)
+        number("data.size", size, INT, lambda s: s >= 1, "a positive number of pixels, e.g. data.size=32")
+        number("data.channels", channels, INT, lambda c: c in (1, 3), "1 (grey) or 3 (RGB)")
+        self.path, self.size, self.channels = Path(path).expanduser(), size, channels
 
     def load(self):
-        files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in EXTENSIONS)
+        files, hidden = [], 0
+        for p in sorted(self.path.rglob("*")):
+            if p.suffix.lower() not in EXTENSIONS or not p.is_file():
+                continue
+            if any(part.startswith(".") for part in p.relative_to(self.path).parts):
+                hidden += 1
+            else:
+                files.append(p)
         if not files:
-            raise ConfigError(f"data.path={self.path} holds no images ({', '.join(sorted(EXTENSIONS))})")
-        mode = ImageReadMode.GRAY if self.channels == 1 else ImageReadMode.RGB
-        images = [TF.center_crop(TF.resize(decode_image(str(f), mode=mode), self.size, antialias=True), self.size)
-                  for f in files]
-        return scale_unit(torch.stack(images).float() / 255.0, self.value_range), None
+            raise ConfigError(f"data.path={self.path} holds no images ({', '.join(sorted(EXTENSIONS))})"
+                              f"{f' other than {hidden} hidden files' if hidden else ''}")
+        images = torch.empty(len(files), self.channels, self.size, self.size)  # filled in place: one copy in memory
+        animated = 0
+        for i, f in enumerate(files):
+            image, frames = read_unit(f, self.channels)
+            animated += frames > 1
+            images[i] = TF.center_crop(TF.resize(image, self.size, antialias=True), self.size)
+        if hidden or animated:
+            log.info("data.path=%s: read %d images; skipped %d hidden files (names or folders starting with '.'); "
+                     "took the first frame of %d animated images", self.path, len(files), hidden, animated)
+        return scale_unit(images, self.value_range), None

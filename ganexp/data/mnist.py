@@ -23,7 +23,7 @@ from ganexp.errors import ConfigError
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 
 
-def _reachable(url: str, timeout: float = 3.0) -> bool:
+def reachable(url: str, timeout: float = 3.0) -> bool:
     try:
         socket.create_connection((urlparse(url).hostname, 443), timeout=timeout).close()
         return True
@@ -54,7 +54,7 @@ class MNISTDataModule(TensorDataModule):
         if not missing:
             return
         name = self.dataset_cls.__name__
-        if self.download and _reachable(self.dataset_cls.mirrors[0]):
+        if self.download and reachable(self.dataset_cls.mirrors[0]):
             self.dataset_cls(str(self.root), train=True, download=True)
             return
         raise ConfigError(

@@ -1,6 +1,6 @@
-"""2-D toy distributions: seed 002's quadratic and the usual mode-collapse tests.
+"""2-D toy distributions: the toy_quadratic recipe's quadratic and the usual mode-collapse tests.
 
-quadratic: x ~ U(-50, 50), y = 10 + x² (seed 002).
+quadratic: x ~ U(-50, 50), y = 10 + x² (toy_quadratic).
 ring:      8 Gaussians on a circle of radius 2, σ = 0.02.
 grid:      25 Gaussians on {-4, -2, 0, 2, 4}², σ = 0.05.
 With `standardize: true` each coordinate is z-scored with the sample's mean and
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ganexp.data.base import TensorDataModule
+from ganexp.checks import choice
 from ganexp.errors import ConfigError
 
 DISTRIBUTIONS = ("quadratic", "ring", "grid")
@@ -44,8 +45,7 @@ class ToyDataModule(TensorDataModule):
 
     def __init__(self, dist: str = "ring", n: int = 10_000, standardize: bool = True, **kwargs):
         super().__init__(**kwargs)
-        if dist not in DISTRIBUTIONS:
-            raise ConfigError(f"data.dist={dist} is unknown; choose one of {', '.join(DISTRIBUTIONS)}")
+        choice("data.dist", dist, DISTRIBUTIONS)
         self.dist, self.n, self.standardize = dist, int(n), standardize
         self.mean, self.std = torch.zeros(2), torch.ones(2)
 

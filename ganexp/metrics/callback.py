@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 import torch
-from pytorch_lightning.callbacks import Callback
 
+from ganexp.callbacks.base import Periodic
 from ganexp.files import load_weights, read_checkpoint
 from ganexp.metrics.evaluator import Evaluator, quantize
 from ganexp.metrics.scores import better
@@ -27,10 +27,11 @@ log = logging.getLogger("ganexp")
 EVAL_SEED = 1234  # the same latent sample at every evaluation, so curves move only with G
 
 
-class EvalCallback(Callback):
+class EvalCallback(Periodic):
     def __init__(self, dirpath: str, every: int = 1000, n: int = 2000, n_final: int = 10_000,
                  monitor: str = "auto", batch_size: int = 1000):
-        self.dirpath, self.every, self.n, self.n_final = Path(dirpath), int(every), int(n), int(n_final)
+        super().__init__(every)
+        self.dirpath, self.n, self.n_final = Path(dirpath), int(n), int(n_final)
         self.monitor, self.batch_size = monitor, int(batch_size)
         self.best_value: float | None = None
         self.best_iteration: int | None = None
@@ -60,8 +61,8 @@ class EvalCallback(Callback):
                                            floor_eval=self.evaluator.floor(self.n))  # of the metrics/ curves
         update_metrics(self.dirpath, monitor=self.monitor, protocol=protocol)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.evaluator is None or self.every <= 0 or pl_module.iteration % self.every:
+    def periodic(self, trainer, pl_module) -> None:
+        if self.evaluator is None:
             return
         scores = self.evaluate(pl_module.generator, pl_module, self.n)
         if trainer.logger is not None:
@@ -72,9 +73,9 @@ class EvalCallback(Callback):
             self._save_best(pl_module)
         log.info("iteration %d: %s", pl_module.iteration, _fmt(scores))
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.evaluator is None or pl_module.diverged_at is not None:
-            return  # a diverged generator's samples score nothing worth recording
+    def final(self, trainer, pl_module) -> None:  # not called for a diverged run: nothing worth recording
+        if self.evaluator is None:
+            return
         final = self.evaluate(pl_module.generator, pl_module, self.n_final)
         best, best_iteration = final, pl_module.iteration
         if self.best_iteration is not None and self.best_path.is_file() and self.best_iteration != pl_module.iteration:

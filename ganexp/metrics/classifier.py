@@ -80,16 +80,13 @@ def state_hash(state: dict[str, Tensor]) -> str:
 def load_split(name: str, train: bool, root: str | Path | None = None) -> tuple[Tensor, Tensor]:
     """(uint8 images [N, 1, H, W], int64 labels) of a labelled dataset's train or test split.
 
-    digits has no official split: a fixed permutation keeps 360 of its 1,797 images for testing.
+    digits has no official split: ganexp.data.digits.digits_split is the one both sides use.
     """
     if name == "digits":
-        from sklearn.datasets import load_digits
+        from ganexp.data.digits import digits_split
 
-        digits = load_digits()
-        images = torch.from_numpy(np.round(digits.images / 16.0 * 255.0)).to(torch.uint8).unsqueeze(1)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-        keep = order[:-360] if train else order[-360:]
-        return images[keep], torch.from_numpy(digits.target)[keep]
+        images, labels = digits_split(train)  # the split the GAN trains on (train=True) too
+        return (images * 255.0).round().to(torch.uint8), labels
     if name in ("mnist", "fashion_mnist"):
         from ganexp.data.mnist import FashionMNISTDataModule, MNISTDataModule
 

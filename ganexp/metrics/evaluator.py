@@ -7,6 +7,9 @@ in data units (`modes`, `hq` for ring / grid; `residual` for quadratic).
 
 The real-vs-real floor scores n real *train* images (or fresh toy points) exactly as a
 generator's n samples are scored: the value a perfect generator would get.
+
+Both refuse fewer samples than the data's metrics need (`min_samples` in the registry of
+ganexp.metrics.scores): a ConfigError naming each metric that cannot be carried and the count to give.
 """
 from __future__ import annotations
 
@@ -20,10 +23,8 @@ import ganexp
 from ganexp.data.toy import mode_centers, sample_toy
 from ganexp.errors import ConfigError
 from ganexp.metrics.classifier import LABELLED, cache_dir, load_classifier, load_split
-from ganexp.metrics.scores import (HIGHER_IS_BETTER, LOWER_IS_BETTER, image_scores, mode_scores,
-                                   quadratic_residual, sliced_wasserstein)
-
-METRICS = tuple(sorted(LOWER_IS_BETTER | HIGHER_IS_BETTER))
+from ganexp.metrics.scores import (IMAGE_METRICS, image_scores, min_samples, mode_scores, quadratic_residual,
+                                   require_samples, sliced_wasserstein)
 
 
 def quantize(images: Tensor, value_range) -> Tensor:
@@ -36,13 +37,14 @@ class Evaluator:
     def __init__(self, dataset: str, root=None, toy=None, device="cpu", log=print):
         self.dataset, self.toy, self.device = dataset, toy, torch.device(device)
         if dataset == "toy":
-            self.monitor = "swd"
+            self.monitor, self.unit = "swd", "points"
+            self.metrics = ["swd", "residual"] if toy.dist == "quadratic" else ["swd", "modes", "hq"]
             self.info = {"dataset": f"toy/{toy.dist}", "split": "fresh samples of the true distribution"}
             return
         if dataset not in LABELLED:
             raise ConfigError(f"no metrics for data '{dataset}': they need a labelled dataset "
                               f"({', '.join(LABELLED)}) or toy data; set eval=none")
-        self.monitor = "fid"
+        self.monitor, self.unit, self.metrics = "fid", "images", list(IMAGE_METRICS)
         self.classifier, clf = load_classifier(dataset, root=root, log=log)
         self.classifier.to(self.device)
         self.root = root
@@ -63,22 +65,32 @@ class Evaluator:
         root = getattr(datamodule, "root", None)
         return cls(name, root=root, toy=datamodule if name == "toy" else None, device=device, log=log)
 
+    @property
+    def min_samples(self) -> int:
+        """The fewest samples that score() and floor() accept for this data."""
+        return min_samples(self.metrics)
+
     def score(self, samples: Tensor) -> dict[str, float]:
-        """Scores of generated samples: uint8 images [N, C, H, W], or toy points [N, 2] as the model outputs them."""
+        """Scores of generated samples: uint8 images [N, C, H, W], or toy points [N, 2] as the model outputs them;
+        ConfigError for fewer than `min_samples`."""
         if self.dataset == "toy":
+            require_samples(len(samples), self.metrics, self.unit)
             return self._toy_scores(samples.detach().float().cpu())
         if samples.dtype != torch.uint8:
             raise ConfigError("images to score must be uint8 (use quantize())")
         shape = tuple(self.classifier.shape)
         if tuple(samples.shape[1:]) != shape:
             raise ConfigError(f"samples are {list(samples.shape[1:])}-shaped but {self.dataset} images are {list(shape)}")
+        require_samples(len(samples), self.metrics, self.unit)
         features, logits = self.classifier.embed(samples)
         return image_scores(self.real_features, self.real_logits, features, logits)
 
     def floor(self, n: int) -> dict[str, float]:
         """The real-vs-real floor: n real samples not in the reference, scored like generated ones
         (digits has 1,437 train images: its floor uses at most that many). Images: cached beside the
-        classifier, keyed by its hash and n (MNIST's 10,000-image floor takes seconds at every start)."""
+        classifier, keyed by its hash and n (MNIST's 10,000-image floor takes seconds at every start).
+        ConfigError for n below `min_samples`, as score() (a too-small n fails at a run's start)."""
+        require_samples(n, self.metrics, self.unit)
         if self.dataset == "toy":
             return self._floor(n)
         key = f"floor-{self.dataset}-{self.info['classifier']['sha256'][:16]}-{n}-v{ganexp.__version__}.json"

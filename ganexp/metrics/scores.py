@@ -8,8 +8,9 @@ mode coverage and the toy-data scores are small enough to live here.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 import warnings
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -17,9 +18,53 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
-# Which way is better, for leaderboards and best.ckpt.
-LOWER_IS_BETTER = {"fid", "kid", "class_kl", "swd", "residual"}
-HIGHER_IS_BETTER = {"is", "coverage", "precision", "recall", "modes", "hq"}
+from ganexp.errors import ConfigError
+
+
+class Metric(NamedTuple):
+    higher_is_better: bool
+    min_samples: int  # the fewest generated samples whose score means something (require_samples)
+
+
+# The metric registry: every score ganexp reports, in report order, whether higher is better
+# (leaderboards, best.ckpt, eval.monitor's allowed values and compare all read it from here) and the
+# fewest samples it needs. Evaluator.score and the floor refuse fewer (the numbers: 8-20 real-vs-real
+# draws per n, digits classifier features and the toy distributions):
+# - fid 2: a covariance needs 2 samples; more is wise: FID is biased upwards ~1/n (digits real-vs-real:
+#   102 at n=10, 11 at 100, 5 at 360) and its covariance is singular below the feature dimension, so
+#   compare FIDs only at equal n (the protocol records it).
+# - kid 50: its subsets hold min(1000, n) samples; KID is the unbiased MMD² estimate, real-vs-real it
+#   scatters ±4.4 at n=10 and ±0.9 at 50 against ~7 for noise (and can dip below 0, see image_scores).
+# - is 100: 10 splits of >= 10 samples; a split of m samples caps IS at m, under the 10 classes.
+# - coverage, class_kl 100: 10 per class expected; a class's "tenth of its fair share" is then >= 1
+#   sample and a fair generator misses one of 10 classes with P < 3e-4 (5% at 50); class_kl's
+#   small-sample bias ~(classes - 1) / 2n is then 0.045, against log 10 = 2.3 for a collapse.
+# - precision, recall 100: the k=3-NN balls need n > k; below ~100 they are so wide that uniform
+#   noise scores precision >= 0.93 on digits (0.29 at 100, 0.10 at 360).
+# - swd 100: the floor shrinks ~1/sqrt(n) (ring 0.18, grid 0.44 at 100 vs 1.5, 4 for one mode).
+# - modes 250: a tenth of the fair share of the grid's 25 modes is then >= 1 point; a fair sampler
+#   then finds all 25 (22-25 at 100), and all 8 of the ring.
+# - hq 100: a share, ± <= 0.05 at 100.  residual 10: a median, robust from a few points.
+IMAGE_METRICS = {"fid": Metric(False, 2), "kid": Metric(False, 50), "is": Metric(True, 100),
+                 "coverage": Metric(True, 100), "class_kl": Metric(False, 100), "precision": Metric(True, 100),
+                 "recall": Metric(True, 100)}
+TOY_METRICS = {"swd": Metric(False, 100), "modes": Metric(True, 250), "hq": Metric(True, 100),
+               "residual": Metric(False, 10)}
+METRICS = {**IMAGE_METRICS, **TOY_METRICS}
+HIGHER_IS_BETTER = {m for m, info in METRICS.items() if info.higher_is_better}
+LOWER_IS_BETTER = {m for m, info in METRICS.items() if not info.higher_is_better}
+
+
+def min_samples(metrics) -> int:
+    """The fewest samples that carry every one of `metrics` (names of the registry)."""
+    return max(METRICS[m].min_samples for m in metrics)
+
+
+def require_samples(n: int, metrics, unit: str = "samples") -> None:
+    """ConfigError naming each of `metrics` that n samples cannot carry, and how many to give."""
+    short = [f"{m} (needs >= {METRICS[m].min_samples})" for m in metrics if n < METRICS[m].min_samples]
+    if short:
+        raise ConfigError(f"{n} {unit} cannot carry {', '.join(short)}; give at least {min_samples(metrics)} {unit}")
 
 
 def better(metric: str, a: float, b: float | None) -> bool:
@@ -109,16 +154,23 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
 
 def image_scores(real_features: Tensor, real_logits: Tensor, fake_features: Tensor, fake_logits: Tensor,
                  pr_samples: int = 5000) -> dict[str, float]:
-    """Every image metric from the classifier's features and logits of real and generated images."""
+    """Every image metric from the classifier's features and logits of real and generated images.
+
+    The distances (fid, kid, class_kl) are >= 0 in truth and are reported clamped at 0: KID is the
+    unbiased MMD² estimate, whose draws scatter around a true value of ~0 for a perfect generator
+    (digits real-vs-real at n=100: 0.03 ± 0.42), and FID's matrix square root can round below 0. A
+    reported 0 reads "indistinguishable at this n"; sample counts where that scatter swamps the
+    signal are refused instead (the registry's min_samples, checked by Evaluator.score).
+    """
     n_classes = real_logits.shape[1]
     m = min(pr_samples, len(real_features), len(fake_features))  # k-NN manifolds on equal counts
     precision, recall = precision_recall(real_features[:m], fake_features[:m])
     return {
-        "fid": fid(real_features, fake_features),
-        "kid": kid(real_features, fake_features),
+        "fid": max(0.0, fid(real_features, fake_features)),
+        "kid": max(0.0, kid(real_features, fake_features)),
         "is": inception_score(fake_logits),
         "coverage": coverage(fake_logits.argmax(1), n_classes),
-        "class_kl": class_kl(fake_logits.argmax(1), real_logits.argmax(1), n_classes),
+        "class_kl": max(0.0, class_kl(fake_logits.argmax(1), real_logits.argmax(1), n_classes)),
         "precision": precision,
         "recall": recall,
     }
@@ -143,6 +195,6 @@ def mode_scores(points: Tensor, centers: Tensor, sigma: float) -> dict[str, floa
 
 
 def quadratic_residual(points: Tensor) -> float:
-    """Median |y − (10 + x²)| of points in data units: 0 when every point lies on seed 002's curve."""
+    """Median |y − (10 + x²)| of points in data units: 0 when every point lies on the toy_quadratic recipe's curve."""
     x, y = points.double().unbind(1)
     return float((y - (10.0 + x.square())).abs().median())

@@ -23,9 +23,16 @@ def _halvings(size: int) -> tuple[int, int]:
     return size, n
 
 
+def _needs_images(shape: Sequence[int]) -> None:
+    if len(shape) != 3:
+        raise ConfigError(f"model=dcgan needs images, but the data is {list(shape)}-shaped; "
+                          "use model=toy_mlp or model=mlp with data=toy")
+
+
 class DCGANGenerator(nn.Module):
     def __init__(self, latent_dim: int, out_shape: Sequence[int], width: int = 64, out_range: Sequence[float] = (-1, 1)):
         super().__init__()
+        _needs_images(out_shape)
         channels, height, width_px = out_shape
         if height != width_px:
             raise ConfigError(f"model=dcgan needs square images, got {height}x{width_px}")
@@ -47,6 +54,7 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     def __init__(self, in_shape: Sequence[int], width: int = 64, slope: float = 0.2):
         super().__init__()
+        _needs_images(in_shape)
         channels, height, _ = in_shape
         base, n = _halvings(height)
         ch = [width * 2 ** i for i in range(n)]  # e.g. [64, 128, 256]

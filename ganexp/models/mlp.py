@@ -1,10 +1,12 @@
-"""Fully connected G and D: `mlp` (seed 001), `mlp_small` (seeds 003/004), `toy_mlp` (seed 002)."""
+"""Fully connected G and D: `mlp` (vanilla_gan), `mlp_small` (the label_smoothing and original_gan recipes), `toy_mlp` (toy_quadratic)."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
 from torch import Tensor, nn
+
+from ganexp.checks import choice
 
 ACTIVATIONS = {
     "leaky_relu": lambda slope: nn.LeakyReLU(slope),
@@ -32,19 +34,20 @@ def _stack(sizes: Sequence[int], activation: str, slope: float, dropout: float,
     return layers
 
 
+INITS = ("default", "xavier", "kaiming")
+
+
 def _init(module: nn.Module, init: str) -> None:
     """`default`: torch's; `xavier`: Glorot-normal, N(0, 2/(fan_in + fan_out)); `kaiming`: He-normal,
-    N(0, 2/fan_in), which is what seed 004's `xavier_init` computes (stddev 1/sqrt(in_dim/2)). Zero biases."""
+    N(0, 2/fan_in), which is what the original_gan recipe's `xavier_init` computes (stddev 1/sqrt(in_dim/2)). Zero biases."""
     if init == "default":
         return
     for m in module.modules():
         if isinstance(m, nn.Linear):
             if init == "xavier":
                 nn.init.xavier_normal_(m.weight)
-            elif init == "kaiming":
+            else:  # kaiming (the constructors checked the name)
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            else:
-                raise ValueError(f"init={init!r}: use default, xavier or kaiming")
             nn.init.zeros_(m.bias)
 
 
@@ -55,6 +58,8 @@ class MLPGenerator(nn.Module):
                  activation: str = "leaky_relu", slope: float = 0.2, out_range: Sequence[float] | None = (-1, 1),
                  init: str = "default"):
         super().__init__()
+        choice("model.generator.init", init, INITS)
+        choice("model.generator.activation", activation, ACTIVATIONS)
         self.out_shape = tuple(out_shape)
         self.net = nn.Sequential(
             *_stack([latent_dim, *hidden], activation, slope, 0.0),
@@ -70,7 +75,7 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """x → hidden… → 1 logit. `features(x)` is the last hidden layer (2-d in `toy_mlp`).
 
-    `linear_features`: no activation after the last hidden layer, as in seed 002, whose
+    `linear_features`: no activation after the last hidden layer, as in the toy_quadratic recipe, whose
     2-unit feature layer is a plain dense layer (`h3 = dense(h2, 2)`).
     """
 
@@ -78,6 +83,8 @@ class MLPDiscriminator(nn.Module):
                  activation: str = "leaky_relu", slope: float = 0.2, dropout: float = 0.3,
                  init: str = "default", linear_features: bool = False):
         super().__init__()
+        choice("model.discriminator.init", init, INITS)
+        choice("model.discriminator.activation", activation, ACTIVATIONS)
         sizes = [math.prod(in_shape), *hidden]
         self.body = nn.Sequential(nn.Flatten(), *_stack(sizes, activation, slope, dropout, linear_features))
         self.head = nn.Linear(hidden[-1], 1)

@@ -1,0 +1,49 @@
+"""`checkpoints/last.ckpt` every `every` iterations and at the end, written atomically."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from ganexp.callbacks.base import Periodic
+
+
+class PeriodicCheckpoint(Periodic):
+    """Lightning's ModelCheckpoint counts global_step (d_steps + 1 per iteration) and writes in
+    place; this saves to a temporary file and renames it, so a kill during a save never leaves a
+    broken checkpoint. It runs after every other callback (build.py), so last.ckpt holds what they
+    did in the same iteration, and saves again at the end for the same reason."""
+
+    final_when_diverged = True  # save() itself keeps the last good checkpoint
+    final_when_interrupted = True
+
+    def __init__(self, dirpath: str, every: int = 1000):
+        super().__init__(every)
+        self.dirpath = Path(dirpath)
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def periodic(self, trainer: pl.Trainer, pl_module) -> None:
+        self.save(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if pl_module.interrupted is not None and self.ran_at != pl_module.iteration:
+            self._run(trainer, pl_module)  # a signal asked to stop: this iteration is the one to keep
+
+    def final(self, trainer: pl.Trainer, pl_module) -> None:
+        if pl_module.interrupted is not None and self.ran_at == pl_module.iteration:
+            return  # saved mid-epoch when the signal came; a save after Lightning stopped would skip the epoch's rest
+        self.save(trainer)
+
+    def save(self, trainer: pl.Trainer) -> None:
+        module = trainer.lightning_module
+        if module.diverged_at is not None or not module.check_parameters():
+            return  # keep the last good checkpoint; the module has stopped the run and says why
+        tmp = self.last_path.with_suffix(".ckpt.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.last_path)

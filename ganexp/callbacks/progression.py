@@ -1,0 +1,67 @@
+"""G on the fixed latent batch, one row per epoch: progression.png and TensorBoard figures/progression."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from ganexp import figures
+from ganexp.callbacks.base import epochs, pick, tb_writer
+
+
+class ImageProgression(Callback):
+    """The instance_noise recipe's progression strip: G on the first `n_cols` fixed latent vectors, one row per epoch.
+
+    Rows at the start (the untrained generator), after every epoch and at the end; at most
+    `max_rows` evenly spaced ones are drawn into `progression.png` (and TensorBoard
+    `figures/progression`). Rows are kept as uint8 in checkpoints, thinned past 4 x max_rows.
+    Image data only; 2-d toy data draws nothing here (callbacks=toy has its scatter).
+    """
+
+    def __init__(self, dirpath: str, n_cols: int = 8, max_rows: int = 20):
+        self.dirpath, self.n_cols, self.max_rows = Path(dirpath), int(n_cols), int(max_rows)
+        self.rows: list[torch.Tensor] = []
+        self.iterations: list[int] = []
+
+    @staticmethod
+    def _images(trainer) -> bool:
+        return len(trainer.datamodule.shape) == 3
+
+    def _add(self, trainer, pl_module) -> None:
+        lo, hi = trainer.datamodule.value_range or (-1.0, 1.0)
+        images = pl_module.sample(pl_module.fixed_z[: self.n_cols]).float()
+        self.rows.append(((images - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
+        self.iterations.append(pl_module.iteration)
+        if len(self.rows) > 4 * self.max_rows:
+            keep = pick(self.iterations, 2 * self.max_rows)
+            self.rows, self.iterations = [self.rows[i] for i in keep], [self.iterations[i] for i in keep]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._images(trainer) and not self.rows:  # a resumed run already has its rows
+            self._add(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._images(trainer) and (not self.iterations or self.iterations[-1] != pl_module.iteration):
+            self._add(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self._images(trainer):
+            return
+        if not self.iterations or self.iterations[-1] != pl_module.iteration:
+            self._add(trainer, pl_module)  # a run stopped mid-epoch (max_time, divergence)
+        if not trainer.is_global_zero:
+            return
+        keep = pick(self.iterations, self.max_rows)
+        labels = [f"epoch {epochs(trainer, self.iterations[i]):.4g}" for i in keep]  # 0.5, 12, 1900
+        fig = figures.progression_figure([self.rows[i].numpy() for i in keep], labels)
+        figures.save_png(fig, self.dirpath / "progression.png")
+        if (writer := tb_writer(trainer)) is not None:
+            writer.add_figure("figures/progression", fig, pl_module.iteration, close=False)
+
+    def state_dict(self) -> dict:
+        return {"rows": torch.stack(self.rows) if self.rows else torch.empty(0, dtype=torch.uint8),
+                "iterations": self.iterations}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows, self.iterations = list(state.get("rows", [])), list(state.get("iterations", []))

@@ -1,0 +1,44 @@
+"""Ctrl-C (SIGINT) and SIGTERM end a run cleanly instead of killing it.
+
+While `stop_on_signals(module)` is active, the first SIGINT or SIGTERM asks the module to stop
+after the iteration in progress (`GANModule.request_stop`): the checkpoint callback then writes
+`last.ckpt` for that iteration, train.py marks metrics.json `interrupted` (with the signal and
+the iteration) and exits 130 (SIGINT) or 143 (SIGTERM). A second signal stops at once, the
+default way. Lightning also handles SIGTERM (it leaves `fit` with SIGTERMException after the
+batch, and under SLURM its SIGUSR1 handler requeues the job); both happen after this handler
+has recorded the signal, so they agree.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
+
+
+@contextmanager
+def stop_on_signals(module) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    signums = [signal.SIGINT, signal.SIGTERM]
+    previous = {s: signal.getsignal(s) for s in signums}
+
+    def handler(signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if module.interrupted is not None:  # asked twice: stop now
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        module.request_stop(name)
+
+    for s in signums:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)

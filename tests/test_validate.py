@@ -1,0 +1,75 @@
+"""Bad input → one line naming the key, the value and what is allowed: the whole catalogue, in-process,
+against the same check train.py runs before Hydra makes a folder (milliseconds each)."""
+from __future__ import annotations
+
+import pytest
+
+from ganexp.errors import ConfigError
+from ganexp.sweep import with_grid
+from ganexp.validate import check_command_line
+from tests.helpers import CONF
+
+BAD_INPUTS = [
+    (["loss=nonsaturatingg"], ["loss=nonsaturatingg", "choose one of", "nonsaturating, wgan_gp"]),
+    (["model=mlpp"], ["model=mlpp is not an option of model", "dcgan, mlp, mlp_small, toy_mlp"]),
+    (["optimizer.lrr=0.1"], ["optimizer.lrr is not a config key", "lr, betas"]),
+    (["optimizer.lr=abc"], ["optimizer.lr=abc is not a number"]),
+    (["optimizer.lr=0"], ["optimizer.lr=0 is out of range", "> 0"]),
+    (["optimizer.lr=-1e-3"], ["optimizer.lr=-0.001 is out of range"]),
+    (["optimizer.d.lr=0"], ["optimizer.d.lr=0 is out of range"]),
+    (["optimizer.lr=inf"], ["optimizer.lr=inf is not finite"]),
+    (["optimizer.g.lr=nan"], ["optimizer.g.lr=nan is not finite"]),
+    (["loss.label_smoothing=1.0"], ["loss.label_smoothing=1.0 is out of range", "[0, 1)"]),
+    (["loss.label_smoothing=-0.1"], ["loss.label_smoothing=-0.1 is out of range"]),
+    (["loss.label_smoothing=nan"], ["loss.label_smoothing=nan is not finite"]),
+    (["loss=wgan_gp", "loss.gp_weight=inf"], ["loss.gp_weight=inf is not finite"]),
+    (["loss.gp_weight=-1"], ["loss.gp_weight=-1 is out of range", ">= 0"]),
+    (["noise.instance_sigma=-0.5"], ["noise.instance_sigma=-0.5 is out of range", ">= 0"]),
+    (["noise.instance_sigma=inf"], ["noise.instance_sigma=inf is not finite"]),
+    (["noise.instance_sigma_min=-1"], ["noise.instance_sigma_min=-1 is out of range"]),
+    (["noise.anneal=cosine"], ["noise.anneal=cosine is not allowed", "none, linear"]),
+    (["noise.anneal_epochs=0"], ["noise.anneal_epochs=0 is out of range"]),
+    (["noise.anneal_per=batch"], ["noise.anneal_per=batch is not allowed", "epoch, iteration"]),
+    (["d_steps=0"], ["d_steps=0 is out of range", ">= 1"]),
+    (["d_steps=1.5"], ["d_steps=1.5 is not an integer"]),
+    (["noise.latent_dim=0"], ["noise.latent_dim=0 is out of range"]),
+    (["noise.latent_dim=2.5"], ["noise.latent_dim=2.5 is not an integer"]),
+    (["batch_size=0"], ["batch_size=0 is out of range"]),
+    (["batch_size=big"], ["batch_size=big is not an integer"]),
+    (["seed=-1"], ["seed=-1 is out of range", "2^32"]),
+    (["seed=5000000000"], ["seed=5000000000 is out of range"]),
+    (["noise.prior=gaussian"], ["noise.prior=gaussian is not allowed", "normal, uniform"]),
+    (["model.generator.init=he"], ["model.generator.init=he is not allowed", "default, xavier, kaiming"]),
+    (["model.discriminator.init=he"], ["model.discriminator.init=he is not allowed"]),
+    (["model.generator.activation=gelu"], ["model.generator.activation=gelu is not allowed", "leaky_relu"]),
+    (["loss=hinge", "loss.label_smoothing=0.1"], ["has no meaning for loss=hinge"]),
+    (["loss=wgan_gp", "loss.label_smoothing=0.1"], ["has no meaning for loss=wgan_gp"]),
+    (["model=dcgan", "data=toy"], ["model=dcgan needs images"]),
+    (["data=toy", "model=toy_mlp", "data.dist=spiral"], ["data.dist=spiral is not allowed", "quadratic, ring, grid"]),
+    (["data=image_folder"], ["data=image_folder needs data.path"]),
+    (["eval.monitor=fdi"], ["eval.monitor=fdi is not a metric of this data", "fid"]),
+    (["data=toy", "model=toy_mlp", "eval.monitor=fid"], ["eval.monitor=fid is not a metric", "swd"]),
+    (["eval.n=5"], ["eval.n=5 is out of range", ">= 10"]),
+    (["trainer.max_epochs=0"], ["trainer.max_epochs=0 is out of range"]),
+    (["log_every=0"], ["log_every=0 is out of range"]),
+    (["-m", "trainer.strategy=ddp_find_unused_parameters_true"], ["-m (multirun) with DDP"]),
+    (["-m", "optimizer.lr=1e-4,-1"], ["optimizer.lr=-1 is out of range"]),
+    (["-m", "sweep=lr_smoothing_noise", "loss=hinge"], ["has no meaning for loss=hinge"]),
+    (["optimizer.lr=[1"], ["cannot parse the overrides"]),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_every_bad_input_is_one_line_naming_the_key_the_value_and_what_is_allowed(args, words):
+    with pytest.raises(ConfigError) as err:
+        check_command_line(with_grid(args, CONF), CONF)
+    message = str(err.value)
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.parametrize("args", [[], ["loss=hinge"], ["data=toy", "model=toy_mlp"], ["optimizer=sgd", "seed=4294967295"],
+                                  ["-m", "sweep=lr_smoothing_noise"], ["model=dcgan", "noise.anneal_per=iteration"]])
+def test_good_input_passes(args):
+    check_command_line(with_grid(args, CONF), CONF)
