@@ -48,7 +48,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
 
     from ganexp.build import build_datamodule, build_module, build_trainer
     from ganexp.signals import stop_on_signals
-    from ganexp.resume import in_place_run, init_weights, mark_run, resume_config
+    from ganexp.files import read_checkpoint
+    from ganexp.resume import check_training_state, in_place_run, init_weights, mark_run, resume_config
     from ganexp.results import read_metrics, update_metrics
     from ganexp.validate import check_config
 
@@ -74,6 +75,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
     datamodule = build_datamodule(cfg.data)
     datamodule.setup("fit")  # a missing dataset fails here, before the run writes anything
     module = build_module(cfg)
+    if cfg.ckpt_path:
+        check_training_state(read_checkpoint(cfg.ckpt_path), module, cfg.ckpt_path)  # before anything is written
     if cfg.get("init_from"):
         init_weights(module, cfg.init_from)  # a new run from a checkpoint's or export's weights
     trainer = build_trainer(cfg)

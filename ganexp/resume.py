@@ -275,3 +275,54 @@ def init_weights(module, path: Any) -> None:
     for name in ("generator", "discriminator"):
         part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
         load_weights(getattr(module, name), part, source, name)
+
+
+def check_training_state(checkpoint: dict, module, source: Any) -> None:
+    """What Lightning and the module restore on resume, checked against the model built from the
+    stored config: a crafted optimizer state, RNG state or loop record is one line, never a crash."""
+    import torch
+
+    from ganexp.files import BadFile
+
+    def bad(what: str) -> BadFile:
+        return BadFile(f"{source}: {what}; it cannot be resumed (start a new run from its weights with "
+                       f"init_from={source})")
+
+    iteration = checkpoint.get("iteration")
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+        raise bad(f"iteration={_show(iteration)} is not a count")
+    if not isinstance(checkpoint.get("loops"), dict) or not isinstance(checkpoint["loops"].get("fit_loop"), dict):
+        raise bad("it has no fit_loop state")
+    own, stored = module.state_dict(), checkpoint["state_dict"]
+    odd = sorted(set(own) ^ set(stored)) or [k for k in own if stored[k].shape != own[k].shape
+                                                or stored[k].dtype != own[k].dtype or stored[k].layout != torch.strided]
+    if odd:
+        raise bad(f"its weights do not fit the model its config describes (e.g. {odd[0]})")
+    optimizers = checkpoint.get("optimizer_states")
+    if not isinstance(optimizers, list) or len(optimizers) != 2:
+        raise bad("it does not hold the two optimizer states (G, D)")
+    for state, net in zip(optimizers, (module.generator, module.discriminator)):
+        params = list(net.parameters())
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        ids = [i for g in groups or [] if isinstance(g, dict) for i in g.get("params", [])]
+        per_param = state.get("state") if isinstance(state, dict) else None
+        if len(ids) != len(params) or not isinstance(per_param, dict) or not set(per_param) <= set(ids):
+            raise bad("its optimizer state does not fit the model's parameters")
+        for idx, entry in per_param.items():
+            param = params[ids.index(idx)]
+            for name, value in (entry.items() if isinstance(entry, dict) else [("state", None)]):
+                if not isinstance(value, torch.Tensor) or (value.dim() > 0 and (value.shape != param.shape
+                                                                                or value.dtype != param.dtype)):
+                    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                        raise bad(f"its optimizer state {name} does not fit its parameter")
+    rng = checkpoint.get("rng")
+    if rng is not None:
+        ok = (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+              and rng["torch"].dtype == torch.uint8 and rng["torch"].shape == torch.get_rng_state().shape
+              and isinstance(rng.get("numpy"), (list, tuple)) and len(rng["numpy"]) == 5
+              and isinstance(rng["numpy"][1], torch.Tensor) and rng["numpy"][1].shape == (624,)
+              and isinstance(rng.get("python"), (list, tuple)) and len(rng["python"]) == 3
+              and isinstance(rng["python"][1], (list, tuple)) and len(rng["python"][1]) == 625
+              and isinstance(rng.get("cuda"), (list, tuple)))
+        if not ok:
+            raise bad("its random-number state is not the one ganexp writes")

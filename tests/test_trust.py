@@ -524,3 +524,36 @@ def test_a_sweep_rerun_with_an_unreadable_record_fails_that_job_only_and_keeps_t
     assert result.returncode == 1  # one job did not finish: the sweep says so
     assert bad.read_text() == "{broken"
     assert "1 of 2 jobs did not finish (1 unreadable)" in result.stdout + result.stderr
+
+
+def _set_exp_avg(c):
+    c["optimizer_states"][0]["state"][0]["exp_avg"] = torch.zeros(3)
+
+
+def _set_rng(c):
+    c["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)
+
+
+TRAINING_STATE = {  # what Lightning and the module restore: crafted, each would crash or corrupt the resume
+    "optimizer state of the wrong shape": _set_exp_avg,
+    "no optimizer states": lambda c: c.update(optimizer_states=[]),
+    "rng of the wrong size": _set_rng,
+    "rng not a mapping": lambda c: c.update(rng="x"),
+    "iteration not a number": lambda c: c.update(iteration="abc"),
+    "no loops": lambda c: c.update(loops={}),
+    "an extra weight": lambda c: c["state_dict"].update({"generator.evil": torch.zeros(1)}),
+}
+
+
+@pytest.mark.parametrize("craft", TRAINING_STATE.values(), ids=TRAINING_STATE.keys())
+def test_a_crafted_training_state_is_refused_before_the_resume_writes_anything(finished_run, tmp_path, craft):
+    from train import train
+
+    checkpoint = torch.load(finished_run / "checkpoints" / "last.ckpt", weights_only=True)
+    craft(checkpoint)
+    ckpt = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, ckpt)
+    out = tmp_path / "run"
+    with pytest.raises(BadFile, match="cannot be resumed") as err:
+        train(make_cfg(out, *ORIGINAL, f"ckpt_path={ckpt}"), overrides=[f"ckpt_path={ckpt}"])
+    assert "\n" not in str(err.value) and not (out / "metrics.json").exists()
