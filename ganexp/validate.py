@@ -28,8 +28,6 @@ RULES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("ckpt_every", INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
     ("n_fixed", INT, lambda v: v >= 1, "an integer >= 1"),
     ("eval_every", INT, lambda v: v >= 0, "an integer >= 0 (0 = only at the end)"),
-    ("eval.n", INT, lambda v: v >= 100, "an integer >= 100, what every metric needs (the default is 2000)"),
-    ("eval.n_final", INT, lambda v: v >= 100, "an integer >= 100 (the default is 10000)"),
     ("eval.batch_size", INT, lambda v: v >= 1, "an integer >= 1"),
     ("optimizer.lr", FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
     ("optimizer.g.lr", FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
@@ -43,7 +41,7 @@ def check_config(cfg: DictConfig) -> None:
     above, then the cheap parts built as a run builds them (loss, prior, instance noise, datamodule
     without its data, G and D), so that each part's own check is the one-line error."""
     from ganexp.build import build_cheap_parts
-    from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS
+    from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS, min_samples
 
     for key, kind, ok, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=None)
@@ -54,6 +52,11 @@ def check_config(cfg: DictConfig) -> None:
     allowed = list(TOY_METRICS if len(shape) == 1 else IMAGE_METRICS)
     if monitor != "auto" and monitor not in allowed:
         raise ConfigError(f"eval.monitor={monitor} is not a metric of this data; choose auto or one of {', '.join(allowed)}")
+    need = min_samples(allowed)  # the metric registry's minimum for this data's scores
+    for key in ("eval.n", "eval.n_final"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            number(key, value, INT, lambda v: v >= need, f"an integer >= {need} (what this data's metrics need)")
     build_cheap_parts(cfg)
 
 

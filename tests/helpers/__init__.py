@@ -17,7 +17,7 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "trainer.max_epochs=1",
 ]
-SMALL_EVAL = ["eval.n=200", "eval.n_final=500"]  # when metrics are on
+SMALL_EVAL = ["eval.n=250", "eval.n_final=500"]  # when metrics are on (toy's modes need 250 samples)
 
 
 def make_cfg(out: Path, *overrides: str):
