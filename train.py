@@ -48,7 +48,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
 
     from ganexp.build import build_datamodule, build_module, build_trainer
     from ganexp.signals import stop_on_signals
-    from ganexp.files import read_checkpoint
     from ganexp.resume import check_training_state, in_place_run, init_weights, mark_run, resume_config
     from ganexp.results import read_metrics, update_metrics
     from ganexp.validate import check_config
@@ -59,11 +58,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
     out = Path(cfg.paths.output_dir)
     previous = read_metrics(out)  # unreadable: one line, and the file is left as it is
     last = out / "checkpoints" / "last.ckpt"
-    source, asked_to_resume = None, bool(cfg.ckpt_path)
+    source, asked_to_resume, checkpoint = None, bool(cfg.ckpt_path), None
     if cfg.ckpt_path or last.is_file():  # ...a re-run in the same folder resumes it where it stopped
         if not cfg.ckpt_path:
             cfg.ckpt_path = str(last)
-        cfg, _ = resume_config(cfg, overrides)
+        cfg, checkpoint = resume_config(cfg, overrides)
         if previous.get("status") != "finished" or asked_to_resume:
             log.info("resuming from %s", cfg.ckpt_path)  # the checkpoint's experiment, or one line refusing
         if in_place_run(cfg.ckpt_path) != out.resolve():
@@ -76,7 +75,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
     datamodule.setup("fit")  # a missing dataset fails here, before the run writes anything
     module = build_module(cfg)
     if cfg.ckpt_path:
-        check_training_state(read_checkpoint(cfg.ckpt_path), module, cfg.ckpt_path)  # before anything is written
+        check_training_state(checkpoint, module, cfg.ckpt_path)  # the one read above; before anything is written
     if cfg.get("init_from"):
         init_weights(module, cfg.init_from)  # a new run from a checkpoint's or export's weights
     trainer = build_trainer(cfg)

@@ -242,10 +242,7 @@ def check_run(config: DictConfig) -> None:
         check_init_from(config.init_from)
 
 
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object  # type: ignore[misc,assignment]
+from hydra.experimental.callback import Callback  # noqa: E402  (hydra-core is a dependency)
 
 
 class ResumeCheck(Callback):
