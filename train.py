@@ -43,33 +43,41 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
     folder is skipped. Returns (the run's metrics.json record, the built objects: cfg, datamodule,
     module, trainer; none when skipped), as lightning-hydra-template's train(cfg) does.
     """
+    from ganexp.validate import check_config
+    from ganexp.lock import folder_lock
+
+    check_config(cfg)  # bad values fail here, before anything is built or written
+    overrides = _task_overrides() if overrides is None else overrides
+    with folder_lock(cfg.paths.output_dir):  # one run per folder: a second one is refused (FolderInUse)
+        return _train(cfg, overrides, Path(cfg.paths.output_dir))
+
+
+def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dict, dict]:
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from ganexp.build import build_datamodule, build_module, build_trainer
     from ganexp.signals import stop_on_signals
     from ganexp.resume import check_training_state, in_place_run, init_weights, mark_run, resume_config
+    from ganexp.jobs import check_same_job
     from ganexp.results import read_metrics, update_metrics
-    from ganexp.validate import check_config
+    from ganexp.tensorboard import write_hparams, write_layout
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # data is already a device tensor
-    check_config(cfg)  # bad values fail here, before anything is built or written
-    overrides = _task_overrides() if overrides is None else overrides
-    out = Path(cfg.paths.output_dir)
     previous = read_metrics(out)  # unreadable: one line, and the file is left as it is
     last = out / "checkpoints" / "last.ckpt"
     source, asked_to_resume, checkpoint = None, bool(cfg.ckpt_path), None
+    if previous.get("status") == "finished" and not asked_to_resume:  # re-run sweeps skip it...
+        check_same_job(out, overrides)  # ...when it is the same job; other settings are refused
+        log.info("%s already finished; skipping", out)
+        return previous, {}
     if cfg.ckpt_path or last.is_file():  # ...a re-run in the same folder resumes it where it stopped
         if not cfg.ckpt_path:
             cfg.ckpt_path = str(last)
-        cfg, checkpoint = resume_config(cfg, overrides)
-        if previous.get("status") != "finished" or asked_to_resume:
-            log.info("resuming from %s", cfg.ckpt_path)  # the checkpoint's experiment, or one line refusing
+        cfg, checkpoint = resume_config(cfg, overrides)  # the checkpoint's experiment, or one line refusing
+        log.info("resuming from %s", cfg.ckpt_path)
         if in_place_run(cfg.ckpt_path) != out.resolve():
             source = str(Path(cfg.ckpt_path).resolve())  # a checkpoint from elsewhere: a new run folder
-    if previous.get("status") == "finished" and not asked_to_resume:  # re-run sweeps skip it
-        log.info("%s already finished; skipping", out)
-        return previous, {}
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data)
     datamodule.setup("fit")  # a missing dataset fails here, before the run writes anything
@@ -89,6 +97,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
             fields["resumes"] = [*earlier, {"time": _now(), "overrides": overrides or []}]
         update_metrics(out, **fields)
         _started.add(str(out.resolve()))
+    if trainer.is_global_zero:
+        write_layout(trainer.logger)  # TensorBoard's Custom Scalars tab: D vs G, accuracies, scores, norms
     with stop_on_signals(module):  # Ctrl-C / SIGTERM: finish the iteration, checkpoint it, stop
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
@@ -101,6 +111,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
         fields.update(status="interrupted", signal=module.interrupted,
                       reason=f"{module.interrupted} at iteration {module.iteration}")
     record = update_metrics(out, **fields) if trainer.is_global_zero else fields
+    if trainer.is_global_zero:
+        write_hparams(trainer.logger, module.hparams, record, overrides)  # the HParams row, with the status
     return record, {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
 
 
@@ -157,6 +169,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from ganexp.launch import job_resources
+    from ganexp.lock import FolderInUse
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     # The pre-run check imported Lightning before Hydra set up logging, so Lightning gave its logger a
@@ -168,6 +181,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         with job_resources(cfg):  # parallel sweeps: a share of the CPU threads, a GPU of its own
             record, _ = train(cfg)
+    except FolderInUse as err:  # the folder's record belongs to the run that holds it
+        return _fail(multirun, "refused", str(err), 2)
     except ConfigError as err:
         _record_failure(cfg, "failed", str(err))
         return _fail(multirun, "failed", str(err), 2)
@@ -175,7 +190,7 @@ def main(cfg: DictConfig) -> float | None:
         _record_failure(cfg, "failed", f"{type(err).__name__}: {err}".splitlines()[0])
         if multirun:
             log.exception("job failed")
-            return math.nan
+            return None
         raise
     if record.get("status") == "diverged":
         return _fail(multirun, "diverged", divergence_message(record, Path(cfg.paths.output_dir)), 3)
@@ -190,15 +205,16 @@ def main(cfg: DictConfig) -> float | None:
         print(f"ganexp: interrupted by {record['reason']}; {last} holds it; "
               f"resume with: python train.py ckpt_path={last}", file=sys.stderr)
         sys.exit(EXIT_CODES[record["signal"]])
-    return monitored(record)
+    value = monitored(record)
+    return value if value is None or math.isfinite(value) else None  # a number, or none (a failed trial)
 
 
-def _fail(multirun: bool, status: str, message: str, code: int) -> float:
-    """In a sweep the job's metrics.json says what happened and the sweep goes on (NaN to the
-    sweeper); a single run says it in one line and exits with `code`."""
+def _fail(multirun: bool, status: str, message: str, code: int) -> None:
+    """In a sweep the job's metrics.json says what happened and the sweep goes on (no value to the
+    sweeper: Optuna records a FAIL trial); a single run says it in one line and exits with `code`."""
     if multirun:
         log.error("job %s: %s", status, message)
-        return math.nan
+        return None
     print(f"ganexp: error: {message}", file=sys.stderr)  # no traceback (HYDRA_FULL_ERROR=1 has it)
     sys.exit(code)
 

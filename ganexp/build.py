@@ -51,11 +51,17 @@ def build_parts(config: dict) -> dict[str, Any]:
     }
 
 
-def build_cheap_parts(cfg: DictConfig) -> None:
-    """Build what a run builds before any data is read: the command line's checks (validate.py)."""
+def build_cheap_parts(cfg: DictConfig) -> dict[str, Any]:
+    """Build what a run builds before any data is read: the command line's checks (validate.py).
+    The networks are built on torch's meta device (shapes, no memory), so a size the machine cannot
+    hold is refused by its estimate, not by the allocator; returns the parts."""
+    import torch
+
     config = {k: plain(cfg[k]) for k in ("model", "data", "loss", "optimizer", "noise")}  # paths resolve only in a run
-    build_parts(config)
+    with torch.device("meta"):
+        parts = build_parts(config)
     build_datamodule(config["data"])  # its constructor only: setup() reads the data
+    return parts
 
 
 def build_module(cfg: DictConfig) -> GANModule:

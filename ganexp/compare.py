@@ -5,7 +5,8 @@ metrics.json (status, reason, `best` / `final` metric dicts, `monitor`) and prin
 markdown leaderboard, best first, one row per job or, when seeds repeat, one row per
 configuration with mean ± std over its finished seeds. Jobs that failed, diverged or
 never finished come last, with their reason. Writes summary.md, summary.csv (one row
-per job) and summary.png (the metric against each swept parameter) into SWEEP_DIR.
+per job) and summary.png (the metric against each swept parameter) into SWEEP_DIR; a searched
+sweep (Optuna) adds its best trial and trials.png (ganexp/search.py).
 
 Ranking value of a job: `best[metric]`, else `final[metric]` (what train.py returns to
 sweepers). Runs with no metrics at all (eval=none) fall back to the last logged
@@ -30,6 +31,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ganexp import search
 from ganexp.errors import ConfigError
 from ganexp.files import BadFile, read_yaml
 from ganexp.metrics.scores import HIGHER_IS_BETTER, IMAGE_METRICS, TOY_METRICS  # the metric registry
@@ -299,6 +301,7 @@ class Summary:
     jobs: list[Job]
     keys: list[str]            # swept parameters
     markdown: str
+    search: dict | None = None  # Optuna's best trial, for a searched sweep (ganexp/search.py)
 
     @property
     def failures(self) -> list[Job]:
@@ -328,15 +331,25 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
                      "runs with eval on record fid and friends in metrics.json)")
     if fixed:
         lines.append("fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
+    found, searched = None, []
+    try:
+        found = search.results(sweep_dir)
+    except BadFile as err:
+        searched = [f"(not read: {err})"]
+    if found:
+        searched = search.section(found, jobs, metric)
+    lines += ["", f"TensorBoard: `tensorboard --logdir {sweep_dir}`; the HParams tab has a row per job, with the "
+                  f"swept parameters as the columns {', '.join(keys) or '(none swept)'} and the metrics as "
+                  "hparams/final_<metric> and hparams/best_<metric>.", *([""] + searched if searched else [])]
     configs = by_config(jobs, keys)
     if len(configs) < len(jobs):  # seeds repeat: one row per configuration
         lines += ["", "## Per configuration (mean ± std over seeds)", "", *config_table(configs, keys, metric),
                   "", "## Per job"]
     lines += ["", *job_table(jobs, keys, metric)]
-    effects = effects_table(jobs, keys, metric)
+    effects = effects_table(jobs, keys, metric) if not found else []  # a search tries each value once: trials.png
     if effects:
         lines += ["", "## Why: the effect of each swept parameter (mean over the jobs with that value)", "", *effects]
-    summary = Summary(sweep_dir, metric, jobs, keys, "")
+    summary = Summary(sweep_dir, metric, jobs, keys, "", found)
     summary.markdown = "\n".join(lines + ["", summary.count_line(), ""])
     return summary
 
@@ -403,7 +416,13 @@ def write(summary: Summary) -> list[Path]:
     md, table, png = (summary.sweep_dir / name for name in FILES)
     md.write_text(summary.markdown)
     write_csv(summary, table)
-    return [md, table] + ([png] if plot(summary, png) else [])
+    written = [md, table] + ([png] if plot(summary, png) else [])
+    trials = summary.sweep_dir / search.PLOT
+    if summary.search is not None:
+        numbers = {j.run: search.trial_number(summary.sweep_dir / j.run) for j in summary.jobs}
+        if search.plot(summary.jobs, numbers, summary.metric, not higher_is_better(summary.metric), trials):
+            written.append(trials)
+    return written
 
 
 def write_or_say(summary: Summary) -> str:

@@ -32,6 +32,8 @@ def images_from_npz(path: Path) -> torch.Tensor:
             if "images" not in f:
                 raise ConfigError(f"{path} has no key 'images' (it has: {', '.join(f.files) or 'nothing'})")
             images = f["images"]
+    except MemoryError:  # numpy's header claims a shape this machine cannot hold: the file lies or is not for us
+        raise ConfigError(f"cannot read {path}: its header claims more images than memory holds") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
         why = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"cannot read {path} as .npz (truncated, empty or not an .npz: {why})") from None

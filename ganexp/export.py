@@ -28,19 +28,31 @@ LOCAL_KEYS = ("root", "path", "download")  # where the data lay on the exporting
 def description(config: dict, checkpoint: dict, record: dict) -> dict:
     """The plain-JSON build description of a checkpoint's generator."""
     data = {k: v for k, v in config["data"].items() if k not in LOCAL_KEYS}
-    protocol = record.get("protocol") or {}
-    classifier = protocol.get("classifier") or {}
+    protocol = _typed(record.get("protocol"), dict, {})  # metrics.json is a file like any other: only known shapes
+    classifier = _typed(protocol.get("classifier"), dict, {})
     return {
         "model": {"generator": config["model"]["generator"]},
         "noise": {"prior": config["noise"]["prior"], "latent_dim": config["noise"]["latent_dim"]},
         "data": data,
         "image_shape": list(data.get("shape") or []),
-        "dataset": protocol.get("dataset") or data.get("_target_", "").rpartition(".")[2],
+        "dataset": _typed(protocol.get("dataset"), str, None) or str(data.get("_target_", "")).rpartition(".")[2],
         "iteration": checkpoint.get("iteration"),
-        "metrics": {"final": record.get("final"), "best": record.get("best"), "monitor": record.get("monitor"),
-                    "best_iteration": record.get("best_iteration"),
-                    "classifier_sha256": classifier.get("sha256")},
+        "metrics": {"final": _scores(record.get("final")), "best": _scores(record.get("best")),
+                    "monitor": _typed(record.get("monitor"), str, None),
+                    "best_iteration": _typed(record.get("best_iteration"), int, None),
+                    "classifier_sha256": _typed(classifier.get("sha256"), str, None)},
     }
+
+
+def _typed(value, kind: type, default):
+    return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+
+def _scores(value) -> dict | None:
+    """{metric name: number} from a record's final/best; anything else is left out."""
+    if not isinstance(value, dict):
+        return None
+    return {str(k)[:40]: v for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def check_out(out: Path, suffixes: tuple[str, ...], flag: str = "--out") -> None:

@@ -9,6 +9,7 @@ anything is built from it. `load_generator` is the one way from a file to a gene
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -30,6 +31,11 @@ class BadFile(ConfigError):
 
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -128,13 +134,47 @@ def load_generator(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
         record = read_checkpoint(path)
         source, config = resolve_checkpoint(path), record["hyper_parameters"]
         weights = {k.removeprefix("generator."): v for k, v in record["state_dict"].items() if k.startswith("generator.")}
+    with torch.device("meta"):  # shapes first, no memory: a config whose sizes the weights do not fit is one line
+        shaped = build(config["model"]["generator"], "generator", key="model.generator", source=source)
+        check_weights(shaped, weights, source, "generator")
+        _check_generator_io(shaped, config, source)
     generator = build(config["model"]["generator"], "generator", key="model.generator", source=source)
-    load_weights(generator, weights, source, "generator")
+    generator.load_state_dict(weights)
     return generator.eval(), config, record
+
+
+def _check_generator_io(generator: torch.nn.Module, config: dict, source: Path | str) -> None:
+    """The stored noise.latent_dim goes into the generator, and what comes out has data.shape (meta tensors)."""
+    from ganexp.checks import INT, number
+
+    noise, data = config.get("noise"), config.get("data")
+    try:
+        latent = number("noise.latent_dim", noise.get("latent_dim") if isinstance(noise, dict) else None, INT,
+                        lambda v: v >= 1, "an integer >= 1")
+    except ConfigError as err:
+        raise BadFile(f"{source}: {err}") from None
+    try:
+        out = generator(torch.empty(2, latent, device="meta"))
+    except Exception as err:  # noqa: BLE001 - any shape error of a crafted config
+        raise BadFile(f"{source}: its noise.latent_dim={latent} does not fit its generator ({_first_line(err)})") from None
+    shape = data.get("shape") if isinstance(data, dict) else None
+    if not isinstance(shape, list) or list(out.shape[1:]) != shape:
+        raise BadFile(f"{source}: its generator makes {list(out.shape[1:])}, but its data.shape is {_brief(shape)}")
+    value_range = data.get("value_range")
+    if value_range is not None and (not isinstance(value_range, list) or len(value_range) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value_range)
+            or not value_range[0] < value_range[1]):
+        raise BadFile(f"{source}: its data.value_range={_brief(value_range)} is not two finite numbers low < high")
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path | str, what: str) -> None:
     """`load_state_dict`, with a mismatch said in one line instead of torch's page of key lists."""
+    check_weights(module, weights, source, what)
+    module.load_state_dict(weights)
+
+
+def check_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path | str, what: str) -> None:
+    """BadFile (one line) unless `weights` has exactly `module`'s keys and shapes."""
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     wrong = [k for k in own if k in weights and own[k].shape != weights[k].shape]
@@ -143,7 +183,6 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], sour
                   f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else
                   f"{wrong[0]} is {list(weights[wrong[0]].shape)} in the file, {list(own[wrong[0]].shape)} in the model")
         raise BadFile(f"{source}: the {what} weights do not fit the {what} its config describes: {detail}")
-    module.load_state_dict(weights)
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

@@ -60,14 +60,21 @@ def _installed(module: str) -> bool:
         return False
 
 
+SEARCH = ("hydra_plugins.hydra_optuna_sweeper", "search")
+
+
 def check_launcher(args: list[str]) -> None:
-    """`hydra/launcher=X` whose plugin is not installed: one line that says what to install."""
+    """`hydra/launcher=X`, `hydra/sweeper=optuna` or `sweep=search` whose plugin is not installed: one
+    line that says what to install."""
     for arg in args:
         key, _, name = arg.partition("=")
-        if key.lstrip("+") == "hydra/launcher" and name in PLUGINS:
-            module, extra = PLUGINS[name]
+        key = key.lstrip("+")
+        needs = (PLUGINS.get(name) if key == "hydra/launcher" else
+                 SEARCH if (key, name) in (("hydra/sweeper", "optuna"), ("sweep", "search")) else None)
+        if needs:
+            module, extra = needs
             if not _installed(module):
-                raise ConfigError(f"hydra/launcher={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
+                raise ConfigError(f"{key}={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
                                   f"install it with: pip install -e '.[{extra}]'")
 
 

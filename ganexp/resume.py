@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ganexp.errors import ConfigError
 from ganexp.files import select
+from ganexp.jobs import job_dir
 
 RUN_MARKER = ".ganexp-run"
 # What the experiment is; a resume keeps the checkpoint's values of all of these.
@@ -73,6 +74,7 @@ def register_resolvers() -> None:
     """The resolvers conf/hydra/default.yaml uses (train.py calls this before Hydra composes)."""
     OmegaConf.register_new_resolver("ganexp_run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("ganexp_hydra_subdir", hydra_subdir, replace=True)
+    OmegaConf.register_new_resolver("ganexp_job_dir", job_dir, replace=True)
 
 
 def override_keys(overrides: list[str]) -> list[str]:
@@ -210,6 +212,19 @@ def check_init_from(path: Any) -> None:
         read_checkpoint(path)
 
 
+def check_folder(folder: Path, overrides: list[str] | None) -> None:
+    """A run or sweep job about to go into `folder`: not while another process writes there, and
+    into a finished run only with the same settings (`overrides`; None: a resume, no comparison)."""
+    from ganexp.jobs import check_same_job
+    from ganexp.lock import check_free
+    from ganexp.results import read_metrics
+
+    record = read_metrics(folder)  # an unreadable record: one line now, before Hydra writes anything there
+    check_free(folder)
+    if record.get("status") == "finished" and overrides is not None:
+        check_same_job(folder, overrides)
+
+
 def check_run(config: DictConfig) -> None:
     """Everything a run's files decide, checked before Hydra makes or touches a folder."""
     task = OmegaConf.to_container(config.hydra.overrides.task) if "hydra" in config else []
@@ -218,10 +233,8 @@ def check_run(config: DictConfig) -> None:
                           "from a checkpoint's weights; give one of them")
     ckpt_path = config.get("ckpt_path")
     if "hydra" in config and config.hydra.mode != "MULTIRUN":
-        from ganexp.results import read_metrics
-
         folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
-        read_metrics(folder)  # an unreadable record: one line now, before Hydra writes anything there
+        check_folder(folder, task if not ckpt_path else None)
         last = folder / "checkpoints" / "last.ckpt"
         if is_run_folder(folder) or last.is_file():
             if config.get("init_from"):

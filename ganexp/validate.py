@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ganexp.checks import FLOAT, INT, number
 from ganexp.errors import ConfigError
@@ -57,7 +57,76 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             number(key, value, INT, lambda v: v >= need, f"an integer >= {need} (what this data's metrics need)")
-    build_cheap_parts(cfg)
+    for key in ("optimizer.betas", "optimizer.g.betas", "optimizer.d.betas"):
+        betas = OmegaConf.select(cfg, key, default=None)
+        if betas is not None:
+            _check_betas(key, betas)
+    _check_device(cfg)
+    parts = build_cheap_parts(cfg)
+    _check_memory(cfg, parts)
+
+
+def _check_betas(key: str, betas: Any) -> None:
+    allowed = "two numbers in [0, 1), e.g. [0.5,0.999]"
+    if not isinstance(betas, (list, tuple, ListConfig)) or len(betas) != 2:
+        raise ConfigError(f"{key}={betas} is not a pair; use {allowed}")
+    for i, beta in enumerate(betas):
+        number(f"{key}[{i}]", beta, FLOAT, lambda v: 0 <= v < 1, allowed)
+
+
+def _check_device(cfg: DictConfig) -> None:
+    """trainer.accelerator=gpu (trainer=gpu) needs a CUDA GPU, and trainer.devices no more than there are."""
+    import torch
+
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu) but this machine has no CUDA GPU that "
+                          "torch can use; use trainer=default (GPU when there is one, else CPU) or trainer=cpu")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > count:
+        raise ConfigError(f"trainer.devices={devices} but this machine has {count} GPU(s); use trainer.devices={count} "
+                          "or fewer (-1: all)")
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
+    import os
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        total = min(total, int(limit)) if limit.isdigit() else total
+    except OSError:
+        pass
+    return total
+
+
+def _check_memory(cfg: DictConfig, parts: dict[str, Any]) -> None:
+    """The sizes' memory (weights, gradients and two optimizer states for G and D; the fixed latent
+    batch and its images; one batch's latents and images), estimated before anything is allocated."""
+    import math as _math
+
+    per_item = 4  # float32 bytes
+    latent = int(cfg.noise.latent_dim)
+    image = _math.prod(int(d) for d in cfg.data.shape)
+    needs = {
+        "model.generator": 4 * per_item * sum(p.numel() for p in parts["generator"].parameters()),
+        "model.discriminator": 4 * per_item * sum(p.numel() for p in parts["discriminator"].parameters()),
+        "n_fixed": per_item * int(cfg.n_fixed) * (latent + image),
+        "batch_size": per_item * int(cfg.batch_size) * (latent + 2 * image) * (1 + int(cfg.d_steps)),
+    }
+    have = machine_memory()
+    if sum(needs.values()) > have:
+        key = max(needs, key=needs.get)
+        shown = {"model.generator": f"model.generator with noise.latent_dim={latent}",
+                 "model.discriminator": f"model.discriminator for data.shape={list(cfg.data.shape)}",
+                 "n_fixed": f"n_fixed={cfg.n_fixed} (latent batch and grid images, noise.latent_dim={latent})",
+                 "batch_size": f"batch_size={cfg.batch_size}"}[key]
+        raise ConfigError(f"these sizes need about {sum(needs.values()) / 2**30:.1f} GiB, most of it for {shown}, "
+                          f"more than this machine's {have / 2**30:.1f} GiB; use smaller sizes")
 
 
 def check_multirun(cfg: DictConfig) -> None:
@@ -94,9 +163,13 @@ def job_overrides(args: list[str]) -> list[list[str]]:
     """Every job's override list, with Hydra's sweep syntax (a=1,2 / range(...)) expanded."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from hydra.core.override_parser.types import IntervalSweep
+
     choices = []
     for o in OverridesParser.create().parse_overrides(args):
-        if o.is_sweep_override():
+        if isinstance(o.value(), IntervalSweep):  # a searched range (Optuna): both ends must be allowed values
+            choices.append([f"{o.get_key_element()}={v}" for v in (o.value().start, o.value().end)])
+        elif o.is_sweep_override():
             choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
         else:
             choices.append([o.input_line])
@@ -120,6 +193,7 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
         def compose_job(job: list[str]) -> DictConfig:
             return compose(config_name, overrides=job)
 
+        folders: dict[str | None, list[str]] = {}
         for job in jobs[:max_jobs]:
             try:
                 cfg = compose_job(job)
@@ -128,3 +202,23 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
             check_config(cfg)
             if multirun:
                 check_multirun(cfg)
+                folder = _job_folder(compose(config_name, overrides=job, return_hydra_config=True))
+                if folder is not None and folder in folders:
+                    raise ConfigError(f"two jobs of this sweep go to one folder ({folder}): {' '.join(folders[folder])} "
+                                      f"and {' '.join(job)}; drop the hydra.sweep.subdir override (ganexp names each "
+                                      "job's folder after its overrides)")
+                folders[folder] = job
+
+
+def _job_folder(cfg: DictConfig) -> str | None:
+    """A sweep job's folder within its sweep (None: named only at run time); when it exists (a re-run),
+    it must be free and, if finished, hold the same job (ganexp/jobs.py)."""
+    from ganexp.resume import check_folder
+
+    try:
+        sweep_dir, subdir = Path(str(cfg.hydra.sweep.dir)), str(cfg.hydra.sweep.subdir)
+    except Exception:  # noqa: BLE001 - a folder named from Hydra's runtime values
+        return None
+    if (sweep_dir / subdir).is_dir():
+        check_folder(sweep_dir / subdir, list(cfg.hydra.overrides.task))
+    return subdir

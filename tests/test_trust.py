@@ -389,6 +389,27 @@ def test_export_samples_like_the_checkpoint_and_carries_no_machine_path(finished
     assert np.array_equal(np.load(a)["images"], np.load(b)["images"])
 
 
+@pytest.mark.parametrize("fields", [
+    {"protocol": [1, 2]}, {"protocol": {"classifier": "x", "dataset": 7}}, {"protocol": "text"},
+    {"final": [1], "best": {"fid": "low", "kid": True, "is": 2.5}, "monitor": {"a": 1}, "best_iteration": "7"},
+    {"final": {"fid": [[[]]]}, "protocol": {"classifier": {"sha256": ["not", "a", "hash"]}}},
+])
+def test_export_reads_the_runs_record_as_data_whatever_its_fields_hold(run_copy, tmp_path, fields):
+    record = json.loads((run_copy / "metrics.json").read_text())
+    (run_copy / "metrics.json").write_text(json.dumps({**record, **fields}))
+    out = tmp_path / "g.safetensors"
+    assert export.main([str(run_copy), "--out", str(out)]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        about = json.loads(f.metadata()["ganexp"])
+    metrics = about["metrics"]
+    assert about["dataset"] == "DigitsDataModule" and metrics["classifier_sha256"] is None
+    assert all(isinstance(v, (int, float)) for part in ("final", "best") for v in (metrics[part] or {}).values())
+    assert metrics["monitor"] in (None, record.get("monitor")) and metrics["best_iteration"] in (None, record.get("best_iteration"))
+    assert metrics["best"] in (None, {"is": 2.5}) and metrics["final"] in (None, {})
+
+
 def test_a_crafted_export_is_refused_like_a_checkpoint(finished_run, tmp_path, capsys):
     from safetensors.torch import save_file
 
@@ -458,7 +479,16 @@ def test_malformed_checkpoints_are_one_line(finished_run, tmp_path, capsys):
         "badstate.ckpt": {"hyper_parameters": real["hyper_parameters"], "state_dict": {"generator.w": 3}},
         "wrongshape.ckpt": {"hyper_parameters": put(real["hyper_parameters"], "model.generator.hidden", [7]),
                             "state_dict": real["state_dict"]},
+        # sizes no machine holds, checked on the meta device before anything is allocated
+        "hugehidden.ckpt": {"hyper_parameters": put(real["hyper_parameters"], "model.generator.hidden", [10**9, 10**9]),
+                            "state_dict": real["state_dict"]},
     }
+    for dotted, value in [("noise.latent_dim", 7), ("noise.latent_dim", "many"), ("noise.latent_dim", 10**12),
+                          ("data.shape", [1, 9, 9]), ("data.shape", "square"), ("data.value_range", ["a", 1]),
+                          ("data.value_range", [1, -1]), ("data.value_range", [float("nan"), 1]),
+                          ("data.value_range", "wide")]:
+        name = f"{dotted}={value}.ckpt".replace("/", "_")
+        cases[name] = {**real, "hyper_parameters": put(real["hyper_parameters"], dotted, value)}
     for name, content in cases.items():
         torch.save(content, tmp_path / name)
     (tmp_path / "empty.ckpt").write_bytes(b"")
@@ -478,7 +508,15 @@ def test_malformed_npz_is_one_line(tmp_path, capsys):
     np.savez(tmp_path / "none.npz", images=np.zeros((0, 8, 8), np.uint8))
     (tmp_path / "text.npz").write_text("hello")
     np.savez(tmp_path / "objects.npz", images=np.array([object()], dtype=object))
-    for name in ("truncated.npz", "zero.npz", "none.npz", "text.npz", "objects.npz"):
+    import io
+    import zipfile
+
+    for name, shape in (("liar.npz", (10**12, 8, 8)), ("small_liar.npz", (1000, 8, 8))):  # header ≠ data
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        with zipfile.ZipFile(tmp_path / name, "w") as z:
+            z.writestr("images.npy", header.getvalue() + b"\0" * 64)
+    for name in ("truncated.npz", "zero.npz", "none.npz", "text.npz", "objects.npz", "liar.npz", "small_liar.npz"):
         assert evaluate.main([str(tmp_path / name), "--data", "digits"]) == 2, name
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and name in err[0], (name, err)

@@ -57,7 +57,24 @@ BAD_INPUTS = [
     (["-m", "optimizer.lr=1e-4,-1"], ["optimizer.lr=-1 is out of range"]),
     (["-m", "sweep=lr_smoothing_noise", "loss=hinge"], ["has no meaning for loss=hinge"]),
     (["optimizer.lr=[1"], ["cannot parse the overrides"]),
+    (["optimizer.betas=[0.5,2.0]"], ["optimizer.betas[1]=2.0 is out of range", "[0, 1)"]),
+    (["optimizer.betas=[-0.1,0.9]"], ["optimizer.betas[0]=-0.1 is out of range"]),
+    (["optimizer.betas=[0.5,1.0]"], ["optimizer.betas[1]=1.0 is out of range"]),
+    (["optimizer.betas=[0.5,inf]"], ["optimizer.betas[1]=inf is not finite"]),
+    (["optimizer.betas=[0.5,nan]"], ["optimizer.betas[1]=nan is not finite"]),
+    (["optimizer.betas=0.5"], ["optimizer.betas=0.5 is not a pair"]),
+    (["optimizer.betas=[0.5,0.9,0.99]"], ["is not a pair"]),
+    (["optimizer=rmsprop", "optimizer.lr=inf"], ["optimizer.lr=inf is not finite"]),
+    (["noise.latent_dim=100000000"], ["noise.latent_dim=100000000", "GiB", "more than this machine's"]),
+    (["n_fixed=1000000000"], ["n_fixed=1000000000", "GiB", "use smaller sizes"]),
+    (["model.generator.hidden=[100000,100000,100000]"], ["model.generator", "GiB"]),
+    (["model.discriminator.hidden=[200000,200000]"], ["model.discriminator", "GiB"]),
+    (["batch_size=2000000000"], ["batch_size=2000000000", "GiB"]),
+    (["data=mnist", "model=dcgan", "model.generator.width=100000"], ["model.generator", "GiB"]),
 ]
+if not __import__("torch").cuda.is_available():  # a machine without a GPU: what trainer=gpu says there
+    BAD_INPUTS += [(["trainer=gpu"], ["trainer.accelerator=gpu", "no CUDA GPU", "trainer=cpu"]),
+                   (["trainer.accelerator=cuda"], ["trainer.accelerator=cuda", "no CUDA GPU"])]
 
 
 @pytest.mark.parametrize("args, words", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])

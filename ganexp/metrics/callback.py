@@ -1,7 +1,6 @@
 """Metrics during training: every `every` iterations on `n` samples, at the end on `n_final`.
 
-- TensorBoard: `metrics/<name>` on the iteration axis; at the end the HParams entry
-  (flattened config + final metrics as `hparams/<name>`), so runs line up side by side.
+- TensorBoard: `metrics/<name>` on the iteration axis (the HParams entry: ganexp/tensorboard.py).
 - `checkpoints/best.ckpt`: the weights with the best `monitor` value seen during training.
 - metrics.json: `final` and `best` (both scored on `n_final` samples, so they compare),
   `best_iteration`, `monitor`, `protocol` (with the real-vs-real floors).
@@ -89,9 +88,7 @@ class EvalCallback(Periodic):
                 self.best_value, self.best_iteration = final.get(self.monitor), pl_module.iteration
                 self._save_best(pl_module)
         update_metrics(self.dirpath, final=final, best=best, best_iteration=best_iteration)
-        log.info("final (%d samples): %s", self.n_final, _fmt(final))
-        if trainer.logger is not None and hasattr(trainer.logger, "log_hyperparams"):
-            trainer.logger.log_hyperparams(flat_hparams(pl_module.hparams), {f"hparams/{k}": v for k, v in final.items()})
+        log.info("final (%d samples): %s", self.n_final, _fmt(final))  # HParams: train.py, from the final record
 
     def evaluate(self, generator, pl_module, n: int) -> dict[str, float]:
         """Scores of n samples of `generator` on a fixed latent sample; training's RNG is untouched."""
@@ -116,25 +113,6 @@ class EvalCallback(Periodic):
         torch.save({"state_dict": pl_module.state_dict(), "hyper_parameters": dict(pl_module.hparams),
                     "iteration": pl_module.iteration, self.monitor: self.best_value}, tmp)
         os.replace(tmp, self.best_path)
-
-
-def flat_hparams(config: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
-    """Nested config → {"a.b": value} with one scalar type per key (TensorBoard HParams needs it):
-    lists become strings, None becomes "none"; hydra and path keys, which differ per run, are left out."""
-    flat: dict = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if name in ("paths", "hydra", "ckpt_path") or key in ("root", "dirpath", "save_dir", "default_root_dir"):
-            continue
-        if isinstance(value, dict):
-            flat.update(flat_hparams(value, f"{name}."))
-        elif value is None:
-            flat[name] = "none"
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 def _fmt(scores: dict[str, float]) -> str:

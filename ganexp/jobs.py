@@ -1,0 +1,97 @@
+"""A job is what its overrides say, not its folder's name.
+
+- `job_dir` (the resolver behind conf/hydra/default.yaml's `hydra.sweep.subdir`) names a sweep
+  job's folder after every override it has except the seed (its own subfolder): two jobs that
+  differ in anything land in different folders. Values with a `/` (paths) or longer than 32
+  characters are shortened to their last part plus a short hash of the whole value.
+- `check_same_job`: a finished run folder is skipped only when the new command asks for the
+  same settings as the ones stored in its `.hydra/overrides.yaml`; other settings are refused
+  in one line that lists the keys, before anything is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from ganexp.errors import ConfigError
+
+# Not settings of the experiment: where it is written, a resume's source, the grid's name (its
+# values are overrides of their own), launcher and output plumbing.
+IGNORED = ("seed", "sweep", "ckpt_path", "init_from", "paths")
+DISPLAY = ("trainer.enable_progress_bar",)  # how the console looks: neither in the name nor compared
+NOT_COMPARED = ("data.root", "data.download", *DISPLAY)  # where the files are on this machine
+MAX_VALUE, MAX_NAME = 32, 200
+
+
+def _parsed(overrides: list[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([str(o) for o in overrides])
+
+
+def _counts(key: str) -> bool:
+    return not (key.split(".")[0] in IGNORED or key.startswith(("hydra.", "hydra/")) or key == "hydra")
+
+
+def _short(value: str) -> str:
+    if "/" not in value and len(value) <= MAX_VALUE:
+        return value
+    digest = hashlib.sha1(value.encode()).hexdigest()[:6]
+    tail = re.sub(r"[^\w.+-]", "_", value.rstrip("/").rsplit("/", 1)[-1])[:24] or "_"
+    return f"{tail}~{digest}"
+
+
+def job_dir(task: Any, seed: Any) -> str:
+    """`<override>,<override>/seed=<seed>` for a sweep job (see the module docstring)."""
+    lines = []
+    for o in _parsed(list(task or [])):
+        if _counts(o.key_or_group) and o.key_or_group not in DISPLAY:
+            key, _, value = o.input_line.partition("=")  # as typed: 1e-4 stays 1e-4
+            lines.append(f"{key}={_short(value)}")
+    name = ",".join(sorted(lines))
+    if len(name) > MAX_NAME:  # a folder name may hold 255 bytes
+        name = f"{name[:MAX_NAME - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f"{name}/seed={seed}" if name else f"seed={seed}"
+
+
+def settings(overrides: list[str]) -> dict[str, Any]:
+    """key -> value (as Hydra parses it: 1e-4 and 0.0001 are the same) of the overrides that define a job."""
+    out = {}
+    for o in _parsed(overrides):
+        key = o.key_or_group
+        if key == "seed" or (_counts(key) and key not in NOT_COMPARED):
+            out[key] = "(deleted)" if o.is_delete() else o.value()
+    return out
+
+
+def check_same_job(folder: str | Path, overrides: list[str] | None) -> None:
+    """ConfigError when `folder`'s finished run was made with other overrides than `overrides`."""
+    from ganexp.files import read_yaml
+
+    stored_path = Path(folder) / ".hydra" / "overrides.yaml"
+    if overrides is None or not stored_path.is_file():
+        return  # composed in code, or a run that kept no record of its command line: nothing to compare
+    stored = read_yaml(stored_path)
+    if not isinstance(stored, list) or not all(isinstance(o, str) for o in stored):
+        raise ConfigError(f"{stored_path} is not a list of overrides; this folder's run cannot be compared "
+                          "with the new one: give the new run another folder")
+    try:
+        old = settings(stored)
+    except Exception:  # noqa: BLE001 - a file from elsewhere: whatever it holds is one line
+        raise ConfigError(f"{stored_path} holds overrides Hydra cannot parse; give the new run another folder") from None
+    new = settings(overrides)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k, "(default)") != new.get(k, "(default)"))
+    if changed:
+        shown = "; ".join(f"{k}: {_show(old.get(k, '(default)'))} → {_show(new.get(k, '(default)'))}"
+                          for k in changed[:6])
+        more = f"; and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ConfigError(f"{folder} holds a finished run with other settings ({shown}{more}); give the new run "
+                          f"another folder, or continue that one with python train.py "
+                          f"ckpt_path={Path(folder) / 'checkpoints' / 'last.ckpt'}")
+
+
+def _show(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,105 @@
+"""What TensorBoard shows to compare runs: a curated HParams entry and a custom-scalars layout.
+
+HParams columns (≤ 30 for a default run): the option chosen for each config group by name
+(`data`, `model`, `loss`, `optimizer`, `noise`, `experiment`), the hyperparameters that matter for
+GANs, every key the command line overrode or a sweep swept (whatever it is), and the run's
+`status`; metrics: `hparams/final_<score>` and `hparams/best_<score>`. The full resolved config
+stays where it is (`.hydra/config.yaml`, the checkpoint).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ganexp.files import select
+
+GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
+# The GAN hyperparameters every run shows (a key a config does not have is left out).
+KEYS = ("optimizer.g.lr", "optimizer.d.lr", "optimizer.betas", "d_steps", "batch_size", "loss.label_smoothing",
+        "noise.instance_sigma", "noise.instance_sigma_min", "noise.anneal", "noise.anneal_epochs", "noise.prior",
+        "noise.latent_dim", "loss.gp_weight", "loss.r1_gamma", "seed", "trainer.max_epochs", "trainer.precision")
+PLUMBING = ("hydra", "paths", "ckpt_path", "init_from")
+
+# One chart per question (TensorBoard's Custom Scalars tab); tags as the module and metrics log them.
+LAYOUT = {
+    "GAN": {
+        "loss: D vs G": ["Multiline", ["loss/d", "loss/g"]],
+        "D accuracy: real / fake / total": ["Multiline", ["d/acc_real", "d/acc_fake", "d/acc"]],
+        "D(x) vs D(G(z))": ["Multiline", ["d/real_score", "d/fake_score"]],
+        "gradient norm: G vs D": ["Multiline", ["grad/g_norm", "grad/d_norm"]],
+        "instance noise σ": ["Multiline", ["noise/sigma"]],
+    },
+    "metrics": {"evaluation metrics": ["Multiline", [r"metrics/.*"]]},
+}
+
+
+def _scalar(value: Any) -> float | str | bool:
+    """One type per column, as HParams needs: numbers as float, None as "none", lists as text."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool) or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def choices_now() -> dict[str, str]:
+    """The option Hydra chose for each config group in this run ({} when composed in code)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: "none" if v is None else str(v) for k, v in HydraConfig.get().runtime.choices.items() if k in GROUPS}
+
+
+def columns(config: dict, choices: dict[str, str], overrides: list[str] | None, status: str) -> dict[str, Any]:
+    """The HParams entry's columns for a run (see the module docstring)."""
+    from ganexp.resume import override_keys
+
+    out: dict[str, Any] = {}
+    for group in GROUPS:
+        name = choices.get(group)
+        if name is None and group != "experiment":  # composed in code: the part's class says what it is
+            target = select(config, f"{group}._target_") or select(config, f"{group}.generator._target_")
+            name = str(target).rpartition(".")[2] if target else None
+        out[group] = _scalar(name)
+    for key in KEYS:
+        value = select(config, key, KeyError)
+        if value is not KeyError:
+            out[key] = _scalar(value)
+    for key in override_keys(overrides or []):
+        if key in GROUPS or key.split(".")[0] in PLUMBING or key.startswith("hydra/") or key == "sweep":
+            continue
+        value = select(config, key, KeyError)
+        if value is not KeyError and not isinstance(value, dict):
+            out[key] = _scalar(value)
+    out["status"] = status
+    return out
+
+
+def metrics(record: dict) -> dict[str, float]:
+    """`hparams/final_<score>`, `hparams/best_<score>` and `hparams/iteration` from a run's metrics.json
+    record (the iteration is always there, so a run without scores still gets its HParams row)."""
+    iteration = record.get("iteration")
+    out = {"hparams/iteration": float(iteration) if isinstance(iteration, int) and not isinstance(iteration, bool) else 0.0}
+    for part in ("final", "best"):
+        scores = record.get(part)
+        for name, value in (scores.items() if isinstance(scores, dict) else []):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                out[f"hparams/{part}_{name}"] = float(value)
+    return out
+
+
+def write_hparams(logger: Any, config: dict, record: dict, overrides: list[str] | None) -> None:
+    """The run's HParams entry, written once its record is final (every status, so failures show)."""
+    if logger is None or not hasattr(logger, "log_hyperparams"):
+        return
+    logger.log_hyperparams(columns(config, choices_now(), overrides, str(record.get("status"))), metrics(record))
+
+
+def write_layout(logger: Any) -> None:
+    """The custom-scalars layout, once per run (TensorBoard's Custom Scalars tab)."""
+    writer = getattr(logger, "experiment", None)
+    if writer is not None and hasattr(writer, "add_custom_scalars"):
+        writer.add_custom_scalars(LAYOUT)
