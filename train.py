@@ -61,7 +61,7 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
     from ganexp.resume import check_training_state, in_place_run, init_weights, mark_run, resume_config
     from ganexp.jobs import check_same_job
     from ganexp.results import read_metrics, update_metrics
-    from ganexp.tensorboard import write_hparams, write_layout
+    from ganexp.tensorboard import HParamsRow
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # data is already a device tensor
     previous = read_metrics(out)  # unreadable: one line, and the file is left as it is
@@ -87,6 +87,8 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
     if cfg.get("init_from"):
         init_weights(module, cfg.init_from)  # a new run from a checkpoint's or export's weights
     trainer = build_trainer(cfg)
+    row = HParamsRow(overrides)  # TensorBoard's HParams row of this run, with its status
+    trainer.callbacks.append(row)
     if trainer.is_global_zero:
         mark_run(out)
         fields = {"status": "running", "reason": None, "diverged_at": None}
@@ -97,13 +99,14 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
             fields["resumes"] = [*earlier, {"time": _now(), "overrides": overrides or []}]
         update_metrics(out, **fields)
         _started.add(str(out.resolve()))
-    if trainer.is_global_zero:
-        write_layout(trainer.logger)  # TensorBoard's Custom Scalars tab: D vs G, accuracies, scores, norms
     with stop_on_signals(module):  # Ctrl-C / SIGTERM: finish the iteration, checkpoint it, stop
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         except SIGTERMException:  # Lightning's way out of fit after SIGTERM; the handler above recorded it
             module.request_stop("SIGTERM")
+        except Exception:  # a failed run still gets its HParams row, so the table shows the failure
+            row.write_after(trainer, module, {"status": "failed", "iteration": module.iteration})
+            raise
     fields = {"status": "finished", "iteration": module.iteration}
     if module.diverged_at is not None:
         fields.update(status="diverged", diverged_at=module.diverged_at, reason=module.divergence)
@@ -111,8 +114,7 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
         fields.update(status="interrupted", signal=module.interrupted,
                       reason=f"{module.interrupted} at iteration {module.iteration}")
     record = update_metrics(out, **fields) if trainer.is_global_zero else fields
-    if trainer.is_global_zero:
-        write_hparams(trainer.logger, module.hparams, record, overrides)  # the HParams row, with the status
+    row.write_after(trainer, module, record)  # an interrupted run's row (a finished one has it from on_fit_end)
     return record, {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
 
 

@@ -7,6 +7,7 @@ metrics/callback.py (the HParams entry).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -61,6 +62,13 @@ def build_cheap_parts(cfg: DictConfig) -> dict[str, Any]:
     with torch.device("meta"):
         parts = build_parts(config)
     build_datamodule(config["data"])  # its constructor only: setup() reads the data
+    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=False).items() if k != "default_root_dir"}
+    quiet = logging.getLogger("pytorch_lightning")
+    level, quiet.level = quiet.level, logging.WARNING  # not its "GPU available" lines, once per job of a sweep
+    try:  # its arguments only: no callbacks, logger or folder
+        build(OmegaConf.to_container(OmegaConf.create(trainer), resolve=True), "trainer", key="trainer", logger=False)
+    finally:
+        quiet.level = level
     return parts
 
 
@@ -73,6 +81,8 @@ def build_module(cfg: DictConfig) -> GANModule:
         n_fixed=config["n_fixed"],
         seed=config["seed"],
         config=config,
+        ema_decay=(config.get("ema") or {}).get("decay", 0.0),
+        ema_start=(config.get("ema") or {}).get("start", 0),
     )
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ganexp.errors import ConfigError
-from ganexp.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, read_checkpoint, resolve_checkpoint
+from ganexp.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, read_checkpoint, resolve_checkpoint
 from ganexp.resume import is_run_folder
 from ganexp.results import read_metrics
 
@@ -90,8 +90,7 @@ def export(path: str | Path, out: str | Path, best: bool = False) -> dict:
     run = ckpt.parent.parent
     record = read_metrics(run) if is_run_folder(run) else {}
     about = description(checkpoint["hyper_parameters"], checkpoint, record)
-    weights = {k.removeprefix("generator."): v.contiguous().clone()
-               for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
+    weights = {k: v.contiguous().clone() for k, v in generator_weights(checkpoint["state_dict"]).items()}
     if not weights:
         raise BadFile(f"{ckpt} holds no generator weights")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -133,7 +133,7 @@ def load_generator(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
     else:
         record = read_checkpoint(path)
         source, config = resolve_checkpoint(path), record["hyper_parameters"]
-        weights = {k.removeprefix("generator."): v for k, v in record["state_dict"].items() if k.startswith("generator.")}
+        weights = generator_weights(record["state_dict"])
     with torch.device("meta"):  # shapes first, no memory: a config whose sizes the weights do not fit is one line
         shaped = build(config["model"]["generator"], "generator", key="model.generator", source=source)
         check_weights(shaped, weights, source, "generator")
@@ -141,6 +141,12 @@ def load_generator(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
     generator = build(config["model"]["generator"], "generator", key="model.generator", source=source)
     generator.load_state_dict(weights)
     return generator.eval(), config, record
+
+
+def generator_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The generator a checkpoint is used through: its EMA (`generator_ema.*`) when it has one, else `generator.*`."""
+    prefix = "generator_ema." if any(k.startswith("generator_ema.") for k in state_dict) else "generator."
+    return {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def _check_generator_io(generator: torch.nn.Module, config: dict, source: Path | str) -> None:

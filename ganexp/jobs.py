@@ -87,9 +87,10 @@ def check_same_job(folder: str | Path, overrides: list[str] | None) -> None:
         shown = "; ".join(f"{k}: {_show(old.get(k, '(default)'))} → {_show(new.get(k, '(default)'))}"
                           for k in changed[:6])
         more = f"; and {len(changed) - 6} more" if len(changed) > 6 else ""
+        last = Path(folder) / "checkpoints" / "last.ckpt"
         raise ConfigError(f"{folder} holds a finished run with other settings ({shown}{more}); give the new run "
-                          f"another folder, or continue that one with python train.py "
-                          f"ckpt_path={Path(folder) / 'checkpoints' / 'last.ckpt'}")
+                          f"another folder (from that run's weights: init_from={last}), or continue that one "
+                          f"with python train.py ckpt_path={last}")
 
 
 def _show(value: Any) -> str:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ganexp.checks import FLOAT, choice, number
+from ganexp.checks import FLOAT, INT, choice, number
 from ganexp.errors import ConfigError
 
 
@@ -71,6 +71,13 @@ def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fa
     return (grad.flatten(1).norm(dim=1) - 1.0).square().mean()
 
 
+def r1_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): E[‖∇ₓD(x)‖²] on real data (the γ/2 factor is the caller's)."""
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(x).sum(), x, create_graph=True)
+    return grad.flatten(1).square().sum(dim=1).mean()
+
+
 @dataclass(frozen=True)
 class LossPair:
     """One loss: D's and G's functions of logits, and whether it has targets (label smoothing)."""
@@ -99,7 +106,8 @@ def register_loss(name: str, d: Callable[..., Tensor], g: Callable[[Tensor], Ten
 class GANLoss:
     """The (d, g) pair chosen by `loss=<name>`, with its options bound."""
 
-    def __init__(self, name: str, label_smoothing: float = 0.0, gp_weight: float = 0.0):
+    def __init__(self, name: str, label_smoothing: float = 0.0, gp_weight: float = 0.0, r1_gamma: float = 0.0,
+                 r1_every: int = 1):
         pair = LOSSES[choice("loss.name", name, LOSSES)]
         number("loss.label_smoothing", label_smoothing, FLOAT, lambda v: 0 <= v < 1, "a number in [0, 1)")
         if label_smoothing and not pair.has_targets:
@@ -108,22 +116,29 @@ class GANLoss:
                 f"drop it or use loss={', '.join(n for n, p in LOSSES.items() if p.has_targets)}"
             )
         number("loss.gp_weight", gp_weight, FLOAT, lambda v: v >= 0, "a number >= 0 (0 = off)")
+        number("loss.r1_gamma", r1_gamma, FLOAT, lambda v: v >= 0, "a number >= 0 (0 = off), e.g. 10")
+        number("loss.r1_every", r1_every, INT, lambda v: v >= 1, "an integer >= 1 (16: StyleGAN2's lazy R1)")
         self.name, self.label_smoothing, self.gp_weight = name, float(label_smoothing), float(gp_weight)
+        self.r1_gamma, self.r1_every = float(r1_gamma), int(r1_every)
         self._pair = pair
 
     def d(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        real_logits, fake_logits = real_logits.float(), fake_logits.float()  # fp32 losses under bf16 autocast
         if self._pair.has_targets:
             return self._pair.d(real_logits, fake_logits, self.label_smoothing)
         return self._pair.d(real_logits, fake_logits)
 
     def g(self, fake_logits: Tensor) -> Tensor:
-        return self._pair.g(fake_logits)
+        return self._pair.g(fake_logits.float())
 
     def discriminator_loss(self, discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
-                           real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        """D's whole loss: the pair's d term plus the regularisers this loss owns (the gradient penalty
-        on real/fake interpolates, as stylegan2-ada's loss.py owns R1)."""
+                           real_logits: Tensor, fake_logits: Tensor, iteration: int = 0) -> Tensor:
+        """D's whole loss: the pair's d term plus the regularisers this loss owns, as stylegan2-ada's
+        loss.py owns R1: the gradient penalty on real/fake interpolates, and R1 on real data, γ/2·E‖∇D‖²,
+        lazily every `r1_every` iterations and then scaled by `r1_every` (StyleGAN2)."""
         loss = self.d(real_logits, fake_logits)
         if self.gp_weight:
             loss = loss + self.gp_weight * gradient_penalty(discriminator, real, fake)
+        if self.r1_gamma and iteration % self.r1_every == 0:
+            loss = loss + (self.r1_gamma / 2 * self.r1_every) * r1_penalty(discriminator, real)
         return loss

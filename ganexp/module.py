@@ -7,6 +7,7 @@ per batch, Lightning #17958), so ganexp counts iterations itself in
 """
 from __future__ import annotations
 
+import copy
 import math
 import random
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from ganexp.losses import GANLoss
 from ganexp.noise import InstanceNoise, LatentPrior, add_noise
+from ganexp.tensorboard import write_layout
 
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
 
@@ -37,6 +39,8 @@ class GANModule(pl.LightningModule):
         n_fixed: int = 64,
         seed: int = 0,
         config: dict | None = None,
+        ema_decay: float = 0.0,
+        ema_start: int = 0,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -52,6 +56,10 @@ class GANModule(pl.LightningModule):
         self.divergence: str | None = None  # ...and why, e.g. "non-finite loss at iteration 12"
         self.interrupted: str | None = None  # set by request_stop only: the signal that asked to stop
         self.last_logged: dict[str, float] = {}  # the last logged scalars, with their "iteration"
+        # EMA of G's weights (Yazıcı et al. 2019; StyleGAN's G_ema): what evaluation, best.ckpt, grids,
+        # sample, evaluate and export use; training uses the raw G. Until `ema_start` it copies G.
+        self.ema_decay, self.ema_start = float(ema_decay), int(ema_start)
+        self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if self.ema_decay > 0 else None
         # A fixed latent batch, so image grids show the same z over training.
         self.register_buffer("fixed_z", prior.sample(n_fixed, generator=torch.Generator().manual_seed(seed)))
 
@@ -81,10 +89,29 @@ class GANModule(pl.LightningModule):
             self.manual_backward(g_loss)
             g_norm = _grad_norm(self.generator) if log_now else None
             opt_g.step()
+        if self.generator_ema is not None:
+            self.update_ema()
 
         if log_now:  # the only host-device sync: once every log_every iterations
             self._log_iteration(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigma)
         self.iteration += 1
+
+    @property
+    def eval_generator(self) -> nn.Module:
+        """The generator that is scored, sampled and exported: the EMA one when there is one."""
+        return self.generator if self.generator_ema is None else self.generator_ema
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema ← decay·ema + (1 - decay)·G after each G step (a copy up to iteration `ema_start`): two
+        multi-tensor kernels, no host sync. Buffers (batch-norm statistics) are copied."""
+        ema, raw = list(self.generator_ema.parameters()), list(self.generator.parameters())
+        if self.iteration <= self.ema_start:
+            torch._foreach_copy_(ema, raw)
+        else:
+            torch._foreach_lerp_(ema, raw, 1.0 - self.ema_decay)
+        for mine, theirs in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            mine.copy_(theirs)
 
     def sigma(self) -> float:
         """Instance noise σ now: annealed per whole epoch (the instance_noise recipe's tutorial recomputes
@@ -99,7 +126,8 @@ class GANModule(pl.LightningModule):
         fake = self.generator(self.prior.sample(len(real), self.device)).detach()
         real_logits = self.discriminator(add_noise(real, sigma))
         fake_logits = self.discriminator(add_noise(fake, sigma))
-        return self.loss.discriminator_loss(self.discriminator, real, fake, real_logits, fake_logits), real_logits, fake_logits
+        loss = self.loss.discriminator_loss(self.discriminator, real, fake, real_logits, fake_logits, self.iteration)
+        return loss, real_logits, fake_logits
 
     def generator_loss(self, z: Tensor, sigma: float | None = None, generator: nn.Module | None = None) -> Tensor:
         """G's loss on G(z) as D sees it (instance noise included); `generator` defaults to this run's G
@@ -131,12 +159,13 @@ class GANModule(pl.LightningModule):
     @torch.no_grad()
     def sample(self, z: Tensor) -> Tensor:
         """G(z) in eval mode (batch norm running stats, no dropout), as sample.py draws it."""
-        was_training = self.generator.training
-        self.generator.eval()
+        generator = self.eval_generator
+        was_training = generator.training
+        generator.eval()
         try:
-            return self.generator(z)
+            return generator(z)
         finally:
-            self.generator.train(was_training)
+            generator.train(was_training)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["iteration"] = self.iteration
@@ -145,6 +174,10 @@ class GANModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.iteration = int(checkpoint.get("iteration", 0))
         self._rng_to_restore = checkpoint.get("rng")
+
+    def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:  # known only now (DDP): rank 0 writes TensorBoard's custom-scalars layout
+            write_layout(self.logger)
 
     def on_train_start(self) -> None:
         # Restored here, as late as possible: nothing between this and the first batch draws numbers.

@@ -178,6 +178,12 @@ def _plain(value: Any, where: str, source: str) -> Any:
     raise _refuse(source, where, f"holds a {type(value).__name__}, not plain data")
 
 
+def _misconfiguration() -> type[Exception]:
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    return MisconfigurationException
+
+
 def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: Any) -> Any:
     """The object `node` describes: `_target_` must be an allowed class of `kind`; every other
     entry is a plain keyword argument (`extra` adds live objects, e.g. the trainer's callbacks)."""
@@ -202,6 +208,7 @@ def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: A
         return cls(**kwargs, **extra)
     except ConfigError:
         raise
-    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError, KeyError, IndexError) as err:
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError, KeyError, IndexError, ImportError,
+            _misconfiguration()) as err:  # what a constructor says about its arguments (Lightning's own kind too)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"{source + ': ' if source else ''}cannot build {key} ({target}): {first}") from None

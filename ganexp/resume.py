@@ -29,7 +29,7 @@ from ganexp.jobs import job_dir
 
 RUN_MARKER = ".ganexp-run"
 # What the experiment is; a resume keeps the checkpoint's values of all of these.
-EXPERIMENT = ("model", "data", "loss", "optimizer", "noise", "seed", "batch_size", "d_steps", "n_fixed")
+EXPERIMENT = ("model", "data", "loss", "optimizer", "noise", "seed", "batch_size", "d_steps", "n_fixed", "ema")
 FREE = ("data.root", "data.download")  # where the files are on this machine, not what they are
 NOT_SETTINGS = ("ckpt_path", "init_from", "paths", "hydra")
 
@@ -279,12 +279,16 @@ def init_weights(module, path: Any) -> None:
     if Path(str(path)).suffix == EXPORT_SUFFIX:
         weights, _ = read_export(path)
         load_weights(module.generator, weights, path, "generator")
+        if module.generator_ema is not None:
+            module.generator_ema.load_state_dict(module.generator.state_dict())
         return
     source = resolve_checkpoint(path)
     state = read_checkpoint(source)["state_dict"]
     for name in ("generator", "discriminator"):
         part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
         load_weights(getattr(module, name), part, source, name)
+    if module.generator_ema is not None:  # the average starts from the loaded weights
+        module.generator_ema.load_state_dict(module.generator.state_dict())
 
 
 def check_training_state(checkpoint: dict, module, source: Any) -> None:

@@ -17,7 +17,7 @@ GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
 # The GAN hyperparameters every run shows (a key a config does not have is left out).
 KEYS = ("optimizer.g.lr", "optimizer.d.lr", "optimizer.betas", "d_steps", "batch_size", "loss.label_smoothing",
         "noise.instance_sigma", "noise.instance_sigma_min", "noise.anneal", "noise.anneal_epochs", "noise.prior",
-        "noise.latent_dim", "loss.gp_weight", "loss.r1_gamma", "seed", "trainer.max_epochs", "trainer.precision")
+        "noise.latent_dim", "loss.gp_weight", "loss.r1_gamma", "ema.decay", "seed", "trainer.max_epochs", "trainer.precision")
 PLUMBING = ("hydra", "paths", "ckpt_path", "init_from")
 
 # One chart per question (TensorBoard's Custom Scalars tab); tags as the module and metrics log them.
@@ -103,3 +103,30 @@ def write_layout(logger: Any) -> None:
     writer = getattr(logger, "experiment", None)
     if writer is not None and hasattr(writer, "add_custom_scalars"):
         writer.add_custom_scalars(LAYOUT)
+
+
+class HParamsRow:
+    """The HParams row written in `on_fit_end`, while the logger's event file is still open (after fit
+    Lightning has closed it, and a late write would start a second file). `write_after` covers the
+    runs that leave fit by an exception or a signal."""
+
+    def __new__(cls, overrides: list[str] | None):
+        from pytorch_lightning.callbacks import Callback
+
+        class _Row(Callback):
+            written = False
+
+            def on_fit_end(self, trainer, pl_module) -> None:
+                from ganexp.results import read_metrics
+
+                if trainer.is_global_zero and pl_module.interrupted is None:
+                    status = "diverged" if pl_module.diverged_at is not None else "finished"
+                    record = {**read_metrics(trainer.default_root_dir), "status": status,
+                              "iteration": pl_module.iteration}
+                    write_hparams(trainer.logger, pl_module.hparams, record, overrides)
+                    self.written = True
+
+            def write_after(self, trainer, pl_module, record: dict) -> None:
+                if trainer.is_global_zero and not self.written:
+                    write_hparams(trainer.logger, pl_module.hparams, record, overrides)
+        return _Row()

@@ -32,6 +32,8 @@ RULES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("optimizer.lr", FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
     ("optimizer.g.lr", FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
     ("optimizer.d.lr", FLOAT, lambda v: v > 0, "a number > 0, e.g. 2e-4"),
+    ("ema.decay", FLOAT, lambda v: 0 <= v < 1, "a number in [0, 1) (0 = off), e.g. 0.999"),
+    ("ema.start", INT, lambda v: v >= 0, "an integer >= 0 (iterations before averaging starts)"),
     ("trainer.max_epochs", INT, lambda v: v >= 1 or v == -1, "an integer >= 1 (or -1: no limit)"),
 ]
 
@@ -213,6 +215,7 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
 def _job_folder(cfg: DictConfig) -> str | None:
     """A sweep job's folder within its sweep (None: named only at run time); when it exists (a re-run),
     it must be free and, if finished, hold the same job (ganexp/jobs.py)."""
+    from ganexp.files import BadFile
     from ganexp.resume import check_folder
 
     try:
@@ -220,5 +223,8 @@ def _job_folder(cfg: DictConfig) -> str | None:
     except Exception:  # noqa: BLE001 - a folder named from Hydra's runtime values
         return None
     if (sweep_dir / subdir).is_dir():
-        check_folder(sweep_dir / subdir, list(cfg.hydra.overrides.task))
+        try:
+            check_folder(sweep_dir / subdir, list(cfg.hydra.overrides.task))
+        except BadFile:  # an unreadable record fails that job alone, when it runs; the others go on
+            pass
     return subdir

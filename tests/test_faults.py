@@ -85,12 +85,15 @@ def test_divergence_stops_cleanly_keeps_the_last_good_checkpoint_and_says_diverg
 
 
 RESUME_ARGS = ["model=mlp_small", "trainer.max_epochs=3", "ckpt_every=10", "log_every=5", "image_every=0",
-               "trainer.enable_progress_bar=false", "noise.instance_sigma=0.1", "trainer.accelerator=cpu"]
+               "trainer.enable_progress_bar=false", "noise.instance_sigma=0.1", "trainer.accelerator=cpu",
+               "ema.decay=0.9", "ema.start=3"]  # the EMA generator is resumed bit-identically too
 
 
 def _generator_state(ckpt_path):
     state = torch.load(ckpt_path, weights_only=True)["state_dict"]
-    return {k: v for k, v in state.items() if k.startswith("generator.")}
+    kept = {k: v for k, v in state.items() if k.startswith(("generator.", "generator_ema."))}
+    assert any(k.startswith("generator_ema.") for k in kept)
+    return kept
 
 
 def test_kill_9_mid_epoch_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):

@@ -11,9 +11,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from ganexp.tensorboard import LAYOUT, columns
-from tests.helpers import FAST, run_train
+from ganexp.resume import register_resolvers
+from ganexp.tensorboard import GROUPS, LAYOUT, columns
+from tests.helpers import CONF, FAST, run_train
 
 SWEEP = ["optimizer.lr=1e-4,2e-4", "eval_every=0", "eval.n=250", "eval.n_final=500"]
 
@@ -62,7 +66,7 @@ def _get(url: str, path: str, body: dict | None = None):
         return json.loads(response.read())
 
 
-def test_hparams_lists_the_group_names_the_swept_key_and_no_plumbing(server):
+def test_hparams_lists_the_group_names_the_swept_key_and_no_plumbing(server, sweep):
     plugins = _get(server, "/data/plugins_listing")
     assert plugins["hparams"]["enabled"] and plugins["custom_scalars"]["enabled"]
     experiment = _get(server, "/data/plugin/hparams/experiment", {"experimentName": ""})
@@ -70,7 +74,10 @@ def test_hparams_lists_the_group_names_the_swept_key_and_no_plumbing(server):
     assert {"data", "model", "loss", "optimizer", "noise", "experiment", "status", "optimizer.lr", "seed",
             "optimizer.g.lr", "loss.label_smoothing", "noise.instance_sigma", "d_steps", "batch_size"} <= set(names)
     assert not [n for n in names if "_target_" in n or "_partial_" in n or n.startswith(("logger", "callbacks"))]
-    assert len(names) <= 30, names
+    job = next(sweep.glob("*/*/metrics.json")).parent
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+    assert set(names) == set(columns(config, {g: "x" for g in GROUPS}, overrides, "finished"))  # nothing else
     info = {h["name"]: h for h in experiment["hparamInfos"]}
     assert info["optimizer.lr"]["type"] == "DATA_TYPE_FLOAT64" and info["data"]["type"] == "DATA_TYPE_STRING"
     groups = _get(server, "/data/plugin/hparams/session_groups", {
@@ -114,3 +121,12 @@ def test_columns_of_a_default_run_composed_in_code_name_the_parts():
     assert cols["data"] == "DigitsDataModule" and cols["model"] == "MLPGenerator" and cols["experiment"] == "none"
     assert cols["optimizer.lr"] == 1e-3 and cols["seed"] == 3.0 and cols["status"] == "diverged"
     assert not any(k.startswith("hydra") for k in cols)
+
+
+def test_a_default_run_has_at_most_30_columns_and_no_target_or_partial():
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=x"])
+    cols = columns(OmegaConf.to_container(cfg, resolve=True), {g: "default" for g in GROUPS}, [], "finished")
+    assert len(cols) <= 30 and not [k for k in cols if "_target_" in k or "_partial_" in k], cols
+    assert len(cols) == 6 + 18 + 1  # groups, the GAN hyperparameters, status

@@ -71,6 +71,19 @@ BAD_INPUTS = [
     (["model.discriminator.hidden=[200000,200000]"], ["model.discriminator", "GiB"]),
     (["batch_size=2000000000"], ["batch_size=2000000000", "GiB"]),
     (["data=mnist", "model=dcgan", "model.generator.width=100000"], ["model.generator", "GiB"]),
+    # the trainer's arguments are Lightning's rules: checked by building it (no logger, no folder) up front
+    (["trainer.max_time=garbage"], ["cannot build trainer", "not a valid duration"]),
+    (["trainer.devices=0"], ["cannot build trainer", "devices=0"]),
+    (["trainer.limit_train_batches=-1"], ["cannot build trainer", "limit_train_batches"]),
+    (["trainer.precision=foo"], ["cannot build trainer", "Precision 'foo' is invalid"]),
+    (["trainer.accelerator=tpu"], ["cannot build trainer"]),
+    (["ema.decay=1.0"], ["ema.decay=1.0 is out of range", "[0, 1)"]),
+    (["ema.decay=nan"], ["ema.decay=nan is not finite"]),
+    (["ema.start=-1"], ["ema.start=-1 is out of range"]),
+    (["loss.r1_gamma=-1"], ["loss.r1_gamma=-1 is out of range"]),
+    (["loss.r1_gamma=inf"], ["loss.r1_gamma=inf is not finite"]),
+    (["loss.r1_every=0"], ["loss.r1_every=0 is out of range"]),
+    (["model.discriminator.spectral_norm=maybe"], ["model.discriminator.spectral_norm=maybe is not true or false"]),
 ]
 if not __import__("torch").cuda.is_available():  # a machine without a GPU: what trainer=gpu says there
     BAD_INPUTS += [(["trainer=gpu"], ["trainer.accelerator=gpu", "no CUDA GPU", "trainer=cpu"]),
@@ -88,6 +101,8 @@ def test_every_bad_input_is_one_line_naming_the_key_the_value_and_what_is_allowe
 
 
 @pytest.mark.parametrize("args", [[], ["loss=hinge"], ["data=toy", "model=toy_mlp"], ["optimizer=sgd", "seed=4294967295"],
+                                  ["ema.decay=0.999", "model.discriminator.spectral_norm=true", "loss.r1_gamma=10",
+                                   "trainer.precision=bf16-mixed"], ["model=dcgan", "model.discriminator.spectral_norm=true"],
                                   ["-m", "sweep=lr_smoothing_noise"], ["model=dcgan", "noise.anneal_per=iteration"]])
 def test_good_input_passes(args):
     check_command_line(with_grid(args, CONF), CONF)

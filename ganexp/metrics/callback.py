@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ganexp.callbacks.base import Periodic
-from ganexp.files import load_weights, read_checkpoint
+from ganexp.files import generator_weights, load_weights, read_checkpoint
 from ganexp.metrics.evaluator import Evaluator, quantize
 from ganexp.metrics.scores import better
 from ganexp.results import update_metrics
@@ -57,13 +57,15 @@ class EvalCallback(Periodic):
             self.monitor = self.evaluator.monitor
         protocol = self.evaluator.protocol(n_eval=self.n, n_final=self.n_final, eval_every=self.every,
                                            floor=self.evaluator.floor(self.n_final),  # the scale of final/best
-                                           floor_eval=self.evaluator.floor(self.n))  # of the metrics/ curves
+                                           floor_eval=self.evaluator.floor(self.n),  # of the metrics/ curves
+                                           generator=(f"ema (decay {pl_module.ema_decay}, start {pl_module.ema_start})"
+                                                      if pl_module.generator_ema is not None else "raw"))
         update_metrics(self.dirpath, monitor=self.monitor, protocol=protocol)
 
     def periodic(self, trainer, pl_module) -> None:
         if self.evaluator is None:
             return
-        scores = self.evaluate(pl_module.generator, pl_module, self.n)
+        scores = self.evaluate(pl_module.eval_generator, pl_module, self.n)
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"metrics/{k}": v for k, v in scores.items()}, step=pl_module.iteration)
         value = scores.get(self.monitor, math.nan)
@@ -75,13 +77,12 @@ class EvalCallback(Periodic):
     def final(self, trainer, pl_module) -> None:  # not called for a diverged run: nothing worth recording
         if self.evaluator is None:
             return
-        final = self.evaluate(pl_module.generator, pl_module, self.n_final)
+        final = self.evaluate(pl_module.eval_generator, pl_module, self.n_final)
         best, best_iteration = final, pl_module.iteration
         if self.best_iteration is not None and self.best_path.is_file() and self.best_iteration != pl_module.iteration:
-            best_g = copy.deepcopy(pl_module.generator)
+            best_g = copy.deepcopy(pl_module.eval_generator)
             state = read_checkpoint(self.best_path)["state_dict"]  # validated like any file ganexp reads
-            load_weights(best_g, {k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")},
-                         self.best_path, "generator")
+            load_weights(best_g, generator_weights(state), self.best_path, "generator")
             best, best_iteration = self.evaluate(best_g, pl_module, self.n_final), self.best_iteration
             if not better(self.monitor, best.get(self.monitor, math.nan), final.get(self.monitor)):
                 best, best_iteration = final, pl_module.iteration  # on n_final samples the last one wins

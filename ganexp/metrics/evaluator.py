@@ -114,7 +114,7 @@ class Evaluator:
             pick = torch.randperm(len(self._train_images))[:n]
             return self.score(self._train_images[pick])
 
-    def protocol(self, **counts: int) -> dict:
+    def protocol(self, **counts: int | str) -> dict:
         """What a number means: dataset, split, sample counts, classifier hash and accuracy, versions."""
         import torchmetrics
 

@@ -10,7 +10,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ganexp.errors import ConfigError
-from ganexp.models.mlp import output_layer
+from ganexp.models.mlp import output_layer, spectral_normed
 
 
 def _halvings(size: int) -> tuple[int, int]:
@@ -52,7 +52,7 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    def __init__(self, in_shape: Sequence[int], width: int = 64, slope: float = 0.2):
+    def __init__(self, in_shape: Sequence[int], width: int = 64, slope: float = 0.2, spectral_norm: bool = False):
         super().__init__()
         _needs_images(in_shape)
         channels, height, _ = in_shape
@@ -63,6 +63,7 @@ class DCGANDiscriminator(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(slope, True)]
         self.body = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Linear(ch[-1] * base * base, 1)
+        spectral_normed(self, spectral_norm)
 
     def features(self, x: Tensor) -> Tensor:
         return self.body(x)

@@ -7,6 +7,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ganexp.checks import choice
+from ganexp.errors import ConfigError
 
 ACTIVATIONS = {
     "leaky_relu": lambda slope: nn.LeakyReLU(slope),
@@ -51,6 +52,18 @@ def _init(module: nn.Module, init: str) -> None:
             nn.init.zeros_(m.bias)
 
 
+def spectral_normed(module: nn.Module, on: bool) -> nn.Module:
+    """`module` with every Linear / Conv2d weight spectrally normalized (Miyato et al. 2018; torch's
+    parametrization: one power iteration per forward in training), when `on`."""
+    if not isinstance(on, bool):
+        raise ConfigError(f"model.discriminator.spectral_norm={on} is not true or false")
+    if on:
+        for m in list(module.modules()):
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.utils.parametrizations.spectral_norm(m)
+    return module
+
+
 class MLPGenerator(nn.Module):
     """z → hidden… → prod(out_shape), reshaped to out_shape ([C, H, W] or [2])."""
 
@@ -81,7 +94,7 @@ class MLPDiscriminator(nn.Module):
 
     def __init__(self, in_shape: Sequence[int], hidden: Sequence[int] = (1024, 512, 256),
                  activation: str = "leaky_relu", slope: float = 0.2, dropout: float = 0.3,
-                 init: str = "default", linear_features: bool = False):
+                 init: str = "default", linear_features: bool = False, spectral_norm: bool = False):
         super().__init__()
         choice("model.discriminator.init", init, INITS)
         choice("model.discriminator.activation", activation, ACTIVATIONS)
@@ -89,6 +102,7 @@ class MLPDiscriminator(nn.Module):
         self.body = nn.Sequential(nn.Flatten(), *_stack(sizes, activation, slope, dropout, linear_features))
         self.head = nn.Linear(hidden[-1], 1)
         _init(self, init)
+        spectral_normed(self, spectral_norm)  # after the init: it normalizes the initialized weights
 
     def features(self, x: Tensor) -> Tensor:
         return self.body(x)
