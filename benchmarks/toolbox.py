@@ -5,7 +5,7 @@ scored by the same metric (FID in ganexp's MNIST classifier features, its hash p
     python benchmarks/toolbox.py runs/toolbox --minutes 10 --seeds 0 1 2
     python benchmarks/toolbox.py runs/toolbox --minutes 2 --only base ema     # a quick look
 
-Each variant is a real `python train.py` run (its folder under OUT/<variant>/seed=<s>); the table
+Each variant is a real `python train.py` run (its folder under OUT/<variant>/seed<s>); the table
 (mean ± std over seeds of final FID, coverage, iterations reached) is printed and written to
 OUT/toolbox.md. Set GANEXP_DATA_DIR to the folder holding MNIST/raw.
 """
@@ -31,7 +31,7 @@ VARIANTS = {
 
 
 def run(out: Path, name: str, seed: int, minutes: float, extra: list[str]) -> dict:
-    folder = out / name / f"seed={seed}"
+    folder = out / name / f"seed{seed}"  # no "=": Hydra would read it as an override
     if not (folder / "metrics.json").is_file() or json.loads((folder / "metrics.json").read_text()).get("status") != "finished":
         budget = time.strftime("00:%H:%M:%S", time.gmtime(minutes * 60))
         args = [sys.executable, str(ROOT / "train.py"), "experiment=mnist_fast", f"seed={seed}",
