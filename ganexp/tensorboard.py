@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pytorch_lightning.callbacks import Callback
+
 from ganexp.files import select
 
 GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
@@ -105,28 +107,23 @@ def write_layout(logger: Any) -> None:
         writer.add_custom_scalars(LAYOUT)
 
 
-class HParamsRow:
+class HParamsRow(Callback):
     """The HParams row written in `on_fit_end`, while the logger's event file is still open (after fit
     Lightning has closed it, and a late write would start a second file). `write_after` covers the
     runs that leave fit by an exception or a signal."""
 
-    def __new__(cls, overrides: list[str] | None):
-        from pytorch_lightning.callbacks import Callback
+    def __init__(self, overrides: list[str] | None):
+        self.overrides, self.written = overrides, False
 
-        class _Row(Callback):
-            written = False
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from ganexp.results import read_metrics
 
-            def on_fit_end(self, trainer, pl_module) -> None:
-                from ganexp.results import read_metrics
+        if trainer.is_global_zero and pl_module.interrupted is None:
+            status = "diverged" if pl_module.diverged_at is not None else "finished"
+            record = {**read_metrics(trainer.default_root_dir), "status": status, "iteration": pl_module.iteration}
+            write_hparams(trainer.logger, pl_module.hparams, record, self.overrides)
+            self.written = True
 
-                if trainer.is_global_zero and pl_module.interrupted is None:
-                    status = "diverged" if pl_module.diverged_at is not None else "finished"
-                    record = {**read_metrics(trainer.default_root_dir), "status": status,
-                              "iteration": pl_module.iteration}
-                    write_hparams(trainer.logger, pl_module.hparams, record, overrides)
-                    self.written = True
-
-            def write_after(self, trainer, pl_module, record: dict) -> None:
-                if trainer.is_global_zero and not self.written:
-                    write_hparams(trainer.logger, pl_module.hparams, record, overrides)
-        return _Row()
+    def write_after(self, trainer, pl_module, record: dict) -> None:
+        if trainer.is_global_zero and not self.written:
+            write_hparams(trainer.logger, pl_module.hparams, record, self.overrides)
