@@ -6,7 +6,6 @@ the last good checkpoint is kept), 1 any other failure (metrics.json says why).
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -137,17 +136,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def monitored(record: dict) -> float | None:
-    """The metric a sweeper optimizes: the best value of `monitor` (else its final value)."""
-    monitor = record.get("monitor")
-    best, final = record.get("best"), record.get("final")  # read from a file: any shape
-    value = next((d[monitor] for d in (best, final) if isinstance(d, dict) and monitor in d), None)
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError, OverflowError):
-        return math.nan
-
-
 def _record_failure(cfg: DictConfig, status: str, reason: str) -> None:
     """A failed job says why in its folder, unless the folder holds an earlier run this process did
     not start: a refused or failed resume leaves that run's record exactly as it was."""
@@ -172,6 +160,7 @@ def main(cfg: DictConfig) -> float | None:
 
     from ganexp.launch import job_resources
     from ganexp.lock import FolderInUse
+    from ganexp.results import sweeper_value
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     # The pre-run check imported Lightning before Hydra set up logging, so Lightning gave its logger a
@@ -207,8 +196,7 @@ def main(cfg: DictConfig) -> float | None:
         print(f"ganexp: interrupted by {record['reason']}; {last} holds it; "
               f"resume with: python train.py ckpt_path={last}", file=sys.stderr)
         sys.exit(EXIT_CODES[record["signal"]])
-    value = monitored(record)
-    return value if value is None or math.isfinite(value) else None  # a number, or none (a failed trial)
+    return sweeper_value(record)  # a number, or none (a failed trial)
 
 
 def _fail(multirun: bool, status: str, message: str, code: int) -> None:

@@ -86,14 +86,23 @@ def build_module(cfg: DictConfig) -> GANModule:
     )
 
 
-def build_trainer(cfg: DictConfig):
+def build_callbacks(config: dict) -> list:
+    """A run's callbacks (conf/callbacks and eval), the checkpoint last, so last.ckpt holds what every
+    other callback did in the same iteration."""
     from ganexp.callbacks.checkpoint import PeriodicCheckpoint
 
-    config = plain(cfg)
     callbacks = [build(c, "callback", key=f"callbacks.{name}") for name, c in (config.get("callbacks") or {}).items()]
     if config.get("eval"):  # eval=none switches metrics off
         callbacks.append(build(config["eval"], "callback", key="eval"))
-    # The checkpoint last, so last.ckpt holds what every other callback did in the same iteration.
     callbacks.sort(key=lambda c: isinstance(c, PeriodicCheckpoint))
-    logger = build(config["logger"], "logger", key="logger") if config.get("logger") else False
-    return build(config["trainer"], "trainer", key="trainer", callbacks=callbacks, logger=logger)
+    return callbacks
+
+
+def build_logger(config: dict):
+    return build(config["logger"], "logger", key="logger") if config.get("logger") else False
+
+
+def build_trainer(cfg: DictConfig):
+    config = plain(cfg)
+    return build(config["trainer"], "trainer", key="trainer", callbacks=build_callbacks(config),
+                 logger=build_logger(config))

@@ -63,9 +63,11 @@ def critic_g_loss(fake: Tensor) -> Tensor:
     return -fake.mean()
 
 
-def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
+def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
+                     generator: torch.Generator | None = None) -> Tensor:
     """WGAN-GP (Gulrajani et al. 2017): E[(‖∇D(x̂)‖₂ - 1)²] on random interpolates x̂."""
-    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype,
+                       generator=generator)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1.0).square().mean()
@@ -132,13 +134,14 @@ class GANLoss:
         return self._pair.g(fake_logits.float())
 
     def discriminator_loss(self, discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
-                           real_logits: Tensor, fake_logits: Tensor, iteration: int = 0) -> Tensor:
+                           real_logits: Tensor, fake_logits: Tensor, iteration: int = 0,
+                           generator: torch.Generator | None = None) -> Tensor:
         """D's whole loss: the pair's d term plus the regularisers this loss owns, as stylegan2-ada's
         loss.py owns R1: the gradient penalty on real/fake interpolates, and R1 on real data, γ/2·E‖∇D‖²,
         lazily every `r1_every` iterations and then scaled by `r1_every` (StyleGAN2)."""
         loss = self.d(real_logits, fake_logits)
         if self.gp_weight:
-            loss = loss + self.gp_weight * gradient_penalty(discriminator, real, fake)
+            loss = loss + self.gp_weight * gradient_penalty(discriminator, real, fake, generator)
         if self.r1_gamma and iteration % self.r1_every == 0:
             loss = loss + (self.r1_gamma / 2 * self.r1_every) * r1_penalty(discriminator, real)
         return loss

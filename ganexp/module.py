@@ -22,6 +22,7 @@ from ganexp.noise import InstanceNoise, LatentPrior, add_noise
 from ganexp.tensorboard import write_layout
 
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
+DRAW_SEED = 1 << 40  # training's draws: a stream of their own, apart from the fixed batch's and the data order's
 
 
 class GANModule(pl.LightningModule):
@@ -62,6 +63,11 @@ class GANModule(pl.LightningModule):
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if self.ema_decay > 0 else None
         # A fixed latent batch, so image grids show the same z over training.
         self.register_buffer("fixed_z", prior.sample(n_fixed, generator=torch.Generator().manual_seed(seed)))
+        # Training's z, instance noise and penalty draws come from a generator of the run's own (seeded from
+        # `seed`, saved in checkpoints): a stacked sweep member (ganexp/stack.py) draws exactly what its
+        # separate run draws. Dropout masks still come from torch's global RNG.
+        self.draw_seed = DRAW_SEED + int(seed)
+        self._draws: torch.Generator | None = None
 
     def forward(self, z: Tensor) -> Tensor:
         return self.generator(z)
@@ -84,7 +90,7 @@ class GANModule(pl.LightningModule):
                 opt_d.step()
 
         with self.toggled_optimizer(opt_g):
-            g_loss = self.generator_loss(self.prior.sample(n, self.device), sigma)
+            g_loss = self.generator_loss(self.prior.sample(n, self.device, self.draws), sigma)
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             g_norm = _grad_norm(self.generator) if log_now else None
@@ -95,6 +101,13 @@ class GANModule(pl.LightningModule):
         if log_now:  # the only host-device sync: once every log_every iterations
             self._log_iteration(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigma)
         self.iteration += 1
+
+    @property
+    def draws(self) -> torch.Generator:
+        """The generator training draws z and noise from, on this module's device."""
+        if self._draws is None or self._draws.device != self.device:
+            self._draws = torch.Generator(self.device).manual_seed(self.draw_seed)
+        return self._draws
 
     @property
     def eval_generator(self) -> nn.Module:
@@ -123,35 +136,34 @@ class GANModule(pl.LightningModule):
 
     def discriminator_loss(self, real: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
         """(D's loss, D(real) logits, D(fake) logits) on a fresh, detached fake batch, both inputs noised."""
-        fake = self.generator(self.prior.sample(len(real), self.device)).detach()
-        real_logits = self.discriminator(add_noise(real, sigma))
-        fake_logits = self.discriminator(add_noise(fake, sigma))
-        loss = self.loss.discriminator_loss(self.discriminator, real, fake, real_logits, fake_logits, self.iteration)
+        fake = self.generator(self.prior.sample(len(real), self.device, self.draws)).detach()
+        real_logits = self.discriminator(add_noise(real, sigma, self.draws))
+        fake_logits = self.discriminator(add_noise(fake, sigma, self.draws))
+        loss = self.loss.discriminator_loss(self.discriminator, real, fake, real_logits, fake_logits, self.iteration,
+                                            self.draws)
         return loss, real_logits, fake_logits
 
     def generator_loss(self, z: Tensor, sigma: float | None = None, generator: nn.Module | None = None) -> Tensor:
         """G's loss on G(z) as D sees it (instance noise included); `generator` defaults to this run's G
         (the D-feature-space figure passes a copy, so its "one G step" is the step training takes)."""
-        generator = self.generator if generator is None else generator
-        sigma = self.sigma() if sigma is None else sigma
-        return self.loss.g(self.discriminator(add_noise(generator(z), sigma)))
+        own = generator is None
+        generator = self.generator if own else generator
+        sigma = self.sigma() if sigma is None else sigma  # a copy's step (figures) leaves training's draws alone
+        return self.loss.g(self.discriminator(add_noise(generator(z), sigma, self.draws if own else None)))
 
     def _log_iteration(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigma) -> None:
-        acc_real = (real_logits > 0).float().mean()
-        acc_fake = (fake_logits < 0).float().mean()
-        tensors = {
-            "loss/d": d_loss, "loss/g": g_loss,
-            "d/real_score": torch.sigmoid(real_logits).mean(), "d/fake_score": torch.sigmoid(fake_logits).mean(),
-            "d/acc_real": acc_real, "d/acc_fake": acc_fake, "d/acc": (acc_real + acc_fake) / 2,
-            "grad/d_norm": d_norm, "grad/g_norm": g_norm,
-        }
-        values = dict(zip(tensors, torch.stack([t.detach().float() for t in tensors.values()]).tolist()))
+        tensors = scalars(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm)
+        values = dict(zip(tensors, torch.stack(list(tensors.values())).tolist()))
         opt_g, opt_d = self.optimizers()
-        values.update({"noise/sigma": sigma,
-                       "lr/g": opt_g.param_groups[0]["lr"], "lr/d": opt_d.param_groups[0]["lr"]})
+        self.record(values, sigma, opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"])
+        self.log_dict({"loss/d": values["loss/d"], "loss/g": values["loss/g"]}, prog_bar=True, logger=False)
+
+    def record(self, values: dict[str, float], sigma: float, lr_g: float, lr_d: float) -> None:
+        """This iteration's scalars (read from the device once) to the logger, `last_logged`, and the
+        divergence check; a stacked sweep (ganexp/stack.py) calls it for each member."""
+        values = {**values, "noise/sigma": sigma, "lr/g": lr_g, "lr/d": lr_d}
         if self.logger is not None:
             self.logger.log_metrics(values, step=self.iteration)  # x-axis: iterations, not global_step
-        self.log_dict({"loss/d": values["loss/d"], "loss/g": values["loss/g"]}, prog_bar=True, logger=False)
         self.last_logged = {"iteration": self.iteration, **values}
         if not (math.isfinite(values["loss/d"]) and math.isfinite(values["loss/g"])):
             self._diverge(self.iteration + 1, "non-finite loss")  # counted in completed iterations
@@ -169,7 +181,7 @@ class GANModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["iteration"] = self.iteration
-        checkpoint["rng"] = rng_state()  # a resumed run draws the same z, noise and dropout
+        checkpoint["rng"] = {**rng_state(), "draws": self.draws.get_state()}  # a resumed run draws the same z, noise, dropout
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.iteration = int(checkpoint.get("iteration", 0))
@@ -183,6 +195,8 @@ class GANModule(pl.LightningModule):
         # Restored here, as late as possible: nothing between this and the first batch draws numbers.
         if getattr(self, "_rng_to_restore", None):
             set_rng_state(self._rng_to_restore)
+            if "draws" in self._rng_to_restore:
+                self.draws.set_state(self._rng_to_restore["draws"])
             self._rng_to_restore = None
 
     def check_parameters(self) -> bool:
@@ -205,6 +219,19 @@ class GANModule(pl.LightningModule):
         if self.diverged_at is None:
             self.diverged_at, self.divergence = iteration, f"{what} at iteration {iteration}"
         self.trainer.should_stop = True
+
+
+def scalars(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm) -> dict[str, Tensor]:
+    """The logged scalars of one iteration, as 0-d float tensors on the device (no sync yet)."""
+    acc_real = (real_logits > 0).float().mean()
+    acc_fake = (fake_logits < 0).float().mean()
+    tensors = {
+        "loss/d": d_loss, "loss/g": g_loss,
+        "d/real_score": torch.sigmoid(real_logits).mean(), "d/fake_score": torch.sigmoid(fake_logits).mean(),
+        "d/acc_real": acc_real, "d/acc_fake": acc_fake, "d/acc": (acc_real + acc_fake) / 2,
+        "grad/d_norm": d_norm, "grad/g_norm": g_norm,
+    }
+    return {k: v.detach().float() for k, v in tensors.items()}
 
 
 def rng_state() -> dict:

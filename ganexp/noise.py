@@ -49,5 +49,8 @@ class InstanceNoise:
         return max(self.sigma0 * (self.anneal_epochs - epoch) / self.anneal_epochs, self.sigma_min)
 
 
-def add_noise(x: Tensor, sigma: float) -> Tensor:
-    return x + sigma * torch.randn_like(x) if sigma > 0 else x
+def add_noise(x: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """x + σ·ε, ε ~ N(0, I) drawn from `generator` (torch's global RNG when None); x itself when σ = 0."""
+    if sigma <= 0:
+        return x
+    return x + sigma * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)

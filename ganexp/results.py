@@ -7,6 +7,7 @@ sweeps, resume) trust only what this module wrote.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -41,3 +42,20 @@ def update_metrics(run_dir: str | Path, **fields: Any) -> dict:
     record = {**read_metrics(run_dir), **fields}
     write_json_atomic(Path(run_dir) / METRICS_FILE, record)
     return record
+
+
+def monitored(record: dict) -> float | None:
+    """The metric a sweeper optimizes: the best value of `monitor` (else its final value)."""
+    monitor = record.get("monitor")
+    best, final = record.get("best"), record.get("final")  # read from a file: any shape
+    value = next((d[monitor] for d in (best, final) if isinstance(d, dict) and monitor in d), None)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
+def sweeper_value(record: dict) -> float | None:
+    """What a job returns to Hydra's sweeper: the monitored value when finite, else none (Optuna: FAIL)."""
+    value = monitored(record)
+    return value if value is None or math.isfinite(value) else None

@@ -337,6 +337,9 @@ def check_training_state(checkpoint: dict, module, source: Any) -> None:
               and isinstance(rng["numpy"][1], torch.Tensor) and rng["numpy"][1].shape == (624,)
               and isinstance(rng.get("python"), (list, tuple)) and len(rng["python"]) == 3
               and isinstance(rng["python"][1], (list, tuple)) and len(rng["python"][1]) == 625
-              and isinstance(rng.get("cuda"), (list, tuple)))
+              and isinstance(rng.get("cuda"), (list, tuple))
+              and (rng.get("draws") is None or (isinstance(rng["draws"], torch.Tensor)  # training's draws (module.py)
+                                                and rng["draws"].dtype == torch.uint8
+                                                and rng["draws"].dim() == 1 and len(rng["draws"]) <= 8192)))
         if not ok:
             raise bad("its random-number state is not the one ganexp writes")

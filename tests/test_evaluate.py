@@ -17,7 +17,8 @@ from ganexp.results import read_metrics, write_json_atomic
 from ganexp.files import read_checkpoint
 from ganexp.metrics.scores import IMAGE_METRICS
 from tests.helpers import make_cfg
-from train import monitored, train
+from ganexp.results import monitored
+from train import train
 
 pytestmark = pytest.mark.slow
 EVAL = ["trainer.max_epochs=2", "trainer.limit_train_batches=15", "log_every=10", "eval_every=10", "eval.n=300", "eval.n_final=600"]

@@ -41,6 +41,8 @@ class ToyFigures(Periodic):
     a 2-d feature layer is refused at the start with one line (or set feature_space=false).
     """
 
+    stackable = False  # its one-G-step panel steps a copy of the run's own optimizer (ganexp/stack.py)
+
     def __init__(self, dirpath: str, every: int = 1000, n_points: int = 1000, grid: int = 120,
                  max_panels: int = 4, feature_space: bool = True):
         super().__init__(every)

@@ -1,0 +1,30 @@
+"""`hydra/launcher=stacked`: a sweep's jobs that differ only in stackable settings run as one stacked model.
+
+The plugin is the Hydra side only (Hydra instantiates launchers from the `hydra_plugins` package); what a
+stack is and how it trains is ganexp/stack.py.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class StackedLauncher(Launcher):
+    def __init__(self, max_stack: int = 16) -> None:
+        super().__init__()
+        self.max_stack = int(max_stack)
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from ganexp.stack import launch
+
+        return launch(self, job_overrides, initial_job_idx)

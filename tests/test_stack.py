@@ -1,0 +1,190 @@
+"""Stacked sweeps (ganexp/stack.py, hydra/launcher=stacked): each member computes what its separate run
+computes, writes what a separate run writes, and the launcher groups only what can share a stack."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ganexp.results import read_metrics
+from ganexp.stack import group_key, plan, train_stack, why_alone
+from tests.helpers import ROOT, make_cfg, run_train
+from train import train
+
+TOY = ["data=toy", "model=toy_mlp", "eval=none", "log_every=1", "image_every=0"]
+# lr, label smoothing, σ and seed vary together; member 3 shares member 0's seed (and so its data) but not its lr.
+GRID = [["optimizer.lr=1e-4", "seed=0"],
+        ["optimizer.lr=5e-4", "loss.label_smoothing=0.1", "seed=1"],
+        ["noise.instance_sigma=0.1", "seed=2"],
+        ["optimizer.lr=2e-3", "noise.instance_sigma=0.2", "loss.label_smoothing=0.2", "optimizer.d.lr=1e-3", "seed=0"]]
+
+
+def _scalars(folder, tag: str) -> list[float]:
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+def _ckpt(folder):
+    return torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def _assert_same_run(stacked, separate, atol=1e-5):
+    a, b = _ckpt(stacked), _ckpt(separate)
+    assert set(a) == set(b)  # the keys Lightning writes for a separate run, and ganexp's
+    assert a["iteration"] == b["iteration"] and a["loops"] == b["loops"] and a["epoch"] == b["epoch"]
+    for name, tensor in b["state_dict"].items():
+        torch.testing.assert_close(a["state_dict"][name], tensor, atol=atol, rtol=1e-4, msg=name)
+    for mine, theirs in zip(a["optimizer_states"], b["optimizer_states"]):
+        assert [{k: v for k, v in g.items() if k != "params"} for g in mine["param_groups"]] == \
+               [{k: v for k, v in g.items() if k != "params"} for g in theirs["param_groups"]]
+        for i, state in theirs["state"].items():
+            for key, value in state.items():
+                torch.testing.assert_close(mine["state"][i][key], value, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(a["rng"]["draws"], b["rng"]["draws"], atol=0, rtol=0)  # the same draws, all of them
+    for tag in ("loss/d", "loss/g", "d/acc", "grad/d_norm", "noise/sigma", "lr/g", "lr/d"):
+        assert _scalars(stacked, tag) == pytest.approx(_scalars(separate, tag), rel=1e-4, abs=1e-5), tag
+
+
+def test_each_member_of_a_stack_is_its_separate_run_over_20_iterations(tmp_path):
+    budget = [*TOY, "trainer.limit_train_batches=20", "ckpt_every=20"]
+    stacked = [make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(GRID)]
+    assert len({group_key(c) for c in stacked}) == 1 and {why_alone(c) for c in stacked} == {None}
+    records = train_stack(stacked, GRID)
+    assert [r["status"] for r in records] == ["finished"] * 4 and [r["iteration"] for r in records] == [20] * 4
+    for k, job in enumerate(GRID):
+        train(make_cfg(tmp_path / f"separate{k}", *budget, *job))
+        _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}")
+        record = read_metrics(tmp_path / f"stacked{k}")
+        assert record["stacked"] is True and record["stack"]["size"] == 4 and record["stack"]["member"] == k
+    assert _scalars(tmp_path / "stacked3", "lr/d") == [pytest.approx(1e-3)] * 20  # its own lr per network
+    assert _scalars(tmp_path / "stacked2", "noise/sigma") == [pytest.approx(0.1)] * 20
+
+
+@pytest.mark.parametrize("loss, varied", [
+    ("wgan_gp", [["loss.gp_weight=5", "seed=0"], ["loss.gp_weight=10", "seed=1"], ["loss.gp_weight=0", "seed=2"]]),
+    ("nonsaturating", [["loss.r1_gamma=0", "seed=0"], ["loss.r1_gamma=10", "seed=1"], ["loss.r1_gamma=1", "seed=1"]]),
+])
+def test_penalty_weights_stack(loss, varied, tmp_path):
+    budget = [*TOY, f"loss={loss}", "d_steps=2", "trainer.limit_train_batches=6", "ckpt_every=6"]
+    records = train_stack([make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(varied)], varied)
+    assert [r["status"] for r in records] == ["finished"] * 3
+    for k, job in enumerate(varied):
+        train(make_cfg(tmp_path / f"separate{k}", *budget, *job))
+        _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}", atol=2e-5)
+
+
+def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
+    budget = [*TOY, "trainer.limit_train_batches=12", "ckpt_every=1"]
+    jobs = [["optimizer.lr=2e-4"], ["optimizer.lr=1e12"], ["optimizer.lr=5e-4", "seed=1"]]
+    records = train_stack([make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(jobs)], jobs)
+    assert [r["status"] for r in records] == ["finished", "diverged", "finished"]
+    alone = train(make_cfg(tmp_path / "separate1", *budget, *jobs[1]))[0]  # what it does as a separate run
+    assert {k: records[1][k] for k in ("status", "diverged_at", "reason", "iteration")} == \
+           {k: alone[k] for k in ("status", "diverged_at", "reason", "iteration")}
+    assert records[1]["iteration"] < 12 and "non-finite" in records[1]["reason"]
+    for k in (0, 2):  # untouched by their neighbour's NaNs
+        train(make_cfg(tmp_path / f"separate{k}", *budget, *jobs[k]))
+        _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}")
+
+
+def test_a_member_checkpoint_resumes_as_a_separate_run(tmp_path):
+    """A stacked member's last.ckpt (optimizer state, loop progress, data position, draws) resumed alone
+    ends where the same run trained straight through ends."""
+    budget = [*TOY, "trainer.limit_train_batches=8", "ckpt_every=100"]
+    jobs = [["optimizer.lr=1e-3", "noise.instance_sigma=0.1"], ["optimizer.lr=3e-4", "seed=1"]]
+    train_stack([make_cfg(tmp_path / f"m{k}", *budget, *job, "trainer.max_epochs=1") for k, job in enumerate(jobs)],
+                jobs)
+    for k, job in enumerate(jobs):
+        resumed = make_cfg(tmp_path / f"m{k}", *budget, *job, "trainer.max_epochs=2",
+                           f"ckpt_path={tmp_path / f'm{k}' / 'checkpoints' / 'last.ckpt'}")
+        assert train(resumed)[0]["status"] == "finished"
+        train(make_cfg(tmp_path / f"straight{k}", *budget, *job, "trainer.max_epochs=2"))
+        a, b = _ckpt(tmp_path / f"m{k}"), _ckpt(tmp_path / f"straight{k}")
+        assert a["iteration"] == b["iteration"] == 16
+        for name, tensor in b["state_dict"].items():
+            torch.testing.assert_close(a["state_dict"][name], tensor, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("override, stacks", [
+    ("optimizer.lr=1e-3", True), ("loss.label_smoothing=0.2", True), ("noise.instance_sigma=0.3", True),
+    ("noise.anneal=linear", True), ("seed=7", True), ("loss.r1_gamma=5", True), ("optimizer.g.lr=1e-3", True),
+    ("batch_size=32", False), ("d_steps=2", False), ("loss=lsgan", False), ("model.generator.hidden=[8]", False),
+    ("data.dist=grid", False), ("optimizer.betas=[0.0,0.9]", False), ("optimizer=rmsprop", False),
+    ("noise.latent_dim=4", False), ("trainer.max_epochs=2", False), ("ema.decay=0.9", False),
+])
+def test_what_stacks_with_what(override, stacks, tmp_path):
+    base = make_cfg(tmp_path / "a", *TOY)
+    other = make_cfg(tmp_path / "b", *TOY, override)
+    assert (group_key(base) == group_key(other)) is stacks
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.discriminator.spectral_norm=true", "model.discriminator keeps buffers"),
+    ("trainer.precision=bf16-mixed", "trainer.precision=bf16-mixed"),
+    ("callbacks=toy", "callbacks.toy (ToyFigures) needs a run of its own"),
+])
+def test_what_runs_alone_says_why(override, words, tmp_path):
+    assert words in why_alone(make_cfg(tmp_path, *TOY, override))
+
+
+def test_plan_groups_equal_keys_up_to_max_stack_in_sweep_order():
+    assert plan(["a", "b", "a", None, "a", "a", "b"], 3) == [[0, 2, 4], [1, 6], [3], [5]]
+    assert plan([None, None], 16) == [[0], [1]]
+
+
+LAUNCH = ["-m", "data=toy", "model=toy_mlp", "optimizer.lr=1e-4,5e-4", "noise.instance_sigma=0,0.1", "seed=0,1",
+          "hydra/launcher=stacked", "hydra.launcher.max_stack=3", "trainer.limit_train_batches=10",
+          "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "eval.n=250", "eval.n_final=500",
+          "log_every=2", "image_every=0"]
+
+
+def test_the_stacked_launcher_end_to_end(tmp_path):
+    """8 jobs in stacks of 3, 3, 2: 8 run folders like a separate run's (same files, same TensorBoard tags),
+    the same summary; the same command again skips them all; a member's checkpoint samples."""
+    sweep = tmp_path / "sweep"
+    result = run_train(*LAUNCH, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ganexp: stacked launcher: 8 jobs, 8 of them in 3 stacks (3, 3, 2)" in result.stdout
+    folders = sorted(p.parent for p in sweep.glob("*/seed=*/metrics.json"))
+    assert len(folders) == 8
+    separate = tmp_path / "separate"
+    assert run_train(*[a for a in LAUNCH if a not in ("-m", "hydra/launcher=stacked", "hydra.launcher.max_stack=3")
+                       and "," not in a], "optimizer.lr=1e-4", "noise.instance_sigma=0", "seed=0",
+                     f"hydra.run.dir={separate}", cwd=tmp_path).returncode == 0
+    want = EventAccumulator(str(separate)).Reload().Tags()
+    files = {p.name for p in separate.iterdir() if not p.name.startswith("events.")}
+    for folder in folders:
+        record = read_metrics(folder)
+        assert record["status"] == "finished" and record["stacked"] is True and record["iteration"] == 10
+        assert record["stack"]["size"] in (2, 3) and "swd" in record["final"]
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+        tags = EventAccumulator(str(folder)).Reload().Tags()
+        assert set(tags["scalars"]) == set(want["scalars"]) and set(tags["tensors"]) == set(want["tensors"])
+        assert {p.name for p in folder.iterdir() if not p.name.startswith("events.")} == files
+        assert {p.name for p in (folder / "checkpoints").iterdir()} == {p.name for p in (separate / "checkpoints").iterdir()}
+        assert (folder / ".hydra" / "overrides.yaml").is_file()
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"finished"}
+    again = run_train(*LAUNCH, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert again.returncode == 0 and "run alone: 8 (it has finished (skipped))" in again.stdout
+    npz = tmp_path / "s.npz"
+    subprocess.run([sys.executable, "-m", "ganexp.sample", str(folders[0]), "--n", "50", "--out", str(npz)],
+                   check=True, capture_output=True)
+    assert npz.is_file()
+
+
+def test_a_sweep_that_cannot_stack_still_runs_and_says_why(tmp_path):
+    result = run_train("-m", *TOY, "model.discriminator.spectral_norm=true", "optimizer.lr=1e-4,2e-4",
+                       "hydra/launcher=stacked", "trainer.limit_train_batches=3", "trainer.max_epochs=1",
+                       "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [l for l in result.stdout.splitlines() if l.startswith("ganexp: stacked launcher:")]
+    assert lines == ["ganexp: stacked launcher: 2 jobs, 0 of them in 0 stacks (none); run alone: 2 (model.discriminator "
+                     "keeps buffers (batch norm or spectral norm), which stacked layers cannot hold)"]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "s").glob("*/seed=0/metrics.json")]
+    assert len(records) == 2 and all(r["status"] == "finished" and "stacked" not in r for r in records)
