@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ganexp.data.base import EpochBatchSampler
@@ -84,8 +84,9 @@ def why_alone(cfg: DictConfig) -> str | None:
     with torch.device("meta"):
         parts = build_parts({k: settings[k] for k in ("model", "data", "loss", "optimizer", "noise")})
     for side in ("generator", "discriminator"):
-        if any(True for _ in parts[side].buffers()):
-            return f"model.{side} keeps buffers (batch norm or spectral norm), which stacked layers cannot hold"
+        problem = stack_problem(parts[side])
+        if problem:
+            return f"model.{side}: {problem}"
     return None
 
 
@@ -107,22 +108,63 @@ def plan(keys: list[str | None], max_stack: int) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------- the model
+# Modules a stack can run with every member's samples in one batch: they treat each sample on its own.
+ROW_WISE = (nn.Linear, nn.LeakyReLU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, nn.Flatten,
+            nn.Sequential)
+
+
+def stack_problem(net: nn.Module) -> str | None:
+    """Why `net` cannot run stacked, or None: its class must say that its forward treats each sample on its
+    own (`stackable = True`, as the MLPs do), every layer must be ROW_WISE, and it may keep no buffers."""
+    if not getattr(type(net), "stackable", False):
+        return f"{type(net).__name__} does not declare a forward that treats each sample on its own (stackable = True)"
+    if any(True for _ in net.buffers()):
+        return "it keeps buffers (batch norm or spectral norm), which stacked layers cannot hold"
+    for module in net.modules():
+        if module is not net and not isinstance(module, ROW_WISE):
+            return f"it has {type(module).__name__} layers"
+    return None
+
+
+class StackedLinear(nn.Module):
+    """The members' Linear layers at one position as one layer: the members' rows of the batch side by side
+    ([M·N, in] → [M, N, in]), one batched matmul with their stacked weights (torch.baddbmm). The weights
+    stay the members' own parameters (stacked at each call, so each gradient lands on its owner)."""
+
+    def __init__(self, layers: list[nn.Linear]):
+        super().__init__()
+        self.members = len(layers)
+        self.__dict__["weights"] = [layer.weight for layer in layers]  # not registered: the members own them
+        self.__dict__["biases"] = [layer.bias for layer in layers] if layers[0].bias is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = torch.stack(self.weights).transpose(1, 2)  # [M, in, out]
+        x = x.reshape(self.members, -1, x.shape[-1])
+        if self.biases is None:
+            y = torch.bmm(x, weight)
+        else:
+            y = torch.baddbmm(torch.stack(self.biases).unsqueeze(1), x, weight)
+        return y.reshape(-1, y.shape[-1])
+
+
 class Stacked:
-    """M networks of one architecture run as one: their parameters stacked on a leading member axis at each
-    call (torch.stack, so autograd routes each member's gradient to its own parameters) and the network
-    under torch.func.vmap (one batched matmul per layer for all members). The networks stay plain modules."""
+    """M networks of one architecture run as one: a copy of the first network whose Linear layers are
+    StackedLinear, fed the members' batches one after another ([M, N, ...] → [M·N, ...]). The networks stay
+    plain modules; their forward runs unchanged (it treats samples on their own: stack_problem)."""
 
     def __init__(self, nets: list[nn.Module]):
-        self.base = nets[0]
-        self.names = [name for name, _ in nets[0].named_parameters()]
-        self.params = [[dict(net.named_parameters())[name] for net in nets] for name in self.names]
-        self._call = vmap(self._one, randomness="different")  # dropout: masks differ per member
-
-    def _one(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.base, params, (x,))
+        self.members = len(nets)
+        self.net = copy.deepcopy(nets[0])
+        for name, module in nets[0].named_modules():
+            if isinstance(module, nn.Linear):
+                parent, _, attr = name.rpartition(".")
+                setattr(self.net.get_submodule(parent), attr, StackedLinear([net.get_submodule(name) for net in nets]))
+        for param in list(self.net.parameters()):  # none left but those of layers replaced above
+            raise RuntimeError(f"a stacked copy kept a parameter of shape {tuple(param.shape)}")
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self._call({name: torch.stack(ps) for name, ps in zip(self.names, self.params)}, x)
+        y = self.net(x.reshape(-1, *x.shape[2:]))
+        return y.reshape(self.members, -1, *y.shape[1:])
 
 
 class StackedGAN(pl.LightningModule):
@@ -140,6 +182,7 @@ class StackedGAN(pl.LightningModule):
         self.r1_every = first.loss.r1_every
         self.iteration = 0
         self.running = [True] * len(members)  # False once a member diverged or was asked to stop: frozen
+        self.owned: dict[tuple[str, int], tuple[list, dict]] = {}  # (side, member) → its parameters, its hyperparameters
 
     @property
     def mods(self):
@@ -152,14 +195,18 @@ class StackedGAN(pl.LightningModule):
         return [self._optimizer("g"), self._optimizer("d")]
 
     def _optimizer(self, side: str) -> torch.optim.Optimizer:
-        """One stock optimizer, one parameter group per member with that member's own hyperparameters."""
-        groups = []
-        for mod in self.mods:
+        """One stock optimizer; members with equal hyperparameters (lr included) share a parameter group, so
+        the 12-job grid's 3 learning rates make 3 groups (one fused kernel each), not 12."""
+        groups: dict[str, dict] = {}
+        for k, mod in enumerate(self.mods):
             net, factory = (mod.generator, mod.optimizer_g) if side == "g" else (mod.discriminator, mod.optimizer_d)
-            own = factory(net.parameters()).param_groups[0]  # what the member's separate run would build
-            groups.append(dict(own))
+            params = list(net.parameters())
+            own = {key: v for key, v in factory(params).param_groups[0].items() if key != "params"}  # its run's
+            group = groups.setdefault(repr(sorted(own.items())), {**own, "params": []})
+            group["params"] += params
+            self.owned[side, k] = (params, own)
         factory = self.mods[0].optimizer_g if side == "g" else self.mods[0].optimizer_d
-        return factory(groups)
+        return factory(list(groups.values()))
 
     def on_fit_start(self) -> None:
         for mod in self.mods:
@@ -176,16 +223,16 @@ class StackedGAN(pl.LightningModule):
                 d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigmas, n)
                 opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_loss.sum())  # member k's gradient is that of its own loss
-                d_norm = self._grad_norms(opt_d) if log_now else None
-                self._step(opt_d)
+                d_norm = self._grad_norms("d") if log_now else None
+                self._step(opt_d, "d")
 
         with self.toggled_optimizer(opt_g):
             fake = self.g(self._draw_z(n))
             g_loss = vmap(self.pair.g)(self.d(self._noised(fake, sigmas)).float())
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss.sum())
-            g_norm = self._grad_norms(opt_g) if log_now else None
-            self._step(opt_g)
+            g_norm = self._grad_norms("g") if log_now else None
+            self._step(opt_g, "g")
         for mod, running in zip(self.mods, self.running):
             if running and mod.generator_ema is not None:
                 mod.update_ema()
@@ -242,40 +289,37 @@ class StackedGAN(pl.LightningModule):
                            else torch.zeros(shape, device=x.device, dtype=x.dtype) for mod, s in zip(self.mods, sigmas)])
         return x + self._vector(sigmas).view(-1, *([1] * len(shape))) * eps
 
-    def _step(self, optimizer) -> None:
+    def _step(self, optimizer, side: str) -> None:
         """A frozen member's parameters have no gradient, so the optimizer leaves them (and their state) alone."""
-        if not all(self.running):
-            for group, running in zip(optimizer.param_groups, self.running):
-                if not running:
-                    for p in group["params"]:
-                        p.grad = None
+        for k, running in enumerate(self.running):
+            if not running:
+                for p in self.owned[side, k][0]:
+                    p.grad = None
         optimizer.step()
 
-    @staticmethod
-    def _grad_norms(optimizer) -> list[Tensor]:
-        return [torch.nn.utils.get_total_norm([p.grad for p in group["params"] if p.grad is not None])
-                for group in optimizer.param_groups]
+    def _grad_norms(self, side: str) -> list[Tensor]:
+        return [torch.nn.utils.get_total_norm([p.grad for p in self.owned[side, k][0] if p.grad is not None])
+                for k in range(len(self.members))]
 
     def _log(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigmas) -> None:
         per_member = [scalars(d_loss[k], g_loss[k], real_logits[k], fake_logits[k], d_norm[k], g_norm[k])
                       for k in range(len(self.members))]
         names = list(per_member[0])
         rows = torch.stack([torch.stack(list(t.values())) for t in per_member]).tolist()
-        opt_g, opt_d = self.optimizers()
         for k, mod in enumerate(self.mods):
             if self.running[k]:
-                mod.record(dict(zip(names, rows[k])), sigmas[k], opt_g.param_groups[k]["lr"],
-                           opt_d.param_groups[k]["lr"])
+                mod.record(dict(zip(names, rows[k])), sigmas[k], self.owned["g", k][1]["lr"], self.owned["d", k][1]["lr"])
 
     def optimizer_states(self, k: int) -> list[dict]:
         """Member k's optimizer states, as its separate run's two optimizers would save them."""
         states = []
-        for optimizer in self.trainer.optimizers:
-            full = optimizer.state_dict()
-            group = full["param_groups"][k]
-            renumber = {old: new for new, old in enumerate(group["params"])}
-            states.append({"state": {renumber[i]: s for i, s in full["state"].items() if i in renumber},
-                           "param_groups": [{**group, "params": list(renumber.values())}]})
+        for side, optimizer in zip("gd", self.trainer.optimizers):
+            params, hyper = self.owned[side, k]
+            full = optimizer.state_dict()  # its "state" is indexed by the parameters' order over all groups
+            index = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+            states.append({"state": {new: full["state"][index[id(p)]] for new, p in enumerate(params)
+                                     if index[id(p)] in full["state"]},
+                           "param_groups": [{**hyper, "params": list(range(len(params)))}]})
         return states
 
     def request_stop(self, signal_name: str) -> None:

@@ -124,7 +124,7 @@ def test_what_stacks_with_what(override, stacks, tmp_path):
 
 
 @pytest.mark.parametrize("override, words", [
-    ("model.discriminator.spectral_norm=true", "model.discriminator keeps buffers"),
+    ("model.discriminator.spectral_norm=true", "model.discriminator: it keeps buffers"),
     ("trainer.precision=bf16-mixed", "trainer.precision=bf16-mixed"),
     ("callbacks=toy", "callbacks.toy (ToyFigures) needs a run of its own"),
 ])
@@ -184,7 +184,7 @@ def test_a_sweep_that_cannot_stack_still_runs_and_says_why(tmp_path):
                        "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [l for l in result.stdout.splitlines() if l.startswith("ganexp: stacked launcher:")]
-    assert lines == ["ganexp: stacked launcher: 2 jobs, 0 of them in 0 stacks (none); run alone: 2 (model.discriminator "
-                     "keeps buffers (batch norm or spectral norm), which stacked layers cannot hold)"]
+    assert lines == ["ganexp: stacked launcher: 2 jobs, 0 of them in 0 stacks (none); run alone: 2 (model.discriminator: "
+                     "it keeps buffers (batch norm or spectral norm), which stacked layers cannot hold)"]
     records = [json.loads(p.read_text()) for p in (tmp_path / "s").glob("*/seed=0/metrics.json")]
     assert len(records) == 2 and all(r["status"] == "finished" and "stacked" not in r for r in records)

@@ -1,0 +1,105 @@
+"""Stacked sweeps against one job after another: the design card's 12-job grid (sweep=lr_smoothing_noise),
+whole-sweep wall time with `hydra/launcher=stacked` and with Hydra's basic launcher, in one run of this
+script, on toy data (model=toy_mlp) and on digits (model=mlp_small); then the per-iteration time of a stack
+of M against M separate runs, in this process (training loop only: the difference of two budgets).
+
+    python benchmarks/stacked.py runs/stacked                    # both datasets, the default budgets
+    python benchmarks/stacked.py runs/stacked --members 12 64    # per-iteration ratios for these stack sizes
+
+Each sweep is a real `python train.py -m ...` into OUT/<data>-<launcher>; the table is printed and written
+to OUT/stacked.md. On a machine with a GPU add `--gpu` (trainer=gpu for every run).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = {  # name: (overrides, budget)
+    "toy": ["data=toy", "model=toy_mlp", "trainer.max_epochs=4"],          # 156 iterations per epoch
+    "digits": ["data=digits", "model=mlp_small", "trainer.max_epochs=20"],  # 28 iterations per epoch
+}
+LAUNCHERS = {"basic": [], "stacked": ["hydra/launcher=stacked"]}
+
+
+def sweep(out: Path, data: str, launcher: str, gpu: bool) -> dict:
+    folder = out / f"{data}-{launcher}"
+    shutil.rmtree(folder, ignore_errors=True)
+    args = [sys.executable, str(ROOT / "train.py"), "-m", "sweep=lr_smoothing_noise", *SWEEPS[data],
+            *LAUNCHERS[launcher], "trainer.enable_progress_bar=false", f"hydra.sweep.dir={folder}",
+            *(["trainer=gpu"] if gpu else [])]
+    started = time.perf_counter()
+    result = subprocess.run(args, capture_output=True, text=True, cwd=out)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    rows = list(csv.DictReader(open(folder / "summary.csv")))
+    runs = len(list(folder.glob("*/seed=*/events.out.tfevents.*")))
+    return {"seconds": seconds, "rows": len(rows), "columns": list(rows[0]) if rows else [], "event_files": runs,
+            "finished": sum(r.get("status") == "finished" for r in rows)}
+
+
+def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float, float]:
+    """Seconds per iteration of `members` separate runs (one after another) and of one stack of them:
+    (T(150 iterations) - T(50)) / 100, training loop only (no evaluation, images or checkpoints)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers import make_cfg  # the real config, composed in code
+    from ganexp.stack import train_stack
+    from train import train
+
+    lrs = [1e-4 * (1 + k % 7) for k in range(members)]
+    common = [*SWEEPS[data][:2], "eval=none", "image_every=0", "ckpt_every=0", "trainer.max_epochs=1",
+              *(["trainer=gpu"] if gpu else [])]
+
+    def timed(batches: int, stacked: bool) -> float:
+        cfgs = [make_cfg(out / "steps" / f"{stacked}-{batches}-{k}", *common, f"trainer.limit_train_batches={batches}",
+                         f"optimizer.lr={lr}", f"seed={k}") for k, lr in enumerate(lrs)]
+        shutil.rmtree(out / "steps", ignore_errors=True)
+        started = time.perf_counter()
+        if stacked:
+            train_stack(cfgs, [[] for _ in cfgs])
+        else:
+            for cfg in cfgs:
+                train(cfg)
+        return time.perf_counter() - started
+
+    separate = (timed(150, False) - timed(50, False)) / 100
+    stacked = (timed(150, True) - timed(50, True)) / 100
+    return separate, stacked
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--data", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
+    parser.add_argument("--members", nargs="+", type=int, default=[12])
+    parser.add_argument("--gpu", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = ["| data | budget | basic launcher (s) | stacked (s) | speed-up | job folders / event files / summary rows |",
+             "|---|---|---|---|---|---|"]
+    for data in args.data:
+        basic, stacked = sweep(args.out, data, "basic", args.gpu), sweep(args.out, data, "stacked", args.gpu)
+        assert basic["columns"] == stacked["columns"], (basic["columns"], stacked["columns"])
+        lines.append(f"| {data} | {SWEEPS[data][-1]} | {basic['seconds']:.1f} | {stacked['seconds']:.1f} | "
+                     f"{basic['seconds'] / stacked['seconds']:.2f}x | {basic['rows']}/{basic['event_files']}/"
+                     f"{basic['finished']} finished vs {stacked['rows']}/{stacked['event_files']}/{stacked['finished']} |")
+        print(lines[-1], flush=True)
+    lines += ["", "| data | members | separate runs (ms/iteration, all members) | stack (ms/iteration) | ratio |",
+              "|---|---|---|---|---|"]
+    for data in args.data:
+        for m in args.members:
+            separate, stacked = per_iteration(args.out, m, data, args.gpu)
+            lines.append(f"| {data} | {m} | {separate * 1e3:.1f} | {stacked * 1e3:.1f} | {separate / stacked:.2f}x |")
+            print(lines[-1], flush=True)
+    (args.out / "stacked.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
