@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -188,3 +190,47 @@ def test_a_sweep_that_cannot_stack_still_runs_and_says_why(tmp_path):
                      "it keeps buffers (batch norm or spectral norm), which stacked layers cannot hold)"]
     records = [json.loads(p.read_text()) for p in (tmp_path / "s").glob("*/seed=0/metrics.json")]
     assert len(records) == 2 and all(r["status"] == "finished" and "stacked" not in r for r in records)
+
+
+class SignalOnce:
+    """A test callback: the process signals itself once after iteration GANEXP_TEST_SIGNAL_AT (every member
+    of a stack has this callback; a second signal would mean "stop now")."""
+
+    sent = False
+
+    def __new__(cls):
+        from pytorch_lightning.callbacks import Callback
+
+        class _Signal(Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                at = os.environ.get("GANEXP_TEST_SIGNAL_AT")
+                if at and not SignalOnce.sent and pl_module.iteration == int(at):
+                    SignalOnce.sent = True
+                    os.kill(os.getpid(), signal.SIGTERM)
+        return _Signal()
+
+
+def test_a_signal_stops_every_member_at_one_iteration_and_the_same_command_resumes_them(tmp_path):
+    sweep, parts = tmp_path / "sweep", {"GANEXP_PARTS": "callback=tests.test_stack.SignalOnce"}
+    args = ["-m", *TOY, "optimizer.lr=1e-4,5e-4", "hydra/launcher=stacked", "trainer.limit_train_batches=10",
+            "trainer.max_epochs=2", "ckpt_every=100", "trainer.enable_progress_bar=false",
+            "+callbacks.signal._target_=tests.test_stack.SignalOnce", f"hydra.sweep.dir={sweep}"]
+    first = run_train(*args, cwd=tmp_path, env={**parts, "GANEXP_TEST_SIGNAL_AT": "7"})
+    assert first.returncode == 143, first.stderr[-2000:]
+    folders = sorted(p.parent for p in sweep.glob("*/seed=0/metrics.json"))
+    assert len(folders) == 2
+    for folder in folders:
+        record = read_metrics(folder)
+        assert record["status"] == "interrupted" and record["iteration"] == 7 and record["stacked"] is True
+        assert _ckpt(folder)["iteration"] == 7
+    again = run_train(*args, cwd=tmp_path, env=parts)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "run alone: 2 (it resumes its last.ckpt)" in again.stdout
+    for folder, lr in zip(folders, ("0.0001", "0.0005")):
+        assert f"optimizer.lr={lr}" in folder.parent.name
+        assert read_metrics(folder)["status"] == "finished" and _ckpt(folder)["iteration"] == 20
+        straight = tmp_path / f"straight{lr}"
+        train(make_cfg(straight, *TOY, f"optimizer.lr={lr}", "trainer.limit_train_batches=10", "trainer.max_epochs=2",
+                       "ckpt_every=100"))
+        for name, tensor in _ckpt(straight)["state_dict"].items():
+            torch.testing.assert_close(_ckpt(folder)["state_dict"][name], tensor, atol=1e-5, rtol=1e-4)
