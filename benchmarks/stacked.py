@@ -73,6 +73,31 @@ def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float,
     return separate, stacked
 
 
+def layer_times(members: int, sizes: tuple[int, int], batch: int = 64, repeat: int = 200) -> tuple[float, float]:
+    """Forward + backward of one Linear layer for `members` members: torch.func.vmap over F.linear with the
+    members' weights stacked, against StackedLinear's one baddbmm (what ganexp/stack.py uses); µs each."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import vmap
+
+    n_in, n_out = sizes
+    w = torch.randn(members, n_out, n_in, requires_grad=True)
+    b = torch.randn(members, n_out, requires_grad=True)
+    x = torch.randn(members, batch, n_in)
+    by_vmap = vmap(F.linear)
+
+    def one(f) -> float:
+        for _ in range(10):
+            f().sum().backward()
+        started = time.perf_counter()
+        for _ in range(repeat):
+            f().sum().backward()
+        return (time.perf_counter() - started) / repeat * 1e6
+
+    return (one(lambda: by_vmap(x, w, b)),
+            one(lambda: torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -97,6 +122,12 @@ def main() -> None:
             separate, stacked = per_iteration(args.out, m, data, args.gpu)
             lines.append(f"| {data} | {m} | {separate * 1e3:.1f} | {stacked * 1e3:.1f} | {separate / stacked:.2f}x |")
             print(lines[-1], flush=True)
+    lines += ["", "| layer (in → out), 12 members, batch 64 | vmap(F.linear) µs | StackedLinear (baddbmm) µs |",
+              "|---|---|---|"]
+    for sizes in ((16, 16), (100, 256), (256, 512), (512, 784)):
+        by_vmap, by_bmm = layer_times(12, sizes)
+        lines.append(f"| {sizes[0]} → {sizes[1]} | {by_vmap:.0f} | {by_bmm:.0f} |")
+        print(lines[-1], flush=True)
     (args.out / "stacked.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -40,10 +40,16 @@ class RankDigest(Callback):
 
 
 def test_two_process_ddp_on_cpu_keeps_both_ranks_identical_and_writes_from_rank_0_only(tmp_path):
-    result = run_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
-                       f"trainer.limit_train_batches={ITERATIONS}", "trainer.enable_progress_bar=false", "log_every=1",
-                       "ckpt_every=2", "+callbacks.digest._target_=tests.test_ddp.RankDigest", *NO_EVAL,
-                       cwd=tmp_path, timeout=240, env={"GANEXP_PARTS": "callback=tests.test_ddp.RankDigest"})
+    for attempt in range(2):  # gloo's port, free when Lightning picked it, may be taken by a parallel test's server
+        (tmp_path / str(attempt)).mkdir()
+        result = run_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+                           f"trainer.limit_train_batches={ITERATIONS}", "trainer.enable_progress_bar=false",
+                           "log_every=1", "ckpt_every=2", "+callbacks.digest._target_=tests.test_ddp.RankDigest",
+                           *NO_EVAL, cwd=tmp_path / str(attempt), timeout=240,
+                           env={"GANEXP_PARTS": "callback=tests.test_ddp.RankDigest"})
+        if "EADDRINUSE" not in result.stderr:
+            break
+    tmp_path = tmp_path / str(attempt)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs  # rank 1 was launched into rank 0's folder
