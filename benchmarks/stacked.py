@@ -21,8 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = {  # name: (overrides, budget)
-    "toy": ["data=toy", "model=toy_mlp", "trainer.max_epochs=4"],          # 156 iterations per epoch
-    "digits": ["data=digits", "model=mlp_small", "trainer.max_epochs=20"],  # 28 iterations per epoch
+    "toy": ["data=toy", "model=toy_mlp", "trainer.max_epochs=20"],         # 156 iterations per epoch: 3,120
+    "digits": ["data=digits", "model=mlp_small", "trainer.max_epochs=60"],  # 28 iterations per epoch: 1,680
 }
 LAUNCHERS = {"basic": [], "stacked": ["hydra/launcher=stacked"]}
 
@@ -46,18 +46,18 @@ def sweep(out: Path, data: str, launcher: str, gpu: bool) -> dict:
 
 def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float, float]:
     """Seconds per iteration of `members` separate runs (one after another) and of one stack of them:
-    (T(150 iterations) - T(50)) / 100, training loop only (no evaluation, images or checkpoints)."""
+    (T(140 iterations) - T(20)) / 120 (20 per epoch), training loop only (no evaluation, images, checkpoints)."""
     sys.path.insert(0, str(ROOT))
     from tests.helpers import make_cfg  # the real config, composed in code
     from ganexp.stack import train_stack
     from train import train
 
     lrs = [1e-4 * (1 + k % 7) for k in range(members)]
-    common = [*SWEEPS[data][:2], "eval=none", "image_every=0", "ckpt_every=0", "trainer.max_epochs=1",
+    common = [*SWEEPS[data][:2], "eval=none", "image_every=0", "ckpt_every=0", "trainer.limit_train_batches=20",
               *(["trainer=gpu"] if gpu else [])]
 
-    def timed(batches: int, stacked: bool) -> float:
-        cfgs = [make_cfg(out / "steps" / f"{stacked}-{batches}-{k}", *common, f"trainer.limit_train_batches={batches}",
+    def timed(epochs: int, stacked: bool) -> float:
+        cfgs = [make_cfg(out / "steps" / f"{stacked}-{epochs}-{k}", *common, f"trainer.max_epochs={epochs}",
                          f"optimizer.lr={lr}", f"seed={k}") for k, lr in enumerate(lrs)]
         shutil.rmtree(out / "steps", ignore_errors=True)
         started = time.perf_counter()
@@ -68,8 +68,9 @@ def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float,
                 train(cfg)
         return time.perf_counter() - started
 
-    separate = (timed(150, False) - timed(50, False)) / 100
-    stacked = (timed(150, True) - timed(50, True)) / 100
+    timed(1, True), timed(1, False)  # warm
+    separate = (timed(7, False) - timed(1, False)) / 120
+    stacked = (timed(7, True) - timed(1, True)) / 120
     return separate, stacked
 
 

@@ -128,39 +128,59 @@ def stack_problem(net: nn.Module) -> str | None:
 
 class StackedLinear(nn.Module):
     """The members' Linear layers at one position as one layer: the members' rows of the batch side by side
-    ([M·N, in] → [M, N, in]), one batched matmul with their stacked weights (torch.baddbmm). The weights
-    stay the members' own parameters (stacked at each call, so each gradient lands on its owner)."""
+    ([M·N, in] → [M, N, in]), one batched matmul (torch.baddbmm) with the stacked weight [M, out, in]."""
 
-    def __init__(self, layers: list[nn.Linear]):
+    def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
-        self.members = len(layers)
-        self.__dict__["weights"] = [layer.weight for layer in layers]  # not registered: the members own them
-        self.__dict__["biases"] = [layer.bias for layer in layers] if layers[0].bias is not None else None
+        self.__dict__["weight"], self.__dict__["bias"] = weight, bias  # Stacked's leaves, not registered here
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = torch.stack(self.weights).transpose(1, 2)  # [M, in, out]
-        x = x.reshape(self.members, -1, x.shape[-1])
-        if self.biases is None:
-            y = torch.bmm(x, weight)
-        else:
-            y = torch.baddbmm(torch.stack(self.biases).unsqueeze(1), x, weight)
+        x = x.reshape(self.weight.shape[0], -1, x.shape[-1])
+        weight = self.weight.transpose(1, 2)  # [M, in, out]
+        y = torch.bmm(x, weight) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), x, weight)
         return y.reshape(-1, y.shape[-1])
 
 
 class Stacked:
     """M networks of one architecture run as one: a copy of the first network whose Linear layers are
-    StackedLinear, fed the members' batches one after another ([M, N, ...] → [M·N, ...]). The networks stay
-    plain modules; their forward runs unchanged (it treats samples on their own: stack_problem)."""
+    StackedLinear, fed the members' batches one after another ([M, N, ...] → [M·N, ...]); the networks' own
+    forward runs unchanged (it treats samples on their own: stack_problem).
+
+    Each parameter position is one stacked leaf [M, ...] (one gradient per layer, not one per member), and
+    every member's parameter becomes a view of its row: the members' modules stay plain modules whose weights
+    are always the stack's, and the optimizer updates the members' parameters (their own lr, their own state)
+    in place, which is updating the stack. `bind()` runs on the training device (moving a module copies its
+    parameters, which would break the views)."""
 
     def __init__(self, nets: list[nn.Module]):
-        self.members = len(nets)
-        self.net = copy.deepcopy(nets[0])
-        for name, module in nets[0].named_modules():
+        self.nets, self.members = nets, len(nets)
+        self.names = [name for name, _ in nets[0].named_parameters()]
+        self.leaves: dict[str, Tensor] = {}
+        self.views: dict[str, list[nn.Parameter]] = {}  # each leaf's rows: the members' parameters
+        self.net: nn.Module | None = None
+
+    def bind(self) -> None:
+        for name in self.names:
+            owners = [(net.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]) for net in self.nets]
+            leaf = torch.stack([getattr(m, attr).detach() for m, attr in owners]).requires_grad_(True)
+            for k, (module, attr) in enumerate(owners):
+                module._parameters[attr] = nn.Parameter(leaf.data[k], requires_grad=True)  # a view of row k
+            self.leaves[name] = leaf
+            self.views[name] = [getattr(module, attr) for module, attr in owners]
+        self.net = copy.deepcopy(self.nets[0])
+        for name, module in self.nets[0].named_modules():
             if isinstance(module, nn.Linear):
                 parent, _, attr = name.rpartition(".")
-                setattr(self.net.get_submodule(parent), attr, StackedLinear([net.get_submodule(name) for net in nets]))
+                bias = self.leaves.get(f"{name}.bias")
+                setattr(self.net.get_submodule(parent), attr, StackedLinear(self.leaves[f"{name}.weight"], bias))
         for param in list(self.net.parameters()):  # none left but those of layers replaced above
             raise RuntimeError(f"a stacked copy kept a parameter of shape {tuple(param.shape)}")
+
+    def train(self, on: bool) -> None:
+        """Gradients for this network in this phase (D's step or G's), or none."""
+        for leaf in self.leaves.values():
+            leaf.requires_grad_(on)
+            leaf.grad = None
 
     def __call__(self, x: Tensor) -> Tensor:
         y = self.net(x.reshape(-1, *x.shape[2:]))
@@ -182,7 +202,8 @@ class StackedGAN(pl.LightningModule):
         self.r1_every = first.loss.r1_every
         self.iteration = 0
         self.running = [True] * len(members)  # False once a member diverged or was asked to stop: frozen
-        self.owned: dict[tuple[str, int], tuple[list, dict]] = {}  # (side, member) → its parameters, its hyperparameters
+        self.owned: dict[tuple[str, int], dict] = {}  # (side, member) → its optimizer's hyperparameters
+        self.lrs: dict[str, Tensor] = {}  # side → the members' learning rates
 
     @property
     def mods(self):
@@ -192,21 +213,25 @@ class StackedGAN(pl.LightningModule):
         return torch.tensor(values, dtype=torch.float32, device=self.device)
 
     def configure_optimizers(self):
+        self.g.bind()  # on the training device now; the members' parameters become views of the stack's leaves
+        self.d.bind()
         return [self._optimizer("g"), self._optimizer("d")]
 
     def _optimizer(self, side: str) -> torch.optim.Optimizer:
-        """One stock optimizer; members with equal hyperparameters (lr included) share a parameter group, so
-        the 12-job grid's 3 learning rates make 3 groups (one fused kernel each), not 12."""
-        groups: dict[str, dict] = {}
+        """One stock optimizer over the stacked leaves with lr = 1; `_step` gives each member its own lr.
+        Only lr differs inside a stack (betas, momentum, decay are grouping keys), and the stock updates
+        (Adam, RMSProp, SGD with momentum, weight decay included) are linear in lr while their state is not
+        touched by it: one step at lr = 1, then p = p_old + lr_k·(p_step - p_old) for member k."""
+        lrs = []
         for k, mod in enumerate(self.mods):
             net, factory = (mod.generator, mod.optimizer_g) if side == "g" else (mod.discriminator, mod.optimizer_d)
-            params = list(net.parameters())
-            own = {key: v for key, v in factory(params).param_groups[0].items() if key != "params"}  # its run's
-            group = groups.setdefault(repr(sorted(own.items())), {**own, "params": []})
-            group["params"] += params
-            self.owned[side, k] = (params, own)
+            own = {key: v for key, v in factory(net.parameters()).param_groups[0].items() if key != "params"}
+            self.owned[side, k] = own  # what its separate run's optimizer holds
+            lrs.append(float(own["lr"]))
+        stacked = self.g if side == "g" else self.d
+        self.lrs[side] = torch.tensor(lrs, device=self.device)
         factory = self.mods[0].optimizer_g if side == "g" else self.mods[0].optimizer_d
-        return factory(list(groups.values()))
+        return factory([{"params": list(stacked.leaves.values()), "lr": 1.0}])
 
     def on_fit_start(self) -> None:
         for mod in self.mods:
@@ -219,20 +244,19 @@ class StackedGAN(pl.LightningModule):
         n = real.shape[1]
 
         for _ in range(self.d_steps):
-            with self.toggled_optimizer(opt_d):
-                d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigmas, n)
-                opt_d.zero_grad(set_to_none=True)
-                self.manual_backward(d_loss.sum())  # member k's gradient is that of its own loss
-                d_norm = self._grad_norms("d") if log_now else None
-                self._step(opt_d, "d")
+            self.d.train(True), self.g.train(False)
+            d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigmas, n)
+            self.manual_backward(d_loss.sum())  # member k's gradient is that of its own loss
+            d_norm = self._grad_norms("d") if log_now else None
+            self._step(opt_d, "d")
 
-        with self.toggled_optimizer(opt_g):
-            fake = self.g(self._draw_z(n))
-            g_loss = vmap(self.pair.g)(self.d(self._noised(fake, sigmas)).float())
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss.sum())
-            g_norm = self._grad_norms("g") if log_now else None
-            self._step(opt_g, "g")
+        self.g.train(True), self.d.train(False)
+        fake = self.g(self._draw_z(n))
+        g_loss = vmap(self.pair.g)(self.d(self._noised(fake, sigmas)).float())
+        self.manual_backward(g_loss.sum())
+        g_norm = self._grad_norms("g") if log_now else None
+        self._step(opt_g, "g")
+        self.g.train(False)
         for mod, running in zip(self.mods, self.running):
             if running and mod.generator_ema is not None:
                 mod.update_ema()
@@ -289,17 +313,24 @@ class StackedGAN(pl.LightningModule):
                            else torch.zeros(shape, device=x.device, dtype=x.dtype) for mod, s in zip(self.mods, sigmas)])
         return x + self._vector(sigmas).view(-1, *([1] * len(shape))) * eps
 
+    @torch.no_grad()
     def _step(self, optimizer, side: str) -> None:
-        """A frozen member's parameters have no gradient, so the optimizer leaves them (and their state) alone."""
-        for k, running in enumerate(self.running):
-            if not running:
-                for p in self.owned[side, k][0]:
-                    p.grad = None
+        """The stock step at lr = 1, then each member's own lr: p_old + lr_k·(p_step - p_old). A frozen
+        member's rows stay as they were."""
+        leaves = list((self.g if side == "g" else self.d).leaves.values())
+        before = [leaf.detach().clone() for leaf in leaves]
         optimizer.step()
+        frozen = not all(self.running)
+        keep = torch.tensor(self.running, device=self.device) if frozen else None
+        for leaf, old in zip(leaves, before):
+            shape = (-1,) + (1,) * (leaf.dim() - 1)
+            new = torch.lerp(old, leaf, self.lrs[side].view(shape))
+            leaf.copy_(torch.where(keep.view(shape), new, old) if frozen else new)
 
-    def _grad_norms(self, side: str) -> list[Tensor]:
-        return [torch.nn.utils.get_total_norm([p.grad for p in self.owned[side, k][0] if p.grad is not None])
-                for k in range(len(self.members))]
+    def _grad_norms(self, side: str) -> Tensor:
+        """Each member's gradient norm over its parameters: [M]."""
+        grads = [leaf.grad for leaf in (self.g if side == "g" else self.d).leaves.values() if leaf.grad is not None]
+        return torch.stack([g.flatten(1).square().sum(1) for g in grads]).sum(0).sqrt()
 
     def _log(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigmas) -> None:
         per_member = [scalars(d_loss[k], g_loss[k], real_logits[k], fake_logits[k], d_norm[k], g_norm[k])
@@ -308,18 +339,19 @@ class StackedGAN(pl.LightningModule):
         rows = torch.stack([torch.stack(list(t.values())) for t in per_member]).tolist()
         for k, mod in enumerate(self.mods):
             if self.running[k]:
-                mod.record(dict(zip(names, rows[k])), sigmas[k], self.owned["g", k][1]["lr"], self.owned["d", k][1]["lr"])
+                mod.record(dict(zip(names, rows[k])), sigmas[k], self.owned["g", k]["lr"], self.owned["d", k]["lr"])
 
     def optimizer_states(self, k: int) -> list[dict]:
-        """Member k's optimizer states, as its separate run's two optimizers would save them."""
+        """Member k's optimizer states, as its separate run's two optimizers would save them: row k of every
+        per-parameter state tensor (step counters are shared), its own hyperparameters."""
         states = []
         for side, optimizer in zip("gd", self.trainer.optimizers):
-            params, hyper = self.owned[side, k]
-            full = optimizer.state_dict()  # its "state" is indexed by the parameters' order over all groups
-            index = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
-            states.append({"state": {new: full["state"][index[id(p)]] for new, p in enumerate(params)
-                                     if index[id(p)] in full["state"]},
-                           "param_groups": [{**hyper, "params": list(range(len(params)))}]})
+            full = optimizer.state_dict()
+            leaves = list((self.g if side == "g" else self.d).leaves.values())
+            rows = {i: {key: (v[k].clone() if isinstance(v, Tensor) and v.dim() > 0 and v.shape == leaves[i].shape
+                              else v.clone() if isinstance(v, Tensor) else v) for key, v in state.items()}
+                    for i, state in full["state"].items()}
+            states.append({"state": rows, "param_groups": [{**self.owned[side, k], "params": list(range(len(leaves)))}]})
         return states
 
     def request_stop(self, signal_name: str) -> None:
@@ -443,7 +475,7 @@ class Member:
         checkpoint = {
             "epoch": stack_trainer.current_epoch, "global_step": stack_trainer.global_step,
             "pytorch-lightning_version": pl.__version__,
-            "state_dict": module.state_dict(),
+            "state_dict": {k: v.clone() for k, v in module.state_dict().items()},  # a view would save the whole stack
             "loops": stack_trainer._checkpoint_connector._get_loops_state_dict(),
             "callbacks": {cb.state_key: state for cb in self.callbacks if (state := cb.state_dict())},
             "optimizer_states": stack.optimizer_states(self.index), "lr_schedulers": [],

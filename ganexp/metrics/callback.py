@@ -111,7 +111,8 @@ class EvalCallback(Periodic):
         """Weights + config (what sample / evaluate need), written atomically by rank 0 alone."""
         self.best_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.best_path.with_suffix(".ckpt.tmp")
-        torch.save({"state_dict": pl_module.state_dict(), "hyper_parameters": dict(pl_module.hparams),
+        weights = {k: v.clone() for k, v in pl_module.state_dict().items()}  # a stack member's are views (stack.py)
+        torch.save({"state_dict": weights, "hyper_parameters": dict(pl_module.hparams),
                     "iteration": pl_module.iteration, self.monitor: self.best_value}, tmp)
         os.replace(tmp, self.best_path)
 
