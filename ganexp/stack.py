@@ -3,12 +3,14 @@
 `hydra/launcher=stacked` (hydra_plugins/ganexp_stacked) groups a sweep's jobs by everything but the
 STACKABLE keys and hands each group of two or more to `train_stack`. Every member stays a real run: its
 own GANModule (seeded and built as its separate run builds it), datamodule, callbacks, logger, run folder,
-metrics.json and checkpoints. Only the arithmetic is shared: each network runs once for all members, their
-parameters stacked on a leading member axis (torch.func.functional_call under vmap: one batched matmul per
-layer), and one stock optimizer holds one parameter group per member (its own lr; the update math is
-torch's, unchanged). A member draws z and noise from its own generator (GANModule.draws) and its batches in
-its own order, so it computes what its separate run computes, up to float rounding. A member that diverges
-is frozen (its parameters get no more updates) while the others go on.
+metrics.json and checkpoints. Only the arithmetic is shared: each network runs once for all members (the
+members' rows side by side in one batch, each Linear layer one torch.baddbmm with the stacked weights:
+StackedLinear, measured faster than torch.func.vmap over F.linear at these sizes, see BENCHMARKS.md), and
+one stock optimizer steps the stacked weights at lr = 1, each member then taking its own lr (the stock
+updates are linear in lr). A member draws z and noise from its own generator (GANModule.draws) and its
+batches in its own order, so it computes what its separate run computes, up to float rounding. A member that
+diverges is frozen (its parameters get no more updates) while the others go on. `trainer.max_time` is the stack's:
+all members train that long together.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ STACKABLE = ("optimizer.lr", "optimizer.g.lr", "optimizer.d.lr", "loss.label_smo
              "loss.r1_gamma", "noise.instance_sigma", "noise.instance_sigma_min", "noise.anneal",
              "noise.anneal_epochs", "noise.anneal_per", "seed", "data.seed")
 PRECISIONS = ("32-true", "32", 32)
+SMALL_MATMUL = 1 << 23  # multiply-adds: below this a stack on CPU runs on one thread (StackedGAN.on_fit_start)
 
 
 # ----------------------------------------------------------------------------------------------- grouping
@@ -146,17 +149,15 @@ class Stacked:
     StackedLinear, fed the members' batches one after another ([M, N, ...] → [M·N, ...]); the networks' own
     forward runs unchanged (it treats samples on their own: stack_problem).
 
-    Each parameter position is one stacked leaf [M, ...] (one gradient per layer, not one per member), and
-    every member's parameter becomes a view of its row: the members' modules stay plain modules whose weights
-    are always the stack's, and the optimizer updates the members' parameters (their own lr, their own state)
-    in place, which is updating the stack. `bind()` runs on the training device (moving a module copies its
-    parameters, which would break the views)."""
+    Each parameter position is one stacked leaf [M, ...] (one gradient and one optimizer tensor per layer,
+    not one per member), and every member's parameter becomes a view of its row: the members' modules stay
+    plain modules whose weights are always the stack's (callbacks, EMA, checkpoints read them as usual).
+    `bind()` runs on the training device (moving a module copies its parameters, which would break the views)."""
 
     def __init__(self, nets: list[nn.Module]):
         self.nets, self.members = nets, len(nets)
         self.names = [name for name, _ in nets[0].named_parameters()]
         self.leaves: dict[str, Tensor] = {}
-        self.views: dict[str, list[nn.Parameter]] = {}  # each leaf's rows: the members' parameters
         self.net: nn.Module | None = None
 
     def bind(self) -> None:
@@ -166,7 +167,6 @@ class Stacked:
             for k, (module, attr) in enumerate(owners):
                 module._parameters[attr] = nn.Parameter(leaf.data[k], requires_grad=True)  # a view of row k
             self.leaves[name] = leaf
-            self.views[name] = [getattr(module, attr) for module, attr in owners]
         self.net = copy.deepcopy(self.nets[0])
         for name, module in self.nets[0].named_modules():
             if isinstance(module, nn.Linear):
@@ -236,6 +236,17 @@ class StackedGAN(pl.LightningModule):
     def on_fit_start(self) -> None:
         for mod in self.mods:
             mod.to(self.device)
+        # Layers this small run faster on one CPU thread: measured 17.0 vs 26.6 ms per iteration for 12 toy
+        # members on 2 cores, 15.9 vs 15.3 for digits (BENCHMARKS.md); larger ones keep torch's threads.
+        if self.device.type == "cpu" and self.matmul_size() < SMALL_MATMUL:
+            torch.set_num_threads(1)
+            log.info("stack of %d: one torch thread (its batched matmuls are small)", len(self.members))
+
+    def matmul_size(self) -> int:
+        """The largest batched matmul of a step, in multiply-adds: members x batch x in x out."""
+        batch = self.members[0].data.batch_size
+        return max(leaf.numel() * batch for stacked in (self.g, self.d) for name, leaf in stacked.leaves.items()
+                   if name.endswith("weight"))
 
     def training_step(self, real: Tensor, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
@@ -565,6 +576,7 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
         update_metrics(m.out, status="running", reason=None, diverged_at=None, stacked=True,
                        stack={"size": len(members), "member": m.index, "members": names})
     log.info("a stack of %d runs: %s", len(members), ", ".join(names))
+    threads = torch.get_num_threads()  # a small stack runs on one (StackedGAN.on_fit_start)
     with stop_on_signals(stack):
         try:
             trainer.fit(stack, datamodule=data)
@@ -575,6 +587,8 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
                 if m.trainer is not None:
                     m.row.write_after(m.trainer, m.module, {"status": "failed", "iteration": m.module.iteration})
             raise
+        finally:
+            torch.set_num_threads(threads)
     records = []
     for m in members:
         module = m.module
