@@ -40,7 +40,6 @@ STACKABLE = ("optimizer.lr", "optimizer.g.lr", "optimizer.d.lr", "loss.label_smo
              "loss.r1_gamma", "noise.instance_sigma", "noise.instance_sigma_min", "noise.anneal",
              "noise.anneal_epochs", "noise.anneal_per", "seed", "data.seed")
 PRECISIONS = ("32-true", "32", 32)
-SMALL_MATMUL = 1 << 23  # multiply-adds: below this a stack on CPU runs on one thread (StackedGAN.on_fit_start)
 
 
 # ----------------------------------------------------------------------------------------------- grouping
@@ -236,17 +235,6 @@ class StackedGAN(pl.LightningModule):
     def on_fit_start(self) -> None:
         for mod in self.mods:
             mod.to(self.device)
-        # Layers this small run faster on one CPU thread: measured 17.0 vs 26.6 ms per iteration for 12 toy
-        # members on 2 cores, 15.9 vs 15.3 for digits (BENCHMARKS.md); larger ones keep torch's threads.
-        if self.device.type == "cpu" and self.matmul_size() < SMALL_MATMUL:
-            torch.set_num_threads(1)
-            log.info("stack of %d: one torch thread (its batched matmuls are small)", len(self.members))
-
-    def matmul_size(self) -> int:
-        """The largest batched matmul of a step, in multiply-adds: members x batch x in x out."""
-        batch = self.members[0].data.batch_size
-        return max(leaf.numel() * batch for stacked in (self.g, self.d) for name, leaf in stacked.leaves.items()
-                   if name.endswith("weight"))
 
     def training_step(self, real: Tensor, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
@@ -576,7 +564,6 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
         update_metrics(m.out, status="running", reason=None, diverged_at=None, stacked=True,
                        stack={"size": len(members), "member": m.index, "members": names})
     log.info("a stack of %d runs: %s", len(members), ", ".join(names))
-    threads = torch.get_num_threads()  # a small stack runs on one (StackedGAN.on_fit_start)
     with stop_on_signals(stack):
         try:
             trainer.fit(stack, datamodule=data)
@@ -587,8 +574,6 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
                 if m.trainer is not None:
                     m.row.write_after(m.trainer, m.module, {"status": "failed", "iteration": m.module.iteration})
             raise
-        finally:
-            torch.set_num_threads(threads)
     records = []
     for m in members:
         module = m.module
