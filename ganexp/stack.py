@@ -557,8 +557,7 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
     stack, data = StackedGAN(members), StackedData(members)
     trainer_config = {k: v for k, v in plain(cfgs[0])["trainer"].items()}
     trainer = build(trainer_config, "trainer", key="trainer", callbacks=[Members(members)], logger=False)
-    names = [m.out.name if m.out.name.startswith("seed=") is False else f"{m.out.parent.name}/{m.out.name}"
-             for m in members]
+    names = [f"{m.out.parent.name}/{m.out.name}" if m.out.name.startswith("seed=") else m.out.name for m in members]
     for m in members:
         mark_run(m.out)
         update_metrics(m.out, status="running", reason=None, diverged_at=None, stacked=True,
