@@ -203,10 +203,14 @@ class StackedGAN(pl.LightningModule):
         self.running = [True] * len(members)  # False once a member diverged or was asked to stop: frozen
         self.owned: dict[tuple[str, int], dict] = {}  # (side, member) → its optimizer's hyperparameters
         self.lrs: dict[str, Tensor] = {}  # side → the members' learning rates
-
-    @property
-    def mods(self):
-        return [m.module for m in self.members]
+        self.mods = mods
+        self.interrupted: str | None = None  # set by request_stop (ganexp/signals.py reads it)
+        # The members' fixed loss weights, as [M] vectors (on the training device in on_fit_start)
+        losses = [mod.loss for mod in mods]
+        self.gp_weights = [loss.gp_weight for loss in losses]
+        self.r1_weights = [loss.r1_gamma / 2 * loss.r1_every for loss in losses]
+        self.weights = {"smoothing": [loss.label_smoothing for loss in losses], "gp": self.gp_weights,
+                        "r1": self.r1_weights}
 
     def _vector(self, values: list[float]) -> Tensor:
         return torch.tensor(values, dtype=torch.float32, device=self.device)
@@ -235,6 +239,7 @@ class StackedGAN(pl.LightningModule):
     def on_fit_start(self) -> None:
         for mod in self.mods:
             mod.to(self.device)
+        self.weights = {name: self._vector(values) for name, values in self.weights.items()}  # once, not per step
 
     def training_step(self, real: Tensor, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
@@ -271,18 +276,14 @@ class StackedGAN(pl.LightningModule):
             fake = self.g(self._draw_z(n))
         real_logits = self.d(self._noised(real, sigmas))
         fake_logits = self.d(self._noised(fake, sigmas))
-        losses = [mod.loss for mod in self.mods]
         if self.pair.has_targets:
-            smoothing = self._vector([loss.label_smoothing for loss in losses])
-            loss = vmap(self.pair.d)(real_logits.float(), fake_logits.float(), smoothing)
+            loss = vmap(self.pair.d)(real_logits.float(), fake_logits.float(), self.weights["smoothing"])
         else:
             loss = vmap(self.pair.d)(real_logits.float(), fake_logits.float())
-        weights = [loss_.gp_weight for loss_ in losses]
-        if any(weights):
-            loss = loss + self._vector(weights) * self._gradient_penalty(real, fake, weights)
-        gammas = [loss_.r1_gamma for loss_ in losses]
-        if any(gammas) and self.iteration % self.r1_every == 0:
-            loss = loss + self._vector([g / 2 * self.r1_every for g in gammas]) * self._r1(real)
+        if any(self.gp_weights):
+            loss = loss + self.weights["gp"] * self._gradient_penalty(real, fake, self.gp_weights)
+        if any(self.r1_weights) and self.iteration % self.r1_every == 0:
+            loss = loss + self.weights["r1"] * self._r1(real)
         return loss, real_logits, fake_logits
 
     def _gradient_penalty(self, real: Tensor, fake: Tensor, weights: list[float]) -> Tensor:
@@ -359,8 +360,6 @@ class StackedGAN(pl.LightningModule):
         for mod in self.mods:
             mod.request_stop(signal_name)
         self.trainer.should_stop = True
-
-    interrupted: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------- the data
@@ -555,8 +554,7 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
 
     members = [Member(cfg, ov, k) for k, (cfg, ov) in enumerate(zip(cfgs, overrides))]
     stack, data = StackedGAN(members), StackedData(members)
-    trainer_config = {k: v for k, v in plain(cfgs[0])["trainer"].items()}
-    trainer = build(trainer_config, "trainer", key="trainer", callbacks=[Members(members)], logger=False)
+    trainer = build(plain(cfgs[0])["trainer"], "trainer", key="trainer", callbacks=[Members(members)], logger=False)
     names = [f"{m.out.parent.name}/{m.out.name}" if m.out.name.startswith("seed=") else m.out.name for m in members]
     for m in members:
         mark_run(m.out)
