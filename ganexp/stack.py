@@ -514,13 +514,34 @@ class Members(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         ran = [m for m, running in zip(self.members, pl_module.running) if running]
+        self._score_together(ran, final=False)
         self._each("on_train_batch_end", None, None, batch_idx, members=ran)
         pl_module.running = [running and m.running for m, running in zip(self.members, pl_module.running)]
         if not any(pl_module.running):
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._score_together([m for m in self.members if m.module.diverged_at is None and m.module.interrupted is None],
+                             final=True)
         self._each("on_train_end")
+
+    @staticmethod
+    def _score_together(members: list[Member], final: bool) -> None:
+        """The evaluations due now (every `eval.every` iterations; `final`: the last one, on `n_final` samples),
+        scored together: each member's samples from its own generator, all of them through the classifier in
+        one call (Evaluator.score_many); each EvalCallback then takes its scores from its `ready`."""
+        from ganexp.metrics.callback import EvalCallback
+
+        due: dict[tuple[int, int], list] = {}
+        for m in members:
+            for cb in m.callbacks:
+                if isinstance(cb, EvalCallback) and cb.evaluator is not None:
+                    if final or (cb.every > 0 and m.module.iteration % cb.every == 0):
+                        due.setdefault((id(cb.evaluator), cb.n_final if final else cb.n), []).append((m, cb))
+        for (_, n), pairs in due.items():
+            samples = [cb.samples(m.module.eval_generator, m.module, n) for m, cb in pairs]
+            for (m, cb), scores in zip(pairs, pairs[0][1].evaluator.score_many(samples)):
+                cb.ready[(m.module.iteration, n)] = scores
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._each("on_fit_end")

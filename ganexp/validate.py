@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ganexp.checks import FLOAT, INT, number
 from ganexp.errors import ConfigError
@@ -197,14 +197,17 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
 
         folders: dict[str | None, list[str]] = {}
         for job in jobs[:max_jobs]:
-            try:
-                cfg = compose_job(job)
+            try:  # once per job: with Hydra's part for a sweep (its folder), then checked without it
+                cfg = compose(config_name, overrides=job, return_hydra_config=multirun)
             except Exception as err:  # noqa: BLE001 - every composition error becomes one line
                 raise ConfigError(_one_line(err, job, conf_dir, compose_job)) from None
+            folder = _job_folder(cfg) if multirun else None
+            if multirun:
+                with open_dict(cfg):
+                    del cfg["hydra"]
             check_config(cfg)
             if multirun:
                 check_multirun(cfg)
-                folder = _job_folder(compose(config_name, overrides=job, return_hydra_config=True))
                 if folder is not None and folder in folders:
                     raise ConfigError(f"two jobs of this sweep go to one folder ({folder}): {' '.join(folders[folder])} "
                                       f"and {' '.join(job)}; drop the hydra.sweep.subdir override (ganexp names each "

@@ -35,6 +35,7 @@ class EvalCallback(Periodic):
         self.best_value: float | None = None
         self.best_iteration: int | None = None
         self.evaluator: Evaluator | None = None
+        self.ready: dict[tuple[int, int], dict[str, float]] = {}  # (iteration, n): scores a stack computed in one call
 
     @property
     def best_path(self) -> Path:
@@ -65,7 +66,8 @@ class EvalCallback(Periodic):
     def periodic(self, trainer, pl_module) -> None:
         if self.evaluator is None:
             return
-        scores = self.evaluate(pl_module.eval_generator, pl_module, self.n)
+        scores = self.ready.pop((pl_module.iteration, self.n), None) or self.evaluate(pl_module.eval_generator,
+                                                                                       pl_module, self.n)
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"metrics/{k}": v for k, v in scores.items()}, step=pl_module.iteration)
         value = scores.get(self.monitor, math.nan)
@@ -77,7 +79,8 @@ class EvalCallback(Periodic):
     def final(self, trainer, pl_module) -> None:  # not called for a diverged run: nothing worth recording
         if self.evaluator is None:
             return
-        final = self.evaluate(pl_module.eval_generator, pl_module, self.n_final)
+        final = (self.ready.pop((pl_module.iteration, self.n_final), None)
+                 or self.evaluate(pl_module.eval_generator, pl_module, self.n_final))
         best, best_iteration = final, pl_module.iteration
         if self.best_iteration is not None and self.best_path.is_file() and self.best_iteration != pl_module.iteration:
             best_g = copy.deepcopy(pl_module.eval_generator)
@@ -93,6 +96,10 @@ class EvalCallback(Periodic):
 
     def evaluate(self, generator, pl_module, n: int) -> dict[str, float]:
         """Scores of n samples of `generator` on a fixed latent sample; training's RNG is untouched."""
+        return self.evaluator.score(self.samples(generator, pl_module, n))
+
+    def samples(self, generator, pl_module, n: int):
+        """n samples of `generator` on the fixed latent sample, on the CPU as Evaluator.score takes them."""
         was_training = generator.training
         generator.eval()
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
@@ -103,7 +110,7 @@ class EvalCallback(Periodic):
                 samples = torch.cat([generator(c.to(pl_module.device)) for c in z.split(self.batch_size)])
                 if samples.dim() == 4:
                     samples = quantize(samples, pl_module.trainer.datamodule.value_range)
-                return self.evaluator.score(samples.cpu())
+                return samples.cpu()
         finally:
             generator.train(was_training)
 

@@ -8,6 +8,10 @@ in data units (`modes`, `hq` for ring / grid; `residual` for quadratic).
 The real-vs-real floor scores n real *train* images (or fresh toy points) exactly as a
 generator's n samples are scored: the value a perfect generator would get.
 
+One Evaluator serves every run of a process on the same data (`for_datamodule`): a sweep's jobs and a
+stack's members load the classifier, embed the test split and compute floors once; `score_many` puts
+several generators' samples through the classifier in one call.
+
 Both refuse fewer samples than the data's metrics need (`min_samples` in the registry of
 ganexp.metrics.scores): a ConfigError naming each metric that cannot be carried and the count to give.
 """
@@ -24,7 +28,9 @@ from ganexp.data.toy import mode_centers, sample_toy
 from ganexp.errors import ConfigError
 from ganexp.metrics.classifier import LABELLED, cache_dir, load_classifier, load_split
 from ganexp.metrics.scores import (IMAGE_METRICS, image_scores, min_samples, mode_scores, quadratic_residual,
-                                   require_samples, sliced_wasserstein)
+                                   require_samples, sorted_projections)
+
+_SHARED: dict[tuple, Evaluator] = {}  # one per data and device in a process: a sweep's jobs, a stack's members
 
 
 def quantize(images: Tensor, value_range) -> Tensor:
@@ -40,6 +46,7 @@ class Evaluator:
             self.monitor, self.unit = "swd", "points"
             self.metrics = ["swd", "residual"] if toy.dist == "quadratic" else ["swd", "modes", "hq"]
             self.info = {"dataset": f"toy/{toy.dist}", "split": "fresh samples of the true distribution"}
+            self._floors, self._reference = {}, {}
             return
         if dataset not in LABELLED:
             raise ConfigError(f"no metrics for data '{dataset}': they need a labelled dataset "
@@ -55,6 +62,7 @@ class Evaluator:
             "classifier": {"sha256": clf["sha256"], "test_accuracy": clf["test_accuracy"], "arch": clf["arch"]},
         }
         self._train_images: Tensor | None = None
+        self._floors: dict[int, dict[str, float]] = {}
 
     @classmethod
     def for_datamodule(cls, datamodule, device="cpu", log=print) -> Evaluator:
@@ -63,7 +71,15 @@ class Evaluator:
             raise ConfigError(f"no metrics for {type(datamodule).__name__}: they need a labelled dataset "
                               f"({', '.join(LABELLED)}) or toy data; set eval=none")
         root = getattr(datamodule, "root", None)
-        return cls(name, root=root, toy=datamodule if name == "toy" else None, device=device, log=log)
+        if name == "toy":  # what the toy scores read from the datamodule
+            key = (name, datamodule.dist, bool(datamodule.standardize), *datamodule.mean.tolist(),
+                   *datamodule.std.tolist())
+        else:
+            key = (name, str(root), str(cache_dir()))  # the classifier read from that cache
+        key += (str(torch.device(device)),)
+        if key not in _SHARED:
+            _SHARED[key] = cls(name, root=root, toy=datamodule if name == "toy" else None, device=device, log=log)
+        return _SHARED[key]
 
     @property
     def min_samples(self) -> int:
@@ -73,17 +89,23 @@ class Evaluator:
     def score(self, samples: Tensor) -> dict[str, float]:
         """Scores of generated samples: uint8 images [N, C, H, W], or toy points [N, 2] as the model outputs them;
         ConfigError for fewer than `min_samples`."""
+        return self.score_many([samples])[0]
+
+    def score_many(self, samples: list[Tensor]) -> list[dict[str, float]]:
+        """score() of several generators' samples (a stack's members), images through the classifier in one call."""
+        for s in samples:
+            if self.dataset != "toy" and s.dtype != torch.uint8:
+                raise ConfigError("images to score must be uint8 (use quantize())")
+            if self.dataset != "toy" and tuple(s.shape[1:]) != tuple(self.classifier.shape):
+                raise ConfigError(f"samples are {list(s.shape[1:])}-shaped but {self.dataset} images are "
+                                  f"{list(self.classifier.shape)}")
+            require_samples(len(s), self.metrics, self.unit)
         if self.dataset == "toy":
-            require_samples(len(samples), self.metrics, self.unit)
-            return self._toy_scores(samples.detach().float().cpu())
-        if samples.dtype != torch.uint8:
-            raise ConfigError("images to score must be uint8 (use quantize())")
-        shape = tuple(self.classifier.shape)
-        if tuple(samples.shape[1:]) != shape:
-            raise ConfigError(f"samples are {list(samples.shape[1:])}-shaped but {self.dataset} images are {list(shape)}")
-        require_samples(len(samples), self.metrics, self.unit)
-        features, logits = self.classifier.embed(samples)
-        return image_scores(self.real_features, self.real_logits, features, logits)
+            return [self._toy_scores(s.detach().float().cpu()) for s in samples]
+        features, logits = self.classifier.embed(torch.cat(samples))
+        sizes = [len(s) for s in samples]
+        return [image_scores(self.real_features, self.real_logits, f, l)
+                for f, l in zip(features.split(sizes), logits.split(sizes))]
 
     def floor(self, n: int) -> dict[str, float]:
         """The real-vs-real floor: n real samples not in the reference, scored like generated ones
@@ -91,8 +113,11 @@ class Evaluator:
         classifier, keyed by its hash and n (MNIST's 10,000-image floor takes seconds at every start).
         ConfigError for n below `min_samples`, as score() (a too-small n fails at a run's start)."""
         require_samples(n, self.metrics, self.unit)
-        if self.dataset == "toy":
-            return self._floor(n)
+        if n not in self._floors:
+            self._floors[n] = self._floor(n) if self.dataset == "toy" else self._cached_floor(n)
+        return dict(self._floors[n])
+
+    def _cached_floor(self, n: int) -> dict[str, float]:
         key = f"floor-{self.dataset}-{self.info['classifier']['sha256'][:16]}-{n}-v{ganexp.__version__}.json"
         path = cache_dir() / key
         if path.is_file():
@@ -126,7 +151,10 @@ class Evaluator:
         return (points - self.toy.mean) / self.toy.std if self.toy.standardize else points
 
     def _toy_scores(self, points: Tensor) -> dict[str, float]:
-        scores = {"swd": sliced_wasserstein(points, self._fresh_toy(len(points), seed=1))}
+        n = len(points)
+        if n not in self._reference:  # the true distribution's side of swd: the same points at every evaluation
+            self._reference[n] = sorted_projections(self._fresh_toy(n, seed=1))
+        scores = {"swd": float((sorted_projections(points) - self._reference[n]).abs().mean())}
         data_units = points * self.toy.std + self.toy.mean if self.toy.standardize else points
         if self.toy.dist == "quadratic":
             scores["residual"] = quadratic_residual(data_units)
