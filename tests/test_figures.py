@@ -80,7 +80,24 @@ def test_toy_figures_have_their_sizes_and_a_tensorboard_figure_per_snapshot(cfg_
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
     for tag in ("figures/feature_space", "figures/decision_surface"):
         assert [e.step for e in events.Images(tag)] == [1, 2, 3]  # one figure per snapshot
+    scatter = events.Images("samples/scatter")  # SampleGrid's snapshots: the recipe's image_every=2, and the end
+    assert [(e.step, e.width, e.height) for e in scatter] == [(2, panel, panel), (3, panel, panel)]
     assert module.iteration == 3
+
+
+def test_scatter_snapshots_redraw_only_the_generated_points():
+    """A snapshot drawn after others is the picture a fresh figure draws of those points: nothing of the
+    earlier generated points stays, the real points and legend are there each time."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(500, 2))
+    a, b = rng.normal(size=(300, 2)) + 4, rng.normal(size=(300, 2)) - 4
+    live = figures.ScatterSnapshots(real)
+    first = live.image("iteration 1", a)
+    second = live.image("iteration 2", b)
+    assert first.shape == second.shape == (3, 400, 400) and first.dtype == np.uint8
+    assert np.array_equal(second, figures.ScatterSnapshots(real).image("iteration 2", b))
+    assert (first != second).any(axis=0).mean() > 0.01  # the points (and limits) moved: > 1 % of the pixels
+    assert np.array_equal(live.image("iteration 1", a), first)
 
 
 def test_feature_space_after_one_generator_update_leaves_training_untouched(cfg_factory, tmp_path):

@@ -17,6 +17,7 @@ class SampleGrid(Periodic):
     def __init__(self, every: int = 500, n_real_points: int = 1000):
         super().__init__(every)
         self.n_real_points = int(n_real_points)
+        self.scatter: figures.ScatterSnapshots | None = None  # toy data: drawn once, redrawn per snapshot
 
     def on_train_start(self, trainer, pl_module) -> None:
         real = trainer.datamodule.train_data[: len(pl_module.fixed_z)]
@@ -33,8 +34,9 @@ class SampleGrid(Periodic):
         else:  # toy 2-D: a fixed, larger latent sample so the scatter shows the distribution
             z = pl_module.prior.sample(self.n_real_points, generator=torch.Generator().manual_seed(0))
             fake = pl_module.sample(z.to(pl_module.device))
-            real, fake = real[: self.n_real_points].cpu().numpy(), fake.float().cpu().numpy()
-            writer.add_figure("samples/scatter", figures.scatter_panels_figure(real, [(f"iteration {step}", fake)]), step)
+            if self.scatter is None:
+                self.scatter = figures.ScatterSnapshots(real[: self.n_real_points].cpu().numpy())
+            writer.add_image("samples/scatter", self.scatter.image(f"iteration {step}", fake.float().cpu().numpy()), step)
 
     @staticmethod
     def _grid(images: torch.Tensor, trainer) -> torch.Tensor:
