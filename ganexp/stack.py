@@ -530,7 +530,7 @@ class Members(Callback):
         """The evaluations due now (every `eval.every` iterations; `final`: the last one, on `n_final` samples),
         scored together: each member's samples from its own generator, all of them through the classifier in
         one call (Evaluator.score_many); each EvalCallback then takes its scores from its `ready`."""
-        from ganexp.metrics.callback import EvalCallback
+        from ganexp.metrics.callback import EVAL_SEED, EvalCallback
 
         due: dict[tuple[int, int], list] = {}
         for m in members:
@@ -540,7 +540,7 @@ class Members(Callback):
                         due.setdefault((id(cb.evaluator), cb.n_final if final else cb.n), []).append((m, cb))
         for (_, n), pairs in due.items():
             samples = [cb.samples(m.module.eval_generator, m.module, n) for m, cb in pairs]
-            for (m, cb), scores in zip(pairs, pairs[0][1].evaluator.score_many(samples)):
+            for (m, cb), scores in zip(pairs, pairs[0][1].evaluator.score_many(samples, seed=EVAL_SEED)):
                 cb.ready[(m.module.iteration, n)] = scores
 
     def on_fit_end(self, trainer, pl_module) -> None:

@@ -162,6 +162,20 @@ def test_one_class_of_real_digits_covers_one_mode(digits_evaluator):
     assert scores["class_kl"] == pytest.approx(math.log(10), rel=0.1)  # the real histogram is near uniform
 
 
+def test_score_many_is_score_of_each_set(digits_evaluator):
+    """A stack's members scored in one classifier call get exactly the numbers each gets scored alone."""
+    images, _ = clf.load_split("digits", train=True)
+    sets = [images[:400], images[400:1000], images[1000:1400]]
+    before = torch.random.get_rng_state()
+    together = digits_evaluator.score_many(sets, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), before)  # KID's and IS's draws leave the caller's RNG alone
+    alone = []
+    for s in sets:
+        torch.manual_seed(5)  # what EvalCallback.evaluate does before scoring one set
+        alone.append(digits_evaluator.score(s))
+    assert together == alone and together[0] != together[1]
+
+
 def test_evaluator_rejects_wrong_samples(digits_evaluator):
     with pytest.raises(ConfigError, match=r"samples are \[1, 28, 28\]-shaped but digits images are \[1, 8, 8\]"):
         digits_evaluator.score(torch.zeros(20, 1, 28, 28, dtype=torch.uint8))

@@ -112,6 +112,36 @@ def test_a_member_checkpoint_resumes_as_a_separate_run(tmp_path):
             torch.testing.assert_close(a["state_dict"][name], tensor, atol=1e-5, rtol=1e-4)
 
 
+def test_a_stack_scores_its_members_together_as_their_separate_runs_score(tmp_path, monkeypatch):
+    """Digits with the metrics classifier: every evaluation of the stack (each `eval.every`, and the final
+    one on n_final) is one classifier call for all members' samples, and each member's metrics equal the
+    ones its separate run computes alone."""
+    from ganexp.metrics.classifier import DomainClassifier
+
+    sizes: list[int] = []
+    embed = DomainClassifier.embed
+    monkeypatch.setattr(DomainClassifier, "embed", lambda self, images, **kw: (sizes.append(len(images)),
+                                                                               embed(self, images, **kw))[1])
+    budget = ["data=digits", "model=mlp_small", "image_every=0", "trainer.limit_train_batches=10", "ckpt_every=10",
+              "eval.every=5", "eval.n=500", "eval.n_final=1000"]
+    jobs = [["optimizer.lr=1e-4", "seed=0"], ["optimizer.lr=5e-4", "loss.label_smoothing=0.1", "seed=1"],
+            ["noise.instance_sigma=0.1", "seed=2"]]
+    records = train_stack([make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(jobs)], jobs)
+    assert [r["status"] for r in records] == ["finished"] * 3
+    training = sizes[sizes.index(1500):]  # before: the test split's features and the two floors (real images)
+    # iterations 5 and 10 (3 x 500 samples), the final scores (3 x 1,000); then a member whose best iteration
+    # was not its last re-scores best.ckpt on its own, as its separate run does
+    assert training[:3] == [1500, 1500, 3000] and set(training[3:]) <= {1000} and len(training) <= 6
+    for k, job in enumerate(jobs):
+        train(make_cfg(tmp_path / f"separate{k}", *budget, *job))
+        mine, theirs = read_metrics(tmp_path / f"stacked{k}"), read_metrics(tmp_path / f"separate{k}")
+        # weights equal within ~1e-7 can round a few pixels the other way in uint8: 2e-4 apart measured
+        assert mine["final"] == pytest.approx(theirs["final"], rel=1e-3, abs=1e-6)
+        assert mine["best_iteration"] == theirs["best_iteration"] and mine["protocol"] == theirs["protocol"]
+        assert _scalars(tmp_path / f"stacked{k}", "metrics/fid") == pytest.approx(
+            _scalars(tmp_path / f"separate{k}", "metrics/fid"), rel=1e-3)
+
+
 @pytest.mark.parametrize("override, stacks", [
     ("optimizer.lr=1e-3", True), ("loss.label_smoothing=0.2", True), ("noise.instance_sigma=0.3", True),
     ("noise.anneal=linear", True), ("seed=7", True), ("loss.r1_gamma=5", True), ("optimizer.g.lr=1e-3", True),

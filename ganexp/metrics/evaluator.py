@@ -91,8 +91,10 @@ class Evaluator:
         ConfigError for fewer than `min_samples`."""
         return self.score_many([samples])[0]
 
-    def score_many(self, samples: list[Tensor]) -> list[dict[str, float]]:
-        """score() of several generators' samples (a stack's members), images through the classifier in one call."""
+    def score_many(self, samples: list[Tensor], seed: int | None = None) -> list[dict[str, float]]:
+        """score() of several generators' samples (a stack's members), images through the classifier in one call.
+        `seed`: each set's scores computed right after torch.manual_seed(seed) (KID's subsets, IS's splits), as
+        EvalCallback.evaluate scores one set, under a forked RNG that leaves the caller's untouched."""
         for s in samples:
             if self.dataset != "toy" and s.dtype != torch.uint8:
                 raise ConfigError("images to score must be uint8 (use quantize())")
@@ -104,8 +106,13 @@ class Evaluator:
             return [self._toy_scores(s.detach().float().cpu()) for s in samples]
         features, logits = self.classifier.embed(torch.cat(samples))
         sizes = [len(s) for s in samples]
-        return [image_scores(self.real_features, self.real_logits, f, l)
-                for f, l in zip(features.split(sizes), logits.split(sizes))]
+        scores = []
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            for f, l in zip(features.split(sizes), logits.split(sizes)):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                scores.append(image_scores(self.real_features, self.real_logits, f, l))
+        return scores
 
     def floor(self, n: int) -> dict[str, float]:
         """The real-vs-real floor: n real samples not in the reference, scored like generated ones
