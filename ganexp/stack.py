@@ -397,6 +397,18 @@ class _Samplers(Sampler[Tensor]):
             yield torch.stack(batches)
 
 
+def share_data(data, distinct: list[Tensor]) -> None:
+    """Point `data.train_data` at an equal tensor of `distinct` (the members before it) and let its own copy
+    go; else add it there. Members that differ only in seed, lr, smoothing or σ mostly load the same data
+    (MNIST's order comes from the seed, not its content; toy points come from `data.seed`)."""
+    mine = data.train_data
+    same = next((t for t in distinct if t is mine or (t.shape == mine.shape and torch.equal(t, mine))), None)
+    if same is None:
+        distinct.append(mine)
+    else:
+        data.train_data = same
+
+
 class StackedData(pl.LightningDataModule):
     def __init__(self, members: list["Member"]):
         super().__init__()
@@ -573,7 +585,10 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
     from ganexp.resume import mark_run
     from ganexp.signals import stop_on_signals
 
-    members = [Member(cfg, ov, k) for k, (cfg, ov) in enumerate(zip(cfgs, overrides))]
+    members, distinct = [], []
+    for k, (cfg, ov) in enumerate(zip(cfgs, overrides)):
+        members.append(Member(cfg, ov, k))
+        share_data(members[-1].data, distinct)  # now, not after all are built: one copy of MNIST, not 16, at a time
     stack, data = StackedGAN(members), StackedData(members)
     trainer = build(plain(cfgs[0])["trainer"], "trainer", key="trainer", callbacks=[Members(members)], logger=False)
     names = [f"{m.out.parent.name}/{m.out.name}" if m.out.name.startswith("seed=") else m.out.name for m in members]

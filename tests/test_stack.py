@@ -142,6 +142,23 @@ def test_a_stack_scores_its_members_together_as_their_separate_runs_score(tmp_pa
             _scalars(tmp_path / f"separate{k}", "metrics/fid"), rel=1e-3)
 
 
+def test_members_with_equal_data_hold_one_copy_as_they_are_built(tmp_path):
+    from ganexp.build import build_datamodule
+    from ganexp.stack import share_data
+
+    distinct, datas = [], []
+    for k, job in enumerate([["seed=0"], ["seed=1", "data.seed=0", "optimizer.lr=1e-3"], ["data.seed=5"], ["seed=2", "data.seed=5"]]):
+        data = build_datamodule(make_cfg(tmp_path / str(k), *TOY, *job).data)
+        data.setup("fit")
+        own = data.train_data
+        share_data(data, distinct)
+        datas.append((data, own))
+    # toy points come from data.seed (default: seed): jobs 0 and 1 share one tensor, 2 and 3 another, each member's equal to its own
+    assert len(distinct) == 2 and datas[1][0].train_data is datas[0][0].train_data
+    assert datas[3][0].train_data is datas[2][0].train_data and datas[2][0].train_data is not datas[0][0].train_data
+    assert all(torch.equal(d.train_data, own) for d, own in datas)
+
+
 @pytest.mark.parametrize("override, stacks", [
     ("optimizer.lr=1e-3", True), ("loss.label_smoothing=0.2", True), ("noise.instance_sigma=0.3", True),
     ("noise.anneal=linear", True), ("seed=7", True), ("loss.r1_gamma=5", True), ("optimizer.g.lr=1e-3", True),
