@@ -213,7 +213,7 @@ if __name__ == "__main__":
     import os
 
     from ganexp.launch import check_launcher
-    from ganexp.sweep import SweepInterrupted, exit_status, interrupted, with_grid
+    from ganexp.sweep import SweepInterrupted, ended_without_summary, exit_status, interrupted, with_grid
     from ganexp.validate import check_command_line
 
     args = sys.argv[1:]
@@ -229,4 +229,7 @@ if __name__ == "__main__":
         main()
     except SweepInterrupted as stop:  # a sweep's job was stopped by a signal: summarize what ran
         interrupted(str(stop))
+    except SystemExit:  # Hydra reported an error and exits 1; a multirun whose jobs ran still gets its summary
+        ended_without_summary()
+        raise
     sys.exit(exit_status())  # a multirun with a job that did not finish exits 1 (ganexp/sweep.py)

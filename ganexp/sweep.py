@@ -67,6 +67,21 @@ def interrupted(signal_name: str) -> None:
         report(*_running)
 
 
+def ended_without_summary() -> None:
+    """After Hydra ended a multirun with an error once jobs had run (it exits 1: e.g. the Optuna sweeper asking
+    for the best trial when every trial failed or diverged): the summary of the jobs that ran, and one line."""
+    global _unfinished
+    if _running is None or _unfinished is not None:
+        return
+    try:
+        report(*_running)
+    except Exception as err:  # noqa: BLE001 - the sweep's own error is the one that matters
+        print(f"ganexp: no summary of {_running[0]}: {err}", file=sys.stderr, flush=True)
+    _unfinished = _unfinished or 1
+    print(f"ganexp: error: the sweep in {_running[0]} ended with the error above after its jobs ran (an Optuna "
+          "search does so when no trial finished); their summary is above", file=sys.stderr, flush=True)
+
+
 def with_grid(args: list[str], conf_dir: Path, config_name: str = "train") -> list[str]:
     """A multirun command line plus the grid its config declares (hydra.sweeper.params, e.g. from a
     conf/sweep/ file) as sweep overrides, so that every job of a ready-made sweep is checked up front."""

@@ -2,6 +2,7 @@
 train recorded as failed while the study goes on, and compare's report of it."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -88,3 +89,17 @@ def test_a_malformed_optuna_result_is_said_and_the_leaderboard_still_printed(tmp
         assert "(not read:" in summary.markdown and "| 1 |" in summary.markdown
     (tmp_path / search.RESULTS).write_text("name: optuna\nbest_params: {a: 1}\nbest_value: 3.0\n")
     assert "Optuna's best trial: a=1 → fid 3" in compare.summarize(tmp_path).markdown
+
+
+def test_a_search_where_no_trial_finishes_still_gets_its_summary(tmp_path):
+    """Optuna raises at the end when no trial completed (every trial diverged); Hydra exits 1. The jobs
+    that ran are still summarized, and one line says what happened."""
+    sweep = tmp_path / "search"
+    result = run_train("-m", "sweep=search", "hydra.sweeper.n_trials=2", "optimizer.lr=choice(1e12,2e12)",
+                       f"hydra.sweep.dir={sweep}", "eval_every=0", "eval.n=250", "eval.n_final=500",
+                       "trainer.limit_train_batches=3", *FAST, cwd=tmp_path, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert [r["status"] for r in rows] == ["diverged", "diverged"]
+    assert f"ganexp: sweep {sweep}: 2 of 2 jobs did not finish (2 diverged)" in result.stderr
+    assert f"ganexp: error: the sweep in {sweep} ended with the error above after its jobs ran" in result.stderr
