@@ -3,3 +3,9 @@
 
 class ConfigError(ValueError):
     """Bad input a user can fix: the message names the key, the bad value and the fix."""
+
+
+def shown(value: object, width: int = 40) -> str:
+    """A value as a one-line message quotes it: at most `width` characters, cut with "..."."""
+    text = str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."

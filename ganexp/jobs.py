@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ganexp.errors import ConfigError
+from ganexp.errors import ConfigError, shown
 
 # Not settings of the experiment: where it is written, a resume's source, the grid's name (its
 # values are overrides of their own), launcher and output plumbing.
@@ -84,15 +84,10 @@ def check_same_job(folder: str | Path, overrides: list[str] | None) -> None:
     new = settings(overrides)
     changed = sorted(k for k in set(old) | set(new) if old.get(k, "(default)") != new.get(k, "(default)"))
     if changed:
-        shown = "; ".join(f"{k}: {_show(old.get(k, '(default)'))} → {_show(new.get(k, '(default)'))}"
+        listed = "; ".join(f"{k}: {shown(old.get(k, '(default)'))} → {shown(new.get(k, '(default)'))}"
                           for k in changed[:6])
         more = f"; and {len(changed) - 6} more" if len(changed) > 6 else ""
         last = Path(folder) / "checkpoints" / "last.ckpt"
-        raise ConfigError(f"{folder} holds a finished run with other settings ({shown}{more}); give the new run "
+        raise ConfigError(f"{folder} holds a finished run with other settings ({listed}{more}); give the new run "
                           f"another folder (from that run's weights: init_from={last}), or continue that one "
                           f"with python train.py ckpt_path={last}")
-
-
-def _show(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."

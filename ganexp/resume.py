@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ganexp.errors import ConfigError
+from ganexp.errors import ConfigError, shown
 from ganexp.files import select
 from ganexp.jobs import job_dir
 
@@ -126,9 +126,7 @@ def experiment_changes(requested: dict, stored: dict, keys: list[str]) -> list[s
 
 
 def _show(value: Any) -> str:
-    text = value if isinstance(value, _Absent) else json.dumps(value)
-    text = str(text)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return shown(value if isinstance(value, _Absent) else json.dumps(value))
 
 
 def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictConfig, dict]:
