@@ -78,8 +78,8 @@ def ended_without_summary() -> None:
     except Exception as err:  # noqa: BLE001 - the sweep's own error is the one that matters
         print(f"ganexp: no summary of {_running[0]}: {err}", file=sys.stderr, flush=True)
     _unfinished = _unfinished or 1
-    print(f"ganexp: error: the sweep in {_running[0]} ended with the error above after its jobs ran (an Optuna "
-          "search does so when no trial finished); their summary is above", file=sys.stderr, flush=True)
+    print(f"ganexp: error: the sweep in {_running[0]} ended with the error above (an Optuna search does so when "
+          "no trial finished); the summary above is of the jobs that ran", file=sys.stderr, flush=True)
 
 
 def with_grid(args: list[str], conf_dir: Path, config_name: str = "train") -> list[str]:

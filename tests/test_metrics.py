@@ -171,7 +171,7 @@ def test_score_many_is_score_of_each_set(digits_evaluator):
     assert torch.equal(torch.random.get_rng_state(), before)  # KID's and IS's draws leave the caller's RNG alone
     alone = []
     for s in sets:
-        torch.manual_seed(5)  # what EvalCallback.evaluate does before scoring one set
+        torch.manual_seed(5)  # seeded by hand, then scored alone
         alone.append(digits_evaluator.score(s))
     assert together == alone and together[0] != together[1]
 
@@ -181,3 +181,20 @@ def test_evaluator_rejects_wrong_samples(digits_evaluator):
         digits_evaluator.score(torch.zeros(20, 1, 28, 28, dtype=torch.uint8))
     with pytest.raises(ConfigError, match="must be uint8"):
         digits_evaluator.score(torch.zeros(20, 1, 8, 8))
+
+
+def test_an_evaluation_is_repeatable_and_leaves_training_random_numbers_alone(cfg_factory):
+    """EvalCallback.evaluate: the same generator scores the same every time (KID's subsets and IS's splits
+    seeded), and the global RNG that training draws dropout masks from is where it was."""
+    from ganexp.metrics.callback import EvalCallback
+    from tests.helpers import train_module
+
+    module = train_module(cfg_factory("data=digits", "model=mlp_small", "trainer.max_epochs=1",
+                                      "trainer.limit_train_batches=2", "eval.n=500", "eval.n_final=500"))
+    callback = next(c for c in module.trainer.callbacks if isinstance(c, EvalCallback))
+    torch.manual_seed(3)
+    before = torch.random.get_rng_state()
+    first = callback.evaluate(module.eval_generator, module, 500)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.randn(100)  # training goes on between two evaluations
+    assert callback.evaluate(module.eval_generator, module, 500) == first

@@ -95,8 +95,9 @@ class EvalCallback(Periodic):
         log.info("final (%d samples): %s", self.n_final, _fmt(final))  # HParams: train.py, from the final record
 
     def evaluate(self, generator, pl_module, n: int) -> dict[str, float]:
-        """Scores of n samples of `generator` on a fixed latent sample; training's RNG is untouched."""
-        return self.evaluator.score(self.samples(generator, pl_module, n))
+        """Scores of n samples of `generator` on a fixed latent sample, KID's and IS's draws seeded by EVAL_SEED;
+        training's RNG is untouched."""
+        return self.evaluator.score_many([self.samples(generator, pl_module, n)], seed=EVAL_SEED)[0]
 
     def samples(self, generator, pl_module, n: int):
         """n samples of `generator` on the fixed latent sample, on the CPU as Evaluator.score takes them."""

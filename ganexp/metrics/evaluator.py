@@ -93,7 +93,7 @@ class Evaluator:
 
     def score_many(self, samples: list[Tensor], seed: int | None = None) -> list[dict[str, float]]:
         """score() of several generators' samples (a stack's members), images through the classifier in one call.
-        `seed`: each set's scores computed right after torch.manual_seed(seed) (KID's subsets, IS's splits), as
+        `seed`: the CPU generator seeded with it before each set's scores (KID's subsets, IS's splits), as
         EvalCallback.evaluate scores one set, under a forked RNG that leaves the caller's untouched."""
         for s in samples:
             if self.dataset != "toy" and s.dtype != torch.uint8:
@@ -109,8 +109,8 @@ class Evaluator:
         scores = []
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             for f, l in zip(features.split(sizes), logits.split(sizes)):
-                if seed is not None:
-                    torch.manual_seed(seed)
+                if seed is not None:  # the CPU generator alone (features are on the CPU): a GPU's stays as it was
+                    torch.default_generator.manual_seed(seed)
                 scores.append(image_scores(self.real_features, self.real_logits, f, l))
         return scores
 
@@ -138,7 +138,7 @@ class Evaluator:
 
     def _floor(self, n: int) -> dict[str, float]:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1)
+            torch.default_generator.manual_seed(1)  # CPU draws only: a GPU's generator is not forked, so not reseeded
             if self.dataset == "toy":
                 return self._toy_scores(self._fresh_toy(n, seed=2))
             if self._train_images is None:
