@@ -1,6 +1,7 @@
 """trainer=ddp as a user runs it: two CPU processes (gloo), one run folder, identical weights."""
 import hashlib
 import json
+import socket
 
 import pytest
 import torch
@@ -40,13 +41,17 @@ class RankDigest(Callback):
 
 
 def test_two_process_ddp_on_cpu_keeps_both_ranks_identical_and_writes_from_rank_0_only(tmp_path):
-    for attempt in range(2):  # gloo's port, free when Lightning picked it, may be taken by a parallel test's server
+    for attempt in range(3):  # gloo's port, free when picked, may be taken by a parallel test's server: a new one
         (tmp_path / str(attempt)).mkdir()
+        with socket.socket() as probe:  # a free port of our own each attempt (not one inherited in MASTER_PORT)
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         result = run_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
                            f"trainer.limit_train_batches={ITERATIONS}", "trainer.enable_progress_bar=false",
                            "log_every=1", "ckpt_every=2", "+callbacks.digest._target_=tests.test_ddp.RankDigest",
                            *NO_EVAL, cwd=tmp_path / str(attempt), timeout=240,
-                           env={"GANEXP_PARTS": "callback=tests.test_ddp.RankDigest"})
+                           env={"GANEXP_PARTS": "callback=tests.test_ddp.RankDigest", "MASTER_ADDR": "127.0.0.1",
+                                "MASTER_PORT": str(port)})
         if "EADDRINUSE" not in result.stderr:
             break
     tmp_path = tmp_path / str(attempt)
