@@ -1,13 +1,18 @@
 """trainer=ddp as a user runs it: two CPU processes (gloo), one run folder, identical weights."""
 import hashlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from tests.helpers import CONF, run_train
+from tests.helpers import CONF, ROOT, run_train
 
 pytestmark = pytest.mark.slow
 NO_EVAL = ["eval=none"] if (CONF / "eval" / "none.yaml").is_file() else []  # metrics cost minutes on 2 cores
@@ -40,20 +45,39 @@ class RankDigest(Callback):
             json.dump(record, f)
 
 
+def run_ddp(cwd, port: int, timeout: int) -> subprocess.CompletedProcess | None:
+    """train.py with trainer=ddp on 2 CPU processes in a session of its own; None when it ran past `timeout`
+    (then the whole session, rank 1 included, is killed: a rank left behind would hold the port)."""
+    args = [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.max_epochs=1", f"trainer.limit_train_batches={ITERATIONS}", "trainer.enable_progress_bar=false",
+            "log_every=1", "ckpt_every=2", "+callbacks.digest._target_=tests.test_ddp.RankDigest", *NO_EVAL]
+    env = {**os.environ, "GANEXP_PARTS": "callback=tests.test_ddp.RankDigest", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        logs = {p.name: p.read_text()[-1500:] for p in Path(cwd).glob("outputs/*/*/*.log")}
+        print(f"DDP run past {timeout} s; stdout: {out[-1500:]}\nstderr: {err[-1500:]}\nlogs: {logs}")
+        return None
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
 def test_two_process_ddp_on_cpu_keeps_both_ranks_identical_and_writes_from_rank_0_only(tmp_path):
-    for attempt in range(3):  # gloo's port, free when picked, may be taken by a parallel test's server: a new one
+    # Retried with a new port when gloo's port, free when picked, was taken by a parallel test's server, or
+    # when the run is stalled past 240 s (CI once saw rank 1 not reach its init under a loaded 2-core machine).
+    for attempt in range(3):
         (tmp_path / str(attempt)).mkdir()
         with socket.socket() as probe:  # a free port of our own each attempt (not one inherited in MASTER_PORT)
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        result = run_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
-                           f"trainer.limit_train_batches={ITERATIONS}", "trainer.enable_progress_bar=false",
-                           "log_every=1", "ckpt_every=2", "+callbacks.digest._target_=tests.test_ddp.RankDigest",
-                           *NO_EVAL, cwd=tmp_path / str(attempt), timeout=240,
-                           env={"GANEXP_PARTS": "callback=tests.test_ddp.RankDigest", "MASTER_ADDR": "127.0.0.1",
-                                "MASTER_PORT": str(port)})
-        if "EADDRINUSE" not in result.stderr:
+        result = run_ddp(tmp_path / str(attempt), port, timeout=240)
+        if result is not None and "EADDRINUSE" not in result.stderr:
             break
+    assert result is not None, "three DDP attempts ran past 240 s (their output is printed above)"
     tmp_path = tmp_path / str(attempt)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
