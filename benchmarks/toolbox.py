@@ -1,5 +1,5 @@
 """The modern GAN toolbox on equal budgets: `experiment=mnist_fast` alone and with EMA, spectral norm,
-R1, bf16 autocast, and a combination, each trained for the same wall-clock minutes with the same seed,
+R1, bf16 autocast, reusing D's fake batch for G, and a combination, each trained for the same wall-clock minutes with the same seed,
 scored by the same metric (FID in ganexp's MNIST classifier features, its hash printed).
 
     python benchmarks/toolbox.py runs/toolbox --minutes 10 --seeds 0 1 2
@@ -27,6 +27,7 @@ VARIANTS = {
     "r1": ["loss.r1_gamma=1.0", "loss.r1_every=16"],
     "bf16": ["trainer.precision=bf16-mixed"],
     "ema+bf16": ["ema.decay=0.999", "ema.start=1000", "trainer.precision=bf16-mixed"],
+    "reuse": ["reuse_fake=true"],
 }
 
 

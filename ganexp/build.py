@@ -83,6 +83,7 @@ def build_module(cfg: DictConfig) -> GANModule:
         config=config,
         ema_decay=(config.get("ema") or {}).get("decay", 0.0),
         ema_start=(config.get("ema") or {}).get("start", 0),
+        reuse_fake=config.get("reuse_fake", False),
     )
 
 

@@ -31,6 +31,13 @@ def number(key: str, value: Any, kind: str, ok: Callable[[Any], bool], allowed: 
     return value
 
 
+def flag(key: str, value: Any) -> bool:
+    """`value` when it is true or false; else ConfigError naming key and value."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value} is not true or false; use {key}=true or {key}=false")
+    return value
+
+
 def choice(key: str, value: Any, options: Iterable[str]) -> Any:
     options = list(options)
     if value not in options:

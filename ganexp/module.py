@@ -42,6 +42,7 @@ class GANModule(pl.LightningModule):
         config: dict | None = None,
         ema_decay: float = 0.0,
         ema_start: int = 0,
+        reuse_fake: bool = False,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -52,6 +53,9 @@ class GANModule(pl.LightningModule):
         self.loss, self.prior, self.instance_noise = loss, prior, instance_noise
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.d_steps, self.log_every = int(d_steps), int(log_every)
+        # reuse_fake: G's step scores the fake batch of the last D step (one G forward per iteration, as the
+        # seeds 002/003 do) instead of drawing a fresh one.
+        self.reuse_fake = bool(reuse_fake)
         self.iteration = 0  # completed iterations; saved in checkpoints
         self.diverged_at: int | None = None  # set by _diverge only: the iteration NaN/Inf was found at
         self.divergence: str | None = None  # ...and why, e.g. "non-finite loss at iteration 12"
@@ -81,16 +85,23 @@ class GANModule(pl.LightningModule):
         log_now = self.iteration % self.log_every == 0
         n = len(real)
 
-        for _ in range(self.d_steps):  # k discriminator updates (Goodfellow et al. 2014, Alg. 1)
+        for step in range(self.d_steps):  # k discriminator updates (Goodfellow et al. 2014, Alg. 1)
+            # with reuse_fake, the last D step's fake batch keeps G's graph (made before D's toggle turns
+            # G's requires_grad off) and the G step below scores it again with the updated D
+            fake = self.generator(self.prior.sample(n, self.device, self.draws)) \
+                if self.reuse_fake and step == self.d_steps - 1 else None
             with self.toggled_optimizer(opt_d):
-                d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigma)
+                d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigma, fake)
                 opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_loss)
                 d_norm = _grad_norm(self.discriminator) if log_now else None
                 opt_d.step()
 
         with self.toggled_optimizer(opt_g):
-            g_loss = self.generator_loss(self.prior.sample(n, self.device, self.draws), sigma)
+            if self.reuse_fake:
+                g_loss = self.loss.g(self.discriminator(add_noise(fake, sigma, self.draws)))
+            else:
+                g_loss = self.generator_loss(self.prior.sample(n, self.device, self.draws), sigma)
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             g_norm = _grad_norm(self.generator) if log_now else None
@@ -134,9 +145,10 @@ class GANModule(pl.LightningModule):
             epochs = self.iteration / max(int(self.trainer.num_training_batches), 1)
         return self.instance_noise.sigma(epochs)
 
-    def discriminator_loss(self, real: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
-        """(D's loss, D(real) logits, D(fake) logits) on a fresh, detached fake batch, both inputs noised."""
-        fake = self.generator(self.prior.sample(len(real), self.device, self.draws)).detach()
+    def discriminator_loss(self, real: Tensor, sigma: float, fake: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(D's loss, D(real) logits, D(fake) logits) on a detached fake batch (`fake`, or a fresh one), both
+        inputs noised."""
+        fake = (self.generator(self.prior.sample(len(real), self.device, self.draws)) if fake is None else fake).detach()
         real_logits = self.discriminator(add_noise(real, sigma, self.draws))
         fake_logits = self.discriminator(add_noise(fake, sigma, self.draws))
         loss = self.loss.discriminator_loss(self.discriminator, real, fake, real_logits, fake_logits, self.iteration,

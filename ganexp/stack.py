@@ -74,6 +74,8 @@ def why_alone(cfg: DictConfig) -> str | None:
     trainer = settings.get("trainer") or {}
     if settings.get("ckpt_path") or settings.get("init_from"):
         return "it starts from a checkpoint (ckpt_path / init_from)"
+    if settings.get("reuse_fake"):
+        return "reuse_fake=true (the stacked step draws a fresh fake batch for G)"
     if trainer.get("devices") not in (1, "1", [0]) or trainer.get("num_nodes", 1) != 1 or \
             trainer.get("strategy", "auto") not in ("auto", None):
         return "it runs on several devices (trainer.devices / strategy)"

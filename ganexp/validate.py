@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ganexp.checks import FLOAT, INT, number
+from ganexp.checks import FLOAT, INT, flag, number
 from ganexp.errors import ConfigError
 
 # The keys no part owns (train.yaml's own, the optimizers' learning rates, eval's sizes): their one home.
@@ -49,6 +49,7 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             number(key, value, kind, ok, allowed)
+    flag("reuse_fake", OmegaConf.select(cfg, "reuse_fake", default=False))
     shape = list(cfg.data.shape)
     monitor = OmegaConf.select(cfg, "eval.monitor", default="auto")
     allowed = list(TOY_METRICS if len(shape) == 1 else IMAGE_METRICS)

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pytorch_lightning.callbacks import Callback
 from PIL import Image
 
 from tests.helpers import train_module, CONF, data_dir_with
@@ -114,3 +115,65 @@ def test_divergence_has_one_owner_and_says_what_was_not_finite(cause, overrides,
     assert record["status"] == "diverged" and record["reason"] == module.divergence
     assert module.divergence.startswith(reason) and record["diverged_at"] == module.diverged_at
     assert record["iteration"] < 8
+
+
+class CountGenerator(Callback):
+    """G's forward calls inside each training batch (grids and metrics excluded), one count per iteration,
+    kept on the module (`g_forwards`)."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.inside, pl_module.g_forwards = False, []
+
+        def count(*_):  # returns None: the output stays G's
+            if self.inside:
+                pl_module.g_forwards[-1] += 1
+
+        pl_module.generator.register_forward_hook(count)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.inside = True
+        pl_module.g_forwards.append(0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.inside = False
+
+
+@pytest.mark.parametrize("reuse, d_steps, per_iteration", [(False, 1, 2), (True, 1, 1), (False, 3, 4), (True, 3, 3)])
+def test_reuse_fake_scores_the_last_d_steps_batch_with_one_generator_forward_fewer(reuse, d_steps, per_iteration,
+                                                                                  cfg_factory, monkeypatch):
+    monkeypatch.setenv("GANEXP_PARTS", "callback=tests.test_module.CountGenerator")
+    cfg = cfg_factory("trainer.limit_train_batches=3", f"d_steps={d_steps}", f"reuse_fake={str(reuse).lower()}",
+                      "model=mlp_small", "batch_size=32", "eval=none", "image_every=0",
+                      "+callbacks.count._target_=tests.test_module.CountGenerator")
+    module = train_module(cfg)
+    assert module.g_forwards == [per_iteration] * 3  # d_steps fresh batches (+ one for G unless reused)
+    assert module.iteration == 3 and all(p.grad is not None for p in module.generator.parameters())  # G did learn
+
+
+def test_reuse_fake_g_step_is_the_loss_of_the_updated_d_on_that_very_batch(cfg_factory):
+    """One iteration by hand: z drawn from the run's draws, D stepped on G(z).detach(), then G stepped on
+    loss.g(D'(G(z))); the run's weights after it equal the hand-made ones."""
+    import copy
+
+    import pytorch_lightning as pl
+
+    from ganexp.build import build_datamodule, build_module
+
+    cfg = cfg_factory("trainer.limit_train_batches=1", "reuse_fake=true", "model=mlp_small", "batch_size=32",
+                      "eval=none", "image_every=0", "model.discriminator.dropout=0")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as train.py builds a run
+    datamodule = build_datamodule(cfg.data)
+    datamodule.setup("fit")
+    start = build_module(cfg)
+    real = next(iter(datamodule.train_dataloader()))  # the run's first batch (epoch 0's seeded order)
+    g, d = copy.deepcopy(start.generator), copy.deepcopy(start.discriminator)
+    module = train_module(cfg)
+    draws = torch.Generator().manual_seed(start.draw_seed)
+    opt_g, opt_d = start.optimizer_g(g.parameters()), start.optimizer_d(d.parameters())
+    fake = g(start.prior.sample(len(real), "cpu", draws))
+    d_loss = start.loss.discriminator_loss(d, real, fake.detach(), d(real), d(fake.detach()), 0, draws)
+    opt_d.zero_grad(), d_loss.backward(), opt_d.step()
+    g_loss = start.loss.g(d(fake))
+    opt_g.zero_grad(), g_loss.backward(), opt_g.step()
+    for mine, theirs in zip([*g.parameters(), *d.parameters()], [*module.generator.parameters(), *module.discriminator.parameters()]):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)

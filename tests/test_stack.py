@@ -176,6 +176,7 @@ def test_what_stacks_with_what(override, stacks, tmp_path):
     ("model.discriminator.spectral_norm=true", "model.discriminator: it keeps buffers"),
     ("trainer.precision=bf16-mixed", "trainer.precision=bf16-mixed"),
     ("callbacks=toy", "callbacks.toy (ToyFigures) needs a run of its own"),
+    ("reuse_fake=true", "reuse_fake=true"),
 ])
 def test_what_runs_alone_says_why(override, words, tmp_path):
     assert words in why_alone(make_cfg(tmp_path, *TOY, override))

@@ -84,6 +84,8 @@ BAD_INPUTS = [
     (["loss.r1_gamma=inf"], ["loss.r1_gamma=inf is not finite"]),
     (["loss.r1_every=0"], ["loss.r1_every=0 is out of range"]),
     (["model.discriminator.spectral_norm=maybe"], ["model.discriminator.spectral_norm=maybe is not true or false"]),
+    (["reuse_fake=1"], ["reuse_fake=1 is not true or false", "reuse_fake=true"]),
+    (["reuse_fake=yes"], ["reuse_fake=yes is not true or false"]),
 ]
 if not __import__("torch").cuda.is_available():  # a machine without a GPU: what trainer=gpu says there
     BAD_INPUTS += [(["trainer=gpu"], ["trainer.accelerator=gpu", "no CUDA GPU", "trainer=cpu"]),

@@ -6,8 +6,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ganexp.checks import choice
-from ganexp.errors import ConfigError
+from ganexp.checks import choice, flag
 
 ACTIVATIONS = {
     "leaky_relu": lambda slope: nn.LeakyReLU(slope),
@@ -55,9 +54,7 @@ def _init(module: nn.Module, init: str) -> None:
 def spectral_normed(module: nn.Module, on: bool) -> nn.Module:
     """`module` with every Linear / Conv2d weight spectrally normalized (Miyato et al. 2018; torch's
     parametrization: one power iteration per forward in training), when `on`."""
-    if not isinstance(on, bool):
-        raise ConfigError(f"model.discriminator.spectral_norm={on} is not true or false")
-    if on:
+    if flag("model.discriminator.spectral_norm", on):
         for m in list(module.modules()):
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.utils.parametrizations.spectral_norm(m)
