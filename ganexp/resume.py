@@ -30,6 +30,9 @@ from ganexp.jobs import job_dir
 RUN_MARKER = ".ganexp-run"
 # What the experiment is; a resume keeps the checkpoint's values of all of these.
 EXPERIMENT = ("model", "data", "loss", "optimizer", "noise", "seed", "batch_size", "d_steps", "n_fixed", "ema", "reuse_fake")
+# Experiment settings added after the first checkpoints, as every run before them trained: a checkpoint
+# without them resumes with these values (and a re-run of its own command line compares equal).
+ADDED_LATER = {"ema": {"decay": 0.0, "start": 0}, "reuse_fake": False}
 FREE = ("data.root", "data.download")  # where the files are on this machine, not what they are
 NOT_SETTINGS = ("ckpt_path", "init_from", "paths", "hydra")
 
@@ -143,7 +146,7 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
         raise ConfigError(f"{ckpt_path} holds weights only (no optimizer or loop state: best.ckpt or an export); "
                           f"resume from the run's checkpoints/last.ckpt, or start a new run from these weights "
                           f"with init_from={ckpt_path}")
-    stored = checkpoint["hyper_parameters"]
+    stored = {**copy.deepcopy(ADDED_LATER), **checkpoint["hyper_parameters"]}
     requested = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
                  for k in EXPERIMENT if k in cfg}  # only these: paths resolve only once Hydra runs the job
     changes = experiment_changes(requested, stored, override_keys(overrides)) if overrides is not None else []

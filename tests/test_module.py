@@ -160,7 +160,8 @@ def test_reuse_fake_g_step_is_the_loss_of_the_updated_d_on_that_very_batch(cfg_f
     from ganexp.build import build_datamodule, build_module
 
     cfg = cfg_factory("trainer.limit_train_batches=1", "reuse_fake=true", "model=mlp_small", "batch_size=32",
-                      "eval=none", "image_every=0", "model.discriminator.dropout=0")
+                      "eval=none", "image_every=0", "model.discriminator.dropout=0",
+                      "optimizer=sgd")  # G's update ∝ its gradient (Adam's first step is ~lr·sign: less telling)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as train.py builds a run
     datamodule = build_datamodule(cfg.data)
     datamodule.setup("fit")

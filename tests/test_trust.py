@@ -268,6 +268,26 @@ def test_every_experiment_key_changed_on_resume_is_refused_listing_it(finished_r
     assert key in message and "init_from=" in message and "\n" not in message
 
 
+@pytest.mark.parametrize("overrides, refused", [([], False), (["experiment=mnist_fast"], True),
+                                               (["reuse_fake=false", "ema.decay=0"], False), (["reuse_fake=true"], True)])
+def test_a_checkpoint_from_before_reuse_fake_and_ema_resumes_as_it_trained(finished_run, tmp_path, overrides, refused):
+    """Settings added later (resume.ADDED_LATER) read as what such a run trained with: its own command line
+    resumes; turning one on is a change of experiment, refused naming it."""
+    ckpt = read_checkpoint(finished_run / "checkpoints" / "last.ckpt")
+    for key in ("reuse_fake", "ema"):
+        del ckpt["hyper_parameters"][key]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    command = [*ORIGINAL, *overrides, f"ckpt_path={old}"]  # the run's own command line (+ overrides)
+    cfg = make_cfg(tmp_path / "out", *command)
+    if refused:
+        with pytest.raises(ConfigError, match="reuse_fake|model"):
+            resume_config(cfg, command)
+        return
+    merged, _ = resume_config(cfg, command)
+    assert merged.reuse_fake is False and merged.ema.decay == 0.0
+
+
 ALLOWED = [["trainer.max_epochs=5"], ["trainer.max_time=00:00:01:00"], ["eval_every=10", "eval=default"],
            ["log_every=5", "ckpt_every=3", "image_every=4"], ["logger=none"], ["callbacks=figures"],
            ["eval.n=100", "eval.n_final=200"], ["loss=minimax", "d_steps=2", "optimizer.lr=1e-3"], ["trainer.accelerator=cpu"]]
