@@ -65,6 +65,7 @@ def check_config(cfg: DictConfig) -> None:
         if betas is not None:
             _check_betas(key, betas)
     _check_device(cfg)
+    _check_launch_environment(cfg)
     parts = build_cheap_parts(cfg)
     _check_memory(cfg, parts)
 
@@ -92,6 +93,31 @@ def _check_device(cfg: DictConfig) -> None:
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > count:
         raise ConfigError(f"trainer.devices={devices} but this machine has {count} GPU(s); use trainer.devices={count} "
                           "or fewer (-1: all)")
+
+
+def _check_launch_environment(cfg: DictConfig) -> None:
+    """A DDP run on several devices started with LOCAL_RANK in the environment but no WORLD_SIZE (left by an
+    in-process Lightning DDP run, or a stray export): Lightning takes it for one rank of a job launched from
+    outside, starts no other rank and waits for them in torch's rendezvous, where no signal stops it."""
+    import os
+
+    import torch
+
+    strategy, devices = str(OmegaConf.select(cfg, "trainer.strategy", default="auto")), \
+        OmegaConf.select(cfg, "trainer.devices", default=1)
+    if "ddp" not in strategy or "LOCAL_RANK" not in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    if isinstance(devices, (list, ListConfig)):
+        processes = len(devices)
+    elif str(devices) in ("-1", "auto"):
+        processes = torch.cuda.device_count() if str(cfg.trainer.get("accelerator", "auto")) != "cpu" else 1
+    else:
+        processes = devices if isinstance(devices, int) else 1
+    if processes > 1:
+        raise ConfigError(f"LOCAL_RANK={os.environ['LOCAL_RANK'][:20]} is set in the environment without WORLD_SIZE, so "
+                          f"Lightning would take this run for one rank of a job launched from outside and wait for the "
+                          f"other {processes - 1} forever; unset LOCAL_RANK (and NODE_RANK), or launch every rank "
+                          f"yourself with WORLD_SIZE set")
 
 
 def machine_memory() -> int:

@@ -5,6 +5,8 @@ import os
 import tempfile
 
 import pytest
+import pytorch_lightning  # noqa: F401 - imported first, so the variables torch sets on import are in the snapshot
+import torch  # noqa: F401
 
 from tests.helpers import make_cfg
 
@@ -14,6 +16,18 @@ from tests.helpers import make_cfg
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 os.environ.setdefault("GANEXP_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"ganexp-cache-{_RUN}") if _RUN
                       else tempfile.mkdtemp(prefix="ganexp-cache-"))
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test starts from the worker's environment: what an in-process run sets is undone after it.
+    (Lightning's DDP setup leaves LOCAL_RANK=0 in os.environ; a later `train.py trainer=ddp` started from
+    that worker then took itself for a rank launched from outside and waited forever for rank 1.)"""
+    saved = dict(os.environ)
+    yield
+    for key in [k for k in os.environ if k not in saved]:
+        del os.environ[key]
+    os.environ.update(saved)
 
 
 @pytest.fixture

@@ -18,6 +18,10 @@ from tests.helpers import CONF, ROOT, run_train
 pytestmark = pytest.mark.slow
 NO_EVAL = ["eval=none"] if (CONF / "eval" / "none.yaml").is_file() else []  # metrics cost minutes on 2 cores
 ITERATIONS = 4
+# A process launched by torchrun, SLURM or Lightning itself has these; a user's shell does not. With LOCAL_RANK
+# set, Lightning takes the run for one rank of a job launched from outside and waits for ranks it never starts.
+LAUNCHED = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+            "MASTER_PORT")
 
 
 def digest(module: torch.nn.Module) -> str:
@@ -52,8 +56,8 @@ def run_ddp(cwd, port: int, timeout: int) -> subprocess.CompletedProcess | None:
     args = [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
             "trainer.max_epochs=1", f"trainer.limit_train_batches={ITERATIONS}", "trainer.enable_progress_bar=false",
             "log_every=1", "ckpt_every=2", "+callbacks.digest._target_=tests.test_ddp.RankDigest", *NO_EVAL]
-    env = {**os.environ, "GANEXP_PARTS": "callback=tests.test_ddp.RankDigest", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port)}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHED and not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+    env.update(GANEXP_PARTS="callback=tests.test_ddp.RankDigest", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -70,7 +74,11 @@ def run_ddp(cwd, port: int, timeout: int) -> subprocess.CompletedProcess | None:
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
-def test_two_process_ddp_on_cpu_keeps_both_ranks_identical_and_writes_from_rank_0_only(tmp_path):
+def test_two_process_ddp_on_cpu_keeps_both_ranks_identical_and_writes_from_rank_0_only(tmp_path, monkeypatch):
+    # What an in-process Lightning DDP run leaves in a test worker's os.environ (CI ran this test in a worker
+    # after one, and rank 0 waited for a rank 1 it never launched): the run starts from a user's clean shell.
+    for key, value in {"LOCAL_RANK": "0", "NODE_RANK": "0", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
     # Retried with a new port when gloo's port, free when picked, was taken by a parallel test's server, or
     # when the run is stalled past 240 s (CI once saw rank 1 not reach its init under a loaded 2-core machine).
     for attempt in range(3):
@@ -108,4 +116,14 @@ def test_ddp_with_multirun_is_refused_in_one_line(tmp_path):
     result = run_train("-m", "trainer=ddp", "optimizer.lr=1e-4,2e-4", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert "-m (multirun) with DDP" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_ddp_with_a_stray_local_rank_is_refused_in_one_line_before_any_folder(tmp_path):
+    # Without the check, rank 0 waits forever in torch's rendezvous for a rank 1 it never starts (no signal stops it).
+    result = run_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", cwd=tmp_path, timeout=120,
+                       env={"LOCAL_RANK": "0"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "LOCAL_RANK=0 is set in the environment without WORLD_SIZE" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()

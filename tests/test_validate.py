@@ -108,3 +108,24 @@ def test_every_bad_input_is_one_line_naming_the_key_the_value_and_what_is_allowe
                                   ["-m", "sweep=lr_smoothing_noise"], ["model=dcgan", "noise.anneal_per=iteration"]])
 def test_good_input_passes(args):
     check_command_line(with_grid(args, CONF), CONF)
+
+
+@pytest.mark.parametrize("env, devices, refused", [
+    ({"LOCAL_RANK": "0"}, "2", True), ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, "[0,1]", True),
+    ({"LOCAL_RANK": "0"}, "1", False),  # one process: Lightning runs it as rank 0 of 1
+    ({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}, "2", False),  # a rank Lightning (or torchrun) launched
+    ({}, "2", False)])
+def test_a_ddp_run_over_several_processes_with_a_stray_local_rank_is_refused(monkeypatch, env, devices, refused):
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    args = ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={devices}"]
+    if not refused:
+        check_command_line(with_grid(args, CONF), CONF)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_command_line(with_grid(args, CONF), CONF)
+    message = str(err.value)
+    assert "\n" not in message and f"LOCAL_RANK={env['LOCAL_RANK']}" in message and "without WORLD_SIZE" in message
+    assert "unset LOCAL_RANK" in message and "wait for the other 1 forever" in message, message
