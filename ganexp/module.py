@@ -98,10 +98,8 @@ class GANModule(pl.LightningModule):
                 opt_d.step()
 
         with self.toggled_optimizer(opt_g):
-            if self.reuse_fake:
-                g_loss = self.loss.g(self.discriminator(add_noise(fake, sigma, self.draws)))
-            else:
-                g_loss = self.generator_loss(self.prior.sample(n, self.device, self.draws), sigma)
+            z = None if self.reuse_fake else self.prior.sample(n, self.device, self.draws)
+            g_loss = self.generator_loss(z, sigma, fake=fake)
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             g_norm = _grad_norm(self.generator) if log_now else None
@@ -155,13 +153,16 @@ class GANModule(pl.LightningModule):
                                             self.draws)
         return loss, real_logits, fake_logits
 
-    def generator_loss(self, z: Tensor, sigma: float | None = None, generator: nn.Module | None = None) -> Tensor:
+    def generator_loss(self, z: Tensor | None, sigma: float | None = None, generator: nn.Module | None = None,
+                       fake: Tensor | None = None) -> Tensor:
         """G's loss on G(z) as D sees it (instance noise included); `generator` defaults to this run's G
-        (the D-feature-space figure passes a copy, so its "one G step" is the step training takes)."""
+        (the D-feature-space figure passes a copy, so its "one G step" is the step training takes);
+        `fake`: a batch G already made with its graph (reuse_fake: the last D step's), scored instead of G(z)."""
         own = generator is None
         generator = self.generator if own else generator
         sigma = self.sigma() if sigma is None else sigma  # a copy's step (figures) leaves training's draws alone
-        return self.loss.g(self.discriminator(add_noise(generator(z), sigma, self.draws if own else None)))
+        fake = generator(z) if fake is None else fake
+        return self.loss.g(self.discriminator(add_noise(fake, sigma, self.draws if own else None)))
 
     def _log_iteration(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigma) -> None:
         tensors = scalars(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm)

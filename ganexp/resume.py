@@ -31,7 +31,8 @@ RUN_MARKER = ".ganexp-run"
 # What the experiment is; a resume keeps the checkpoint's values of all of these.
 EXPERIMENT = ("model", "data", "loss", "optimizer", "noise", "seed", "batch_size", "d_steps", "n_fixed", "ema", "reuse_fake")
 # Experiment settings added after the first checkpoints, as every run before them trained: a checkpoint
-# without them resumes with these values (and a re-run of its own command line compares equal).
+# without them resumes with these values (and a re-run of its own command line compares equal). This is
+# history, not a second copy of conf/train.yaml's defaults: it stays as it is if a default changes later.
 ADDED_LATER = {"ema": {"decay": 0.0, "start": 0}, "reuse_fake": False}
 FREE = ("data.root", "data.download")  # where the files are on this machine, not what they are
 NOT_SETTINGS = ("ckpt_path", "init_from", "paths", "hydra")
