@@ -56,7 +56,7 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from ganexp.build import build_datamodule, build_module, build_trainer
-    from ganexp.signals import stop_on_signals
+    from ganexp.signals import StoppedBeforeTraining, stop_on_signals, stop_reason
     from ganexp.resume import check_training_state, in_place_run, init_weights, mark_run, resume_config
     from ganexp.jobs import check_same_job
     from ganexp.results import read_metrics, update_metrics
@@ -103,6 +103,8 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         except SIGTERMException:  # Lightning's way out of fit after SIGTERM; the handler above recorded it
             module.request_stop("SIGTERM")
+        except StoppedBeforeTraining as stop:  # a signal during setup: nothing to finish or checkpoint
+            module.request_stop(stop.signal_name)
         except Exception:  # a failed run still gets its HParams row, so the table shows the failure
             row.write_after(trainer, module, {"status": "failed", "iteration": module.iteration})
             raise
@@ -110,8 +112,7 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
     if module.diverged_at is not None:
         fields.update(status="diverged", diverged_at=module.diverged_at, reason=module.divergence)
     elif module.interrupted is not None:
-        fields.update(status="interrupted", signal=module.interrupted,
-                      reason=f"{module.interrupted} at iteration {module.iteration}")
+        fields.update(status="interrupted", signal=module.interrupted, reason=stop_reason(module))
     record = update_metrics(out, **fields) if trainer.is_global_zero else fields
     row.write_after(trainer, module, record)  # an interrupted run's row (a finished one has it from on_fit_end)
     return record, {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
@@ -193,8 +194,9 @@ def main(cfg: DictConfig) -> float | None:
         if multirun:  # no further jobs; train.py's __main__ writes the summary of those that ran
             log.error("job interrupted: %s", record["reason"])
             raise SweepInterrupted(record["signal"])
-        print(f"ganexp: interrupted by {record['reason']}; {last} holds it; "
-              f"resume with: python train.py ckpt_path={last}", file=sys.stderr)
+        then = (f"{last} holds it; resume with: python train.py ckpt_path={last}" if last.is_file()
+                else "nothing was trained yet; run the same command again")
+        print(f"ganexp: interrupted by {record['reason']}; {then}", file=sys.stderr)
         sys.exit(EXIT_CODES[record["signal"]])
     return sweeper_value(record)  # a number, or none (a failed trial)
 

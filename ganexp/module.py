@@ -60,6 +60,7 @@ class GANModule(pl.LightningModule):
         self.diverged_at: int | None = None  # set by _diverge only: the iteration NaN/Inf was found at
         self.divergence: str | None = None  # ...and why, e.g. "non-finite loss at iteration 12"
         self.interrupted: str | None = None  # set by request_stop only: the signal that asked to stop
+        self.training_started = False  # True from on_train_start: before it, a signal stops at once (signals.py)
         self.last_logged: dict[str, float] = {}  # the last logged scalars, with their "iteration"
         # EMA of G's weights (Yazıcı et al. 2019; StyleGAN's G_ema): what evaluation, best.ckpt, grids,
         # sample, evaluate and export use; training uses the raw G. Until `ema_start` it copies G.
@@ -211,6 +212,7 @@ class GANModule(pl.LightningModule):
             if "draws" in self._rng_to_restore:
                 self.draws.set_state(self._rng_to_restore["draws"])
             self._rng_to_restore = None
+        self.training_started = True
 
     def check_parameters(self) -> bool:
         """Whether every parameter is finite (one sync, only before a checkpoint is written); a run whose

@@ -4,7 +4,9 @@ While `stop_on_signals(module)` is active, the first SIGINT or SIGTERM asks the 
 after the iteration in progress (`GANModule.request_stop`): the checkpoint callback then writes
 `last.ckpt` for that iteration, train.py marks metrics.json `interrupted` (with the signal and
 the iteration) and exits 130 (SIGINT) or 143 (SIGTERM). A second signal stops at once, the
-default way. Lightning also handles SIGTERM (it leaves `fit` with SIGTERMException after the
+default way. Before the first iteration (setup: loading data, restoring a checkpoint, training the
+metrics classifier on first use, minutes for MNIST) there is nothing to finish or checkpoint, so
+the first signal stops at once (StoppedBeforeTraining), recorded the same way. Lightning also handles SIGTERM (it leaves `fit` with SIGTERMException after the
 batch, and under SLURM its SIGUSR1 handler requeues the job); both happen after this handler
 has recorded the signal, so they agree.
 """
@@ -17,6 +19,22 @@ from contextlib import contextmanager
 from typing import Iterator
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
+
+
+class StoppedBeforeTraining(BaseException):
+    """A signal before the module's first training batch. A BaseException, as KeyboardInterrupt is: Lightning
+    tears the fit down and re-raises it, and no `except Exception` takes it for a failed run."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def stop_reason(module) -> str:
+    """metrics.json's reason for a run a signal stopped (GANModule, StackedGAN)."""
+    if module.training_started:
+        return f"{module.interrupted} at iteration {module.iteration}"
+    return f"{module.interrupted} before training started (iteration {module.iteration})"
 
 
 @contextmanager
@@ -33,6 +51,8 @@ def stop_on_signals(module) -> Iterator[None]:
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        if not module.training_started:  # nothing to finish or save yet: stop now, not after setup
+            raise StoppedBeforeTraining(name)
         module.request_stop(name)
 
     for s in signums:

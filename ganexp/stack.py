@@ -207,6 +207,7 @@ class StackedGAN(pl.LightningModule):
         self.lrs: dict[str, Tensor] = {}  # side → the members' learning rates
         self.mods = mods
         self.interrupted: str | None = None  # set by request_stop (ganexp/signals.py reads it)
+        self.training_started = False  # True from on_train_start: before it, a signal stops at once
         # The members' fixed loss weights, as [M] vectors (on the training device in on_fit_start)
         losses = [mod.loss for mod in mods]
         self.gp_weights = [loss.gp_weight for loss in losses]
@@ -242,6 +243,9 @@ class StackedGAN(pl.LightningModule):
         for mod in self.mods:
             mod.to(self.device)
         self.weights = {name: self._vector(values) for name, values in self.weights.items()}  # once, not per step
+
+    def on_train_start(self) -> None:
+        self.training_started = True
 
     def training_step(self, real: Tensor, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
@@ -585,7 +589,7 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
     from ganexp.registry import build
     from ganexp.results import update_metrics
     from ganexp.resume import mark_run
-    from ganexp.signals import stop_on_signals
+    from ganexp.signals import StoppedBeforeTraining, stop_on_signals, stop_reason
 
     members, distinct = [], []
     for k, (cfg, ov) in enumerate(zip(cfgs, overrides)):
@@ -604,6 +608,8 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
             trainer.fit(stack, datamodule=data)
         except SIGTERMException:
             stack.request_stop("SIGTERM")
+        except StoppedBeforeTraining as stop:
+            stack.request_stop(stop.signal_name)
         except Exception:
             for m in members:
                 if m.trainer is not None:
@@ -616,8 +622,7 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
         if module.diverged_at is not None:
             fields.update(status="diverged", diverged_at=module.diverged_at, reason=module.divergence)
         elif module.interrupted is not None:
-            fields.update(status="interrupted", signal=module.interrupted,
-                          reason=f"{module.interrupted} at iteration {module.iteration}")
+            fields.update(status="interrupted", signal=module.interrupted, reason=stop_reason(module))
         record = update_metrics(m.out, **fields)
         m.row.write_after(m.trainer, module, record)
         if m.logger is not None:

@@ -133,10 +133,33 @@ class SignalSelf:
         from pytorch_lightning.callbacks import Callback
 
         class _Signal(Callback):
+            def on_fit_start(self, trainer, pl_module):  # GANEXP_TEST_SIGNAL_AT=setup: during a slow setup
+                if os.environ["GANEXP_TEST_SIGNAL_AT"] == "setup":
+                    os.kill(os.getpid(), getattr(signal, os.environ["GANEXP_TEST_SIGNAL"]))
+                    time.sleep(120)  # as MNIST's metrics classifier trains on first use (minutes)
+
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 if pl_module.iteration == int(os.environ["GANEXP_TEST_SIGNAL_AT"]):
                     os.kill(os.getpid(), getattr(signal, os.environ["GANEXP_TEST_SIGNAL"]))
         return _Signal()
+
+
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_during_setup_stops_at_once_and_marks_the_run_interrupted(name, code, tmp_path):
+    # Before the first iteration there is nothing to finish or checkpoint: waiting for it (the classifier's
+    # first training took 132 s after a SIGTERM) would outlast a cluster's or docker's grace period.
+    env = {"GANEXP_PARTS": "callback=tests.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL_AT": "setup",
+           "GANEXP_TEST_SIGNAL": name}
+    result = run_train(*RESUME_ARGS, "+callbacks.signal._target_=tests.test_faults.SignalSelf", cwd=tmp_path, env=env,
+                       timeout=100)  # the setup sleeps 120 s: a deferred stop runs past this
+    assert result.returncode == code, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"interrupted by {name} before training started (iteration 0)" in last, last
+    assert "run the same command again" in last and "Traceback" not in result.stderr
+    run = next(tmp_path.glob("outputs/*/*"))
+    record = json.loads((run / "metrics.json").read_text())
+    assert (record["status"], record["signal"], record["iteration"]) == ("interrupted", name, 0)
+    assert not (run / "checkpoints" / "last.ckpt").exists()
 
 
 @pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])

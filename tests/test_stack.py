@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -250,12 +251,34 @@ class SignalOnce:
         from pytorch_lightning.callbacks import Callback
 
         class _Signal(Callback):
+            def on_fit_start(self, trainer, pl_module):  # GANEXP_TEST_SIGNAL_AT=setup: during a slow setup
+                if os.environ.get("GANEXP_TEST_SIGNAL_AT") == "setup" and not SignalOnce.sent:
+                    SignalOnce.sent = True
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(120)
+
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 at = os.environ.get("GANEXP_TEST_SIGNAL_AT")
-                if at and not SignalOnce.sent and pl_module.iteration == int(at):
+                if at and at.isdigit() and not SignalOnce.sent and pl_module.iteration == int(at):
                     SignalOnce.sent = True
                     os.kill(os.getpid(), signal.SIGTERM)
         return _Signal()
+
+
+def test_a_signal_during_the_stacks_setup_stops_every_member_at_once(tmp_path):
+    sweep, parts = tmp_path / "sweep", {"GANEXP_PARTS": "callback=tests.test_stack.SignalOnce"}
+    args = ["-m", *TOY, "optimizer.lr=1e-4,5e-4", "hydra/launcher=stacked", "trainer.limit_train_batches=10",
+            "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+            "+callbacks.signal._target_=tests.test_stack.SignalOnce", f"hydra.sweep.dir={sweep}"]
+    first = run_train(*args, cwd=tmp_path, env={**parts, "GANEXP_TEST_SIGNAL_AT": "setup"}, timeout=100)
+    assert first.returncode == 143, first.stderr[-2000:]
+    folders = sorted(p.parent for p in sweep.glob("*/seed=0/metrics.json"))
+    assert len(folders) == 2
+    for folder in folders:
+        record = read_metrics(folder)
+        assert (record["status"], record["iteration"]) == ("interrupted", 0), record
+        assert record["reason"] == "SIGTERM before training started (iteration 0)"
+        assert not (folder / "checkpoints" / "last.ckpt").exists()
 
 
 def test_a_signal_stops_every_member_at_one_iteration_and_the_same_command_resumes_them(tmp_path):
