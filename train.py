@@ -103,7 +103,9 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         except SIGTERMException:  # Lightning's way out of fit after SIGTERM; the handler above recorded it
             module.request_stop("SIGTERM")
-        except StoppedBeforeTraining as stop:  # a signal during setup: nothing to finish or checkpoint
+        except StoppedBeforeTraining as stop:  # a signal during setup: nothing to finish or checkpoint,
+            if checkpoint is not None:  # and a resume is still where its checkpoint is (maybe not yet read)
+                module.iteration = max(module.iteration, checkpoint["iteration"])
             module.request_stop(stop.signal_name)
         except Exception:  # a failed run still gets its HParams row, so the table shows the failure
             row.write_after(trainer, module, {"status": "failed", "iteration": module.iteration})

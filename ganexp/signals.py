@@ -6,9 +6,10 @@ after the iteration in progress (`GANModule.request_stop`): the checkpoint callb
 the iteration) and exits 130 (SIGINT) or 143 (SIGTERM). A second signal stops at once, the
 default way. Before the first iteration (setup: loading data, restoring a checkpoint, training the
 metrics classifier on first use, minutes for MNIST) there is nothing to finish or checkpoint, so
-the first signal stops at once (StoppedBeforeTraining), recorded the same way. Lightning also handles SIGTERM (it leaves `fit` with SIGTERMException after the
-batch, and under SLURM its SIGUSR1 handler requeues the job); both happen after this handler
-has recorded the signal, so they agree.
+the first signal stops at once (StoppedBeforeTraining), recorded the same way. Lightning also
+handles SIGTERM (it leaves `fit` with SIGTERMException after the batch, and under SLURM its
+SIGUSR1 handler requeues the job); both happen after this handler has recorded the signal, so
+they agree.
 """
 from __future__ import annotations
 

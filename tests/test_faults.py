@@ -133,8 +133,8 @@ class SignalSelf:
         from pytorch_lightning.callbacks import Callback
 
         class _Signal(Callback):
-            def on_fit_start(self, trainer, pl_module):  # GANEXP_TEST_SIGNAL_AT=setup: during a slow setup
-                if os.environ["GANEXP_TEST_SIGNAL_AT"] == "setup":
+            def setup(self, trainer, pl_module, stage):  # GANEXP_TEST_SIGNAL_AT=setup: during a slow setup,
+                if os.environ["GANEXP_TEST_SIGNAL_AT"] == "setup":  # before a resume's checkpoint is read
                     os.kill(os.getpid(), getattr(signal, os.environ["GANEXP_TEST_SIGNAL"]))
                     time.sleep(120)  # as MNIST's metrics classifier trains on first use (minutes)
 
@@ -160,6 +160,24 @@ def test_a_signal_during_setup_stops_at_once_and_marks_the_run_interrupted(name,
     record = json.loads((run / "metrics.json").read_text())
     assert (record["status"], record["signal"], record["iteration"]) == ("interrupted", name, 0)
     assert not (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_signal_during_a_resumes_setup_keeps_its_checkpoint_and_iteration(tmp_path):
+    env = {"GANEXP_PARTS": "callback=tests.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL_AT": "setup",
+           "GANEXP_TEST_SIGNAL": "SIGTERM"}
+    args = [*RESUME_ARGS, "trainer.max_epochs=1", "+callbacks.signal._target_=tests.test_faults.SignalSelf"]
+    assert run_train(*args, cwd=tmp_path, env={**env, "GANEXP_TEST_SIGNAL_AT": "-1"}).returncode == 0
+    run = next(tmp_path.glob("outputs/*/*"))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    result = run_train(*args, "trainer.max_epochs=2", f"ckpt_path={ckpt}", cwd=tmp_path, env=env, timeout=100)
+    assert result.returncode == 143, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "interrupted by SIGTERM before training started (iteration 22)" in last, last
+    assert f"resume with: python train.py ckpt_path={ckpt}" in last
+    record = json.loads((run / "metrics.json").read_text())
+    assert (record["status"], record["iteration"]) == ("interrupted", 22)  # where its checkpoint is, not 0
+    assert ckpt.read_bytes() == before
 
 
 @pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])

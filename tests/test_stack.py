@@ -251,7 +251,7 @@ class SignalOnce:
         from pytorch_lightning.callbacks import Callback
 
         class _Signal(Callback):
-            def on_fit_start(self, trainer, pl_module):  # GANEXP_TEST_SIGNAL_AT=setup: during a slow setup
+            def setup(self, trainer, pl_module, stage):  # GANEXP_TEST_SIGNAL_AT=setup: during a slow setup
                 if os.environ.get("GANEXP_TEST_SIGNAL_AT") == "setup" and not SignalOnce.sent:
                     SignalOnce.sent = True
                     os.kill(os.getpid(), signal.SIGTERM)
