@@ -150,24 +150,36 @@ class Stacked:
     StackedLinear, fed the members' batches one after another ([M, N, ...] → [M·N, ...]); the networks' own
     forward runs unchanged (it treats samples on their own: stack_problem).
 
-    Each parameter position is one stacked leaf [M, ...] (one gradient and one optimizer tensor per layer,
-    not one per member), and every member's parameter becomes a view of its row: the members' modules stay
-    plain modules whose weights are always the stack's (callbacks, EMA, checkpoints read them as usual).
+    All weights live in one flat tensor (`flat`, the optimizer's one parameter) and all gradients in another
+    (`flat.grad`). Each parameter position is a leaf [M, ...] viewing its slice of `flat`, its `.grad` a view
+    of the same slice of the gradient, so backward accumulates straight into the flat gradient and the
+    optimizer, the members' lr and the freezing of diverged members are a few whole-tensor ops per step, not
+    a few per layer. Every member's parameter is a view of its row of a leaf: the members' modules stay plain
+    modules whose weights are always the stack's (callbacks, EMA, checkpoints read them as usual).
     `bind()` runs on the training device (moving a module copies its parameters, which would break the views)."""
 
     def __init__(self, nets: list[nn.Module]):
         self.nets, self.members = nets, len(nets)
         self.names = [name for name, _ in nets[0].named_parameters()]
         self.leaves: dict[str, Tensor] = {}
+        self.spans: dict[str, tuple[int, int]] = {}  # name → its leaf's [start, end) in `flat`
+        self.flat: Tensor | None = None
         self.net: nn.Module | None = None
 
     def bind(self) -> None:
-        for name in self.names:
-            owners = [(net.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]) for net in self.nets]
-            leaf = torch.stack([getattr(m, attr).detach() for m, attr in owners]).requires_grad_(True)
-            for k, (module, attr) in enumerate(owners):
+        owners = {name: [(net.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]) for net in self.nets]
+                  for name in self.names}
+        stacked = {name: torch.stack([getattr(m, attr).detach() for m, attr in pairs]) for name, pairs in owners.items()}
+        self.flat = torch.cat([t.reshape(-1) for t in stacked.values()]).requires_grad_(True)
+        self.flat.grad = torch.zeros_like(self.flat)
+        start = 0
+        for name, pairs in owners.items():
+            shape, end = stacked[name].shape, start + stacked[name].numel()
+            leaf = self.flat.detach()[start:end].view(shape).requires_grad_(True)
+            leaf.grad = self.flat.grad[start:end].view(shape)  # backward adds into it, in place
+            for k, (module, attr) in enumerate(pairs):
                 module._parameters[attr] = nn.Parameter(leaf.data[k], requires_grad=True)  # a view of row k
-            self.leaves[name] = leaf
+            self.leaves[name], self.spans[name], start = leaf, (start, end), end
         self.net = copy.deepcopy(self.nets[0])
         for name, module in self.nets[0].named_modules():
             if isinstance(module, nn.Linear):
@@ -177,11 +189,20 @@ class Stacked:
         for param in list(self.net.parameters()):  # none left but those of layers replaced above
             raise RuntimeError(f"a stacked copy kept a parameter of shape {tuple(param.shape)}")
 
+    def per_member(self, values: Tensor) -> Tensor:
+        """A per-member vector [M] spread over `flat`'s elements: each member's value at its rows of every leaf."""
+        return torch.cat([values.repeat_interleave(leaf[0].numel()) for leaf in self.leaves.values()])
+
     def train(self, on: bool) -> None:
-        """Gradients for this network in this phase (D's step or G's), or none."""
+        """Gradients for this network in this phase (D's step or G's), or none; a new phase starts from zero."""
         for leaf in self.leaves.values():
             leaf.requires_grad_(on)
-            leaf.grad = None
+        if on:
+            self.flat.grad.zero_()
+
+    def grad_norms(self) -> Tensor:
+        """Each member's gradient norm over its parameters: [M]."""
+        return torch.stack([leaf.grad.flatten(1).square().sum(1) for leaf in self.leaves.values()]).sum(0).sqrt()
 
     def __call__(self, x: Tensor) -> Tensor:
         y = self.net(x.reshape(-1, *x.shape[2:]))
@@ -219,12 +240,12 @@ class StackedGAN(pl.LightningModule):
         return torch.tensor(values, dtype=torch.float32, device=self.device)
 
     def configure_optimizers(self):
-        self.g.bind()  # on the training device now; the members' parameters become views of the stack's leaves
+        self.g.bind()  # on the training device now; the members' parameters become views of the stack's weights
         self.d.bind()
         return [self._optimizer("g"), self._optimizer("d")]
 
     def _optimizer(self, side: str) -> torch.optim.Optimizer:
-        """One stock optimizer over the stacked leaves with lr = 1; `_step` gives each member its own lr.
+        """One stock optimizer over the stacked weights (`flat`) with lr = 1; `_step` gives each member its own lr.
         Only lr differs inside a stack (betas, momentum, decay are grouping keys), and the stock updates
         (Adam, RMSProp, SGD with momentum, weight decay included) are linear in lr while their state is not
         touched by it: one step at lr = 1, then p = p_old + lr_k·(p_step - p_old) for member k."""
@@ -235,9 +256,9 @@ class StackedGAN(pl.LightningModule):
             self.owned[side, k] = own  # what its separate run's optimizer holds
             lrs.append(float(own["lr"]))
         stacked = self.g if side == "g" else self.d
-        self.lrs[side] = torch.tensor(lrs, device=self.device)
+        self.lrs[side] = stacked.per_member(torch.tensor(lrs, device=self.device))  # each element's member's lr
         factory = self.mods[0].optimizer_g if side == "g" else self.mods[0].optimizer_d
-        return factory([{"params": list(stacked.leaves.values()), "lr": 1.0}])
+        return factory([{"params": [stacked.flat], "lr": 1.0}])
 
     def on_fit_start(self) -> None:
         for mod in self.mods:
@@ -257,14 +278,14 @@ class StackedGAN(pl.LightningModule):
             self.d.train(True), self.g.train(False)
             d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigmas, n)
             self.manual_backward(d_loss.sum())  # member k's gradient is that of its own loss
-            d_norm = self._grad_norms("d") if log_now else None
+            d_norm = self.d.grad_norms() if log_now else None
             self._step(opt_d, "d")
 
         self.g.train(True), self.d.train(False)
         fake = self.g(self._draw_z(n))
         g_loss = vmap(self.pair.g)(self.d(self._noised(fake, sigmas)).float())
         self.manual_backward(g_loss.sum())
-        g_norm = self._grad_norms("g") if log_now else None
+        g_norm = self.g.grad_norms() if log_now else None
         self._step(opt_g, "g")
         self.g.train(False)
         for mod, running in zip(self.mods, self.running):
@@ -323,20 +344,14 @@ class StackedGAN(pl.LightningModule):
     def _step(self, optimizer, side: str) -> None:
         """The stock step at lr = 1, then each member's own lr: p_old + lr_k·(p_step - p_old). A frozen
         member's rows stay as they were."""
-        leaves = list((self.g if side == "g" else self.d).leaves.values())
-        before = [leaf.detach().clone() for leaf in leaves]
+        stacked = self.g if side == "g" else self.d
+        flat = stacked.flat
+        before = flat.clone()
         optimizer.step()
-        frozen = not all(self.running)
-        keep = torch.tensor(self.running, device=self.device) if frozen else None
-        for leaf, old in zip(leaves, before):
-            shape = (-1,) + (1,) * (leaf.dim() - 1)
-            new = torch.lerp(old, leaf, self.lrs[side].view(shape))
-            leaf.copy_(torch.where(keep.view(shape), new, old) if frozen else new)
-
-    def _grad_norms(self, side: str) -> Tensor:
-        """Each member's gradient norm over its parameters: [M]."""
-        grads = [leaf.grad for leaf in (self.g if side == "g" else self.d).leaves.values() if leaf.grad is not None]
-        return torch.stack([g.flatten(1).square().sum(1) for g in grads]).sum(0).sqrt()
+        new = torch.lerp(before, flat, self.lrs[side])
+        if not all(self.running):
+            new = torch.where(stacked.per_member(torch.tensor(self.running, device=self.device)), new, before)
+        flat.copy_(new)
 
     def _log(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigmas) -> None:
         per_member = [scalars(d_loss[k], g_loss[k], real_logits[k], fake_logits[k], d_norm[k], g_norm[k])
@@ -352,12 +367,13 @@ class StackedGAN(pl.LightningModule):
         per-parameter state tensor (step counters are shared), its own hyperparameters."""
         states = []
         for side, optimizer in zip("gd", self.trainer.optimizers):
-            full = optimizer.state_dict()
-            leaves = list((self.g if side == "g" else self.d).leaves.values())
-            rows = {i: {key: (v[k].clone() if isinstance(v, Tensor) and v.dim() > 0 and v.shape == leaves[i].shape
+            stacked = self.g if side == "g" else self.d
+            state = optimizer.state_dict()["state"].get(0, {})  # its one parameter: `flat`
+            rows = {i: {key: (v[slice(*stacked.spans[name])].view(leaf.shape)[k].clone()
+                              if isinstance(v, Tensor) and v.shape == stacked.flat.shape
                               else v.clone() if isinstance(v, Tensor) else v) for key, v in state.items()}
-                    for i, state in full["state"].items()}
-            states.append({"state": rows, "param_groups": [{**self.owned[side, k], "params": list(range(len(leaves)))}]})
+                    for i, (name, leaf) in enumerate(stacked.leaves.items()) if state}
+            states.append({"state": rows, "param_groups": [{**self.owned[side, k], "params": list(range(len(stacked.leaves)))}]})
         return states
 
     def request_stop(self, signal_name: str) -> None:
