@@ -301,8 +301,8 @@ class StackedGAN(pl.LightningModule):
     def discriminator_loss(self, real: Tensor, sigmas: list[float], n: int):
         with torch.no_grad():
             fake = self.g(self._draw_z(n))
-        real_logits = self.d(self._noised(real, sigmas))
-        fake_logits = self.d(self._noised(fake, sigmas))
+        noised = torch.cat([self._noised(real, sigmas), self._noised(fake, sigmas)], dim=1)  # real's noise first
+        real_logits, fake_logits = self.d(noised).split([real.shape[1], n], dim=1)  # one pass of D for both
         if self.pair.has_targets:
             loss = vmap(self.pair.d)(real_logits.float(), fake_logits.float(), self.weights["smoothing"])
         else:

@@ -113,3 +113,23 @@ def test_recipes_report_checks_each_claim_with_the_numbers_of_its_runs(tmp_path)
     assert runs == ["| noise_on | 12.5 | 151 | 30 | — | — | — | — | — | — |"]
     assert "| real vs real (mnist train vs test) |  |  | 1.5 |" in text
     assert "label smoothing" not in text  # no runs for it: no table
+
+
+def test_ema_probe_scores_each_decay_and_its_copy_of_the_runs_own_decay_scores_as_the_run(tmp_path):
+    """benchmarks/ema_probe.py (how mnist_fast's EMA decay was chosen): extra EMA copies scored at the end
+    with the run's own evaluator; the copy with the module's own decay and start is the module's EMA, so it
+    scores exactly what metrics.json's final records."""
+    from tests.helpers import run_train
+
+    out = tmp_path / "run"
+    done = run_train("data=toy", "model=toy_mlp", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                     "trainer.max_epochs=2", "eval.n_final=500", "eval_every=0", "ema.decay=0.9", "ema.start=50",
+                     "+callbacks.multi_ema._target_=ema_probe.MultiEMA", "+callbacks.multi_ema.decays=[0.5,0.9]",
+                     f"hydra.run.dir={out}", cwd=tmp_path,
+                     env={"GANEXP_PARTS": "callback=ema_probe.MultiEMA", "PYTHONPATH": str(ROOT / "benchmarks")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    probe = json.loads((out / "ema_probe.json").read_text())
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    assert probe["iteration"] == 2 * 156 and set(probe) == {"iteration", "raw", "0.5", "0.9"}
+    assert probe["0.9"] == final  # the same average, the same fixed latent sample, the same scores
+    assert probe["0.5"]["swd"] != final["swd"] and probe["raw"]["swd"] != final["swd"]
