@@ -178,3 +178,18 @@ def test_reuse_fake_g_step_is_the_loss_of_the_updated_d_on_that_very_batch(cfg_f
     opt_g.zero_grad(), g_loss.backward(), opt_g.step()
     for mine, theirs in zip([*g.parameters(), *d.parameters()], [*module.generator.parameters(), *module.discriminator.parameters()]):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_steps_skip_lightnings_nvml_cuda_check_where_there_is_no_gpu():
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import and torch's optimizers check CUDA at every
+    step(); without a GPU that NVML check cost ~170 µs a step. ganexp turns it off only where no GPU is seen."""
+    import subprocess
+    import sys
+
+    code = ("import os, pytorch_lightning, torch; before = os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'); "
+            "import ganexp.module; print(before, os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), "
+            "torch.cuda.device_count())")
+    before, after, gpus = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                         check=True).stdout.split()
+    assert before == "1"  # Lightning's, as imported
+    assert after == ("0" if gpus == "0" else "1")
