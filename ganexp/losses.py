@@ -82,27 +82,33 @@ def r1_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor) -> Tenso
 
 @dataclass(frozen=True)
 class LossPair:
-    """One loss: D's and G's functions of logits, and whether it has targets (label smoothing)."""
+    """One loss: D's and G's functions of logits, whether it has targets (label smoothing), and whether both
+    are means over samples of a term of each sample's own logit (then a stack scores all members' logits in
+    one call: ganexp/stack.py)."""
 
     d: Callable[..., Tensor]
     g: Callable[[Tensor], Tensor]
     has_targets: bool
+    sample_mean: bool = False
 
 
 # The loss registry: `loss.name` chooses from here (conf/loss/<name>.yaml names one).
 LOSSES: dict[str, LossPair] = {
-    "minimax": LossPair(bce_d_loss, minimax_g_loss, True),
-    "nonsaturating": LossPair(bce_d_loss, nonsaturating_g_loss, True),
-    "lsgan": LossPair(lsgan_d_loss, lsgan_g_loss, True),
-    "hinge": LossPair(hinge_d_loss, critic_g_loss, False),
-    "wgan_gp": LossPair(wasserstein_d_loss, critic_g_loss, False),
+    "minimax": LossPair(bce_d_loss, minimax_g_loss, True, sample_mean=True),
+    "nonsaturating": LossPair(bce_d_loss, nonsaturating_g_loss, True, sample_mean=True),
+    "lsgan": LossPair(lsgan_d_loss, lsgan_g_loss, True, sample_mean=True),
+    "hinge": LossPair(hinge_d_loss, critic_g_loss, False, sample_mean=True),
+    "wgan_gp": LossPair(wasserstein_d_loss, critic_g_loss, False, sample_mean=True),
 }
 
 
-def register_loss(name: str, d: Callable[..., Tensor], g: Callable[[Tensor], Tensor], has_targets: bool) -> None:
+def register_loss(name: str, d: Callable[..., Tensor], g: Callable[[Tensor], Tensor], has_targets: bool,
+                  sample_mean: bool = False) -> None:
     """Add a loss: `d(real_logits, fake_logits[, label_smoothing])` and `g(fake_logits)`, scalars.
-    With conf/loss/<name>.yaml (`_target_: ganexp.losses.GANLoss`, `name: <name>`) it is `loss=<name>`."""
-    LOSSES[name] = LossPair(d, g, has_targets)
+    With conf/loss/<name>.yaml (`_target_: ganexp.losses.GANLoss`, `name: <name>`) it is `loss=<name>`.
+    `sample_mean=True` promises that d and g are means over samples of terms of each sample's own logit (and,
+    for d, a label_smoothing that broadcasts against the logits): stacked sweeps then skip a per-member vmap."""
+    LOSSES[name] = LossPair(d, g, has_targets, sample_mean)
 
 
 class GANLoss:

@@ -276,15 +276,15 @@ class StackedGAN(pl.LightningModule):
 
         for _ in range(self.d_steps):
             self.d.train(True), self.g.train(False)
-            d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigmas, n)
-            self.manual_backward(d_loss.sum())  # member k's gradient is that of its own loss
+            d_total, d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigmas, n, log_now)
+            self.manual_backward(d_total)  # Σ_k loss_k: member k's gradient is that of its own loss
             d_norm = self.d.grad_norms() if log_now else None
             self._step(opt_d, "d")
 
         self.g.train(True), self.d.train(False)
         fake = self.g(self._draw_z(n))
-        g_loss = vmap(self.pair.g)(self.d(self._noised(fake, sigmas)).float())
-        self.manual_backward(g_loss.sum())
+        g_total, g_loss = self._losses(self.pair.g, (self.d(self._noised(fake, sigmas)).float(),), (), log_now)
+        self.manual_backward(g_total)
         g_norm = self.g.grad_norms() if log_now else None
         self._step(opt_g, "g")
         self.g.train(False)
@@ -298,20 +298,38 @@ class StackedGAN(pl.LightningModule):
         for mod, running in zip(self.mods, self.running):
             mod.iteration += int(running)
 
-    def discriminator_loss(self, real: Tensor, sigmas: list[float], n: int):
+    def discriminator_loss(self, real: Tensor, sigmas: list[float], n: int, each: bool):
+        """Σ_k of the members' D losses, each member's loss [M] when `each` (else None), and the logits."""
         with torch.no_grad():
             fake = self.g(self._draw_z(n))
         noised = torch.cat([self._noised(real, sigmas), self._noised(fake, sigmas)], dim=1)  # real's noise first
         real_logits, fake_logits = self.d(noised).split([real.shape[1], n], dim=1)  # one pass of D for both
-        if self.pair.has_targets:
-            loss = vmap(self.pair.d)(real_logits.float(), fake_logits.float(), self.weights["smoothing"])
-        else:
-            loss = vmap(self.pair.d)(real_logits.float(), fake_logits.float())
+        targets = (self.weights["smoothing"],) if self.pair.has_targets else ()
+        total, loss = self._losses(self.pair.d, (real_logits.float(), fake_logits.float()), targets, each)
+        penalties = []
         if any(self.gp_weights):
-            loss = loss + self.weights["gp"] * self._gradient_penalty(real, fake, self.gp_weights)
+            penalties.append(self.weights["gp"] * self._gradient_penalty(real, fake, self.gp_weights))
         if any(self.r1_weights) and self.iteration % self.r1_every == 0:
-            loss = loss + self.weights["r1"] * self._r1(real)
-        return loss, real_logits, fake_logits
+            penalties.append(self.weights["r1"] * self._r1(real))
+        for penalty in penalties:
+            total = total + penalty.sum()
+            loss = None if loss is None else loss + penalty.detach()
+        return total, loss, real_logits, fake_logits
+
+    def _losses(self, fn, logits: tuple[Tensor, ...], per_member: tuple[Tensor, ...], each: bool):
+        """Σ_k fn(member k's logits, its values of `per_member`), and each member's value [M] when `each`.
+        A loss that is a mean over samples (LossPair.sample_mean: the built-in ones) is one call on all members'
+        logits, M·(mean over the M·N samples) = Σ_k (mean over member k's N), with the members' values
+        broadcast over their rows; any other loss runs per member (vmap)."""
+        if not self.pair.sample_mean:
+            values = vmap(fn)(*logits, *per_member)
+            return values.sum(), values
+        shape = (-1,) + (1,) * (logits[0].dim() - 1)
+        total = len(self.mods) * fn(*logits, *(v.view(shape) for v in per_member))
+        if not each:
+            return total, None
+        with torch.no_grad():  # only for the logged scalars
+            return total, vmap(fn)(*(t.detach() for t in logits), *per_member)
 
     def _gradient_penalty(self, real: Tensor, fake: Tensor, weights: list[float]) -> Tensor:
         """losses.gradient_penalty per member; α drawn only for members that use it (as their runs do)."""

@@ -81,6 +81,42 @@ def test_penalty_weights_stack(loss, varied, tmp_path):
         _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}", atol=2e-5)
 
 
+def _squared_mean_d(real, fake, label_smoothing=0.0):  # not a mean of per-sample terms: a square of means
+    return (real.mean() - (1 - label_smoothing)).square() + fake.mean().square()
+
+
+def _squared_mean_g(fake):
+    return (fake.mean() - 1).square()
+
+
+def _l1_d(real, fake, label_smoothing=0.0):  # a mean over samples: may take the one-call path
+    return (real - (1 - label_smoothing)).abs().mean() + fake.abs().mean()
+
+
+def _l1_g(fake):
+    return (fake - 1).abs().mean()
+
+
+@pytest.mark.parametrize("loss", ["minimax", "lsgan", "hinge", "squared_mean", "l1"])
+def test_every_loss_stacks_as_its_separate_runs(loss, tmp_path, monkeypatch):
+    """Built-in losses (means over samples: one call on all members' logits), a registered mean over samples,
+    and a registered loss that is not one (it must run per member: one call would mix the members' means)."""
+    from ganexp.losses import LOSSES, LossPair
+
+    monkeypatch.setitem(LOSSES, "squared_mean", LossPair(_squared_mean_d, _squared_mean_g, True))
+    monkeypatch.setitem(LOSSES, "l1", LossPair(_l1_d, _l1_g, True, sample_mean=True))
+    varied = [["optimizer.lr=1e-4", "seed=0"], ["optimizer.lr=5e-4", "noise.instance_sigma=0.1", "seed=1"],
+              ["optimizer.lr=2e-4", "seed=2"]]
+    if LOSSES[loss].has_targets:
+        varied[0].append("loss.label_smoothing=0.2")
+    budget = [*TOY, "loss=nonsaturating", f"loss.name={loss}", "trainer.limit_train_batches=8", "ckpt_every=8"]
+    records = train_stack([make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(varied)], varied)
+    assert [r["status"] for r in records] == ["finished"] * 3
+    for k, job in enumerate(varied):
+        train(make_cfg(tmp_path / f"separate{k}", *budget, *job))
+        _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}", atol=2e-5)
+
+
 def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
     budget = [*TOY, "trainer.limit_train_batches=12", "ckpt_every=1"]
     jobs = [["optimizer.lr=2e-4"], ["optimizer.lr=1e12"], ["optimizer.lr=5e-4", "seed=1"]]
