@@ -1,7 +1,7 @@
 """Stacked sweeps against one job after another: the design card's 12-job grid (sweep=lr_smoothing_noise),
 whole-sweep wall time with `hydra/launcher=stacked` and with Hydra's basic launcher, in one run of this
 script, on toy data (model=toy_mlp) and on digits (model=mlp_small); then the per-iteration time of a stack
-of M against M separate runs, in this process (training loop only: the difference of two budgets).
+of M against M separate runs, in this process (the training step's median).
 
     python benchmarks/stacked.py runs/stacked                    # both datasets, the default budgets
     python benchmarks/stacked.py runs/stacked --members 12 64    # per-iteration ratios for these stack sizes
@@ -27,10 +27,11 @@ SWEEPS = {  # name: (overrides, budget)
 LAUNCHERS = {"basic": [], "stacked": ["hydra/launcher=stacked"]}
 
 
-def sweep(out: Path, data: str, launcher: str, gpu: bool) -> dict:
+def sweep(out: Path, data: str, launcher: str, gpu: bool, epochs: int | None = None) -> dict:
     folder = out / f"{data}-{launcher}"
+    budget = SWEEPS[data] if epochs is None else [*SWEEPS[data][:-1], f"trainer.max_epochs={epochs}"]
     shutil.rmtree(folder, ignore_errors=True)
-    args = [sys.executable, str(ROOT / "train.py"), "-m", "sweep=lr_smoothing_noise", *SWEEPS[data],
+    args = [sys.executable, str(ROOT / "train.py"), "-m", "sweep=lr_smoothing_noise", *budget,
             *LAUNCHERS[launcher], "trainer.enable_progress_bar=false", f"hydra.sweep.dir={folder}",
             *(["trainer=gpu"] if gpu else [])]
     started = time.perf_counter()
@@ -45,32 +46,49 @@ def sweep(out: Path, data: str, launcher: str, gpu: bool) -> dict:
 
 
 def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float, float]:
-    """Seconds per iteration of `members` separate runs (one after another) and of one stack of them:
-    (T(140 iterations) - T(20)) / 120 (20 per epoch), training loop only (no evaluation, images, checkpoints)."""
+    """Seconds of one training step: the median of `members` separate runs' GANModule.training_step times
+    `members` (one iteration of every run), and the median of the stack's StackedGAN.training_step (one
+    iteration of all of them); 160 iterations each, the first 20 left out (warm-up). The median of many
+    steps, not a difference of two budgets, so a slower minute of the machine moves it little."""
+    import statistics
+
     sys.path.insert(0, str(ROOT))
     from tests.helpers import make_cfg  # the real config, composed in code
-    from ganexp.stack import train_stack
+    from ganexp.module import GANModule
+    from ganexp.stack import StackedGAN, train_stack
     from train import train
 
     lrs = [1e-4 * (1 + k % 7) for k in range(members)]
     common = [*SWEEPS[data][:2], "eval=none", "image_every=0", "ckpt_every=0", "trainer.limit_train_batches=20",
-              *(["trainer=gpu"] if gpu else [])]
+              "trainer.max_epochs=8", *(["trainer=gpu"] if gpu else [])]
+    cfgs = [make_cfg(out / "steps" / f"{k}", *common, f"optimizer.lr={lr}", f"seed={k}") for k, lr in enumerate(lrs)]
 
-    def timed(epochs: int, stacked: bool) -> float:
-        cfgs = [make_cfg(out / "steps" / f"{stacked}-{epochs}-{k}", *common, f"trainer.max_epochs={epochs}",
-                         f"optimizer.lr={lr}", f"seed={k}") for k, lr in enumerate(lrs)]
-        shutil.rmtree(out / "steps", ignore_errors=True)
-        started = time.perf_counter()
-        if stacked:
-            train_stack(cfgs, [[] for _ in cfgs])
-        else:
-            for cfg in cfgs:
-                train(cfg)
-        return time.perf_counter() - started
+    def median_step(cls, run) -> float:
+        times: list[float] = []
+        step = cls.training_step
 
-    timed(1, True), timed(1, False)  # warm
-    separate = (timed(7, False) - timed(1, False)) / 120
-    stacked = (timed(7, True) - timed(1, True)) / 120
+        def timed(self, *args, **kwargs):
+            if gpu:
+                import torch
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            result = step(self, *args, **kwargs)
+            if gpu:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+            return result
+
+        cls.training_step = timed
+        try:
+            shutil.rmtree(out / "steps", ignore_errors=True)
+            run()
+        finally:
+            cls.training_step = step
+        return statistics.median(times[20:]) if cls is StackedGAN else \
+            statistics.median([t for k in range(members) for t in times[160 * k + 20: 160 * (k + 1)]])
+
+    separate = median_step(GANModule, lambda: [train(cfg) for cfg in cfgs]) * members
+    stacked = median_step(StackedGAN, lambda: train_stack(cfgs, [[] for _ in cfgs]))
     return separate, stacked
 
 
@@ -105,27 +123,32 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
     parser.add_argument("--members", nargs="+", type=int, default=[12])
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--epochs", type=int, help="trainer.max_epochs of every sweep (default: toy 20, digits 60; "
+                        "the trainer's own default is 100)")
+    parser.add_argument("--no-steps", action="store_true", help="whole sweeps only")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lines = ["| data | budget | basic launcher (s) | stacked (s) | speed-up | job folders / event files / summary rows |",
              "|---|---|---|---|---|---|"]
     for data in args.data:
-        basic, stacked = sweep(args.out, data, "basic", args.gpu), sweep(args.out, data, "stacked", args.gpu)
+        basic = sweep(args.out, data, "basic", args.gpu, args.epochs)
+        stacked = sweep(args.out, data, "stacked", args.gpu, args.epochs)
         assert basic["columns"] == stacked["columns"], (basic["columns"], stacked["columns"])
-        lines.append(f"| {data} | {SWEEPS[data][-1]} | {basic['seconds']:.1f} | {stacked['seconds']:.1f} | "
+        budget = SWEEPS[data][-1] if args.epochs is None else f"trainer.max_epochs={args.epochs}"
+        lines.append(f"| {data} | {budget} | {basic['seconds']:.1f} | {stacked['seconds']:.1f} | "
                      f"{basic['seconds'] / stacked['seconds']:.2f}x | {basic['rows']}/{basic['event_files']}/"
                      f"{basic['finished']} finished vs {stacked['rows']}/{stacked['event_files']}/{stacked['finished']} |")
         print(lines[-1], flush=True)
-    lines += ["", "| data | members | separate runs (ms/iteration, all members) | stack (ms/iteration) | ratio |",
+    lines += ["", "| data | members | separate runs' training_step × members (ms, median) | stack's (ms, median) | ratio |",
               "|---|---|---|---|---|"]
-    for data in args.data:
+    for data in [] if args.no_steps else args.data:
         for m in args.members:
             separate, stacked = per_iteration(args.out, m, data, args.gpu)
             lines.append(f"| {data} | {m} | {separate * 1e3:.1f} | {stacked * 1e3:.1f} | {separate / stacked:.2f}x |")
             print(lines[-1], flush=True)
     lines += ["", "| layer (in → out), 12 members, batch 64 | vmap(F.linear) µs | StackedLinear (baddbmm) µs |",
               "|---|---|---|"]
-    for sizes in ((16, 16), (100, 256), (256, 512), (512, 784)):
+    for sizes in () if args.no_steps else ((16, 16), (100, 256), (256, 512), (512, 784)):
         by_vmap, by_bmm = layer_times(12, sizes)
         lines.append(f"| {sizes[0]} → {sizes[1]} | {by_vmap:.0f} | {by_bmm:.0f} |")
         print(lines[-1], flush=True)

@@ -133,3 +133,20 @@ def test_ema_probe_scores_each_decay_and_its_copy_of_the_runs_own_decay_scores_a
     assert probe["iteration"] == 2 * 156 and set(probe) == {"iteration", "raw", "0.5", "0.9"}
     assert probe["0.9"] == final  # the same average, the same fixed latent sample, the same scores
     assert probe["0.5"]["swd"] != final["swd"] and probe["raw"]["swd"] != final["swd"]
+
+
+@pytest.mark.slow
+def test_stacked_step_medians_time_every_members_steps(tmp_path):
+    """benchmarks/stacked.py's per-step figures: 2 members, separate runs against one stack, on toy data."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stacked import layer_times, per_iteration
+
+    separate, stacked = per_iteration(tmp_path, 2, "toy", False)
+    assert 0 < stacked < separate < 1  # seconds: two runs' steps cost more than the stack's one
+    by_vmap, by_bmm = layer_times(2, (4, 4), repeat=5)
+    assert by_vmap > 0 and by_bmm > 0
+    import torch
+
+    for k in range(2):  # the stack's members ran last: 160 iterations each, as the medians assume
+        ckpt = torch.load(tmp_path / "steps" / str(k) / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["iteration"] == 160
