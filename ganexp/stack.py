@@ -224,6 +224,7 @@ class StackedGAN(pl.LightningModule):
         self.r1_every = first.loss.r1_every
         self.iteration = 0
         self.running = [True] * len(members)  # False once a member diverged or was asked to stop: frozen
+        self.keep: dict[tuple[str, tuple[bool, ...]], Tensor] = {}  # _keep's masks, by side and `running`
         self.owned: dict[tuple[str, int], dict] = {}  # (side, member) → its optimizer's hyperparameters
         self.lrs: dict[str, Tensor] = {}  # side → the members' learning rates
         self.mods = mods
@@ -368,8 +369,16 @@ class StackedGAN(pl.LightningModule):
         optimizer.step()
         new = torch.lerp(before, flat, self.lrs[side])
         if not all(self.running):
-            new = torch.where(stacked.per_member(torch.tensor(self.running, device=self.device)), new, before)
+            new = torch.where(self._keep(side), new, before)
         flat.copy_(new)
+
+    def _keep(self, side: str) -> Tensor:
+        """Which elements of `side`'s flat weights take the step: the running members' (built once per change)."""
+        key = (side, tuple(self.running))
+        if key not in self.keep:
+            stacked = self.g if side == "g" else self.d
+            self.keep[key] = stacked.per_member(torch.tensor(self.running, device=self.device))
+        return self.keep[key]
 
     def _log(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigmas) -> None:
         per_member = [scalars(d_loss[k], g_loss[k], real_logits[k], fake_logits[k], d_norm[k], g_norm[k])

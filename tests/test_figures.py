@@ -100,6 +100,25 @@ def test_scatter_snapshots_redraw_only_the_generated_points():
     assert np.array_equal(live.image("iteration 1", a), first)
 
 
+def test_scatter_snapshots_keep_their_limits_while_the_points_fit_and_leave_no_trace():
+    """Points that fit in the axes (and fill half of each) keep the limits: only the generated points, legend
+    and title are drawn again, and drawing the first snapshot again gives its picture back exactly."""
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(500, 2))
+    a, inside, far, small = (rng.normal(size=(300, 2)), rng.normal(size=(300, 2)) * 0.7,
+                             rng.normal(size=(300, 2)) * 6, rng.normal(size=(300, 2)) * 0.3)
+    live = figures.ScatterSnapshots(real)
+    first = live.image("iteration 1", a)
+    limits = live.limits
+    second = live.image("iteration 2", inside)
+    assert live.limits == limits and (first != second).any(axis=0).mean() > 0.002
+    assert np.array_equal(live.image("iteration 1", a), first)  # nothing of `inside` or its title stays
+    live.image("iteration 3", far)  # beyond the limits: new ones
+    assert live.limits == figures.bounds(real, far)
+    live.image("iteration 4", small)  # fits, but would fill < half of each axis: tight limits again
+    assert live.limits == figures.bounds(real, small)
+
+
 def test_feature_space_after_one_generator_update_leaves_training_untouched(cfg_factory, tmp_path):
     cfg = cfg_factory("experiment=toy_quadratic", *FEW, "callbacks.toy.grid=10", "callbacks.toy.every=0")
     module = train_module(cfg)
