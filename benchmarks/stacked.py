@@ -58,9 +58,13 @@ def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float,
     from ganexp.stack import StackedGAN, train_stack
     from train import train
 
+    import torch
+
     lrs = [1e-4 * (1 + k % 7) for k in range(members)]
-    common = [*SWEEPS[data][:2], "eval=none", "image_every=0", "ckpt_every=0", "trainer.limit_train_batches=20",
-              "trainer.max_epochs=8", *(["trainer=gpu"] if gpu else [])]
+    epochs, batches, warm = 8, 20, 20
+    steps = epochs * batches  # per run
+    common = [*SWEEPS[data][:2], "eval=none", "image_every=0", "ckpt_every=0", f"trainer.limit_train_batches={batches}",
+              f"trainer.max_epochs={epochs}", *(["trainer=gpu"] if gpu else [])]
     cfgs = [make_cfg(out / "steps" / f"{k}", *common, f"optimizer.lr={lr}", f"seed={k}") for k, lr in enumerate(lrs)]
 
     def median_step(cls, run) -> float:
@@ -69,7 +73,6 @@ def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float,
 
         def timed(self, *args, **kwargs):
             if gpu:
-                import torch
                 torch.cuda.synchronize()
             started = time.perf_counter()
             result = step(self, *args, **kwargs)
@@ -84,8 +87,9 @@ def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float,
             run()
         finally:
             cls.training_step = step
-        return statistics.median(times[20:]) if cls is StackedGAN else \
-            statistics.median([t for k in range(members) for t in times[160 * k + 20: 160 * (k + 1)]])
+        runs = 1 if cls is StackedGAN else members  # each run's first `warm` steps left out
+        assert len(times) == runs * steps, (len(times), runs * steps)
+        return statistics.median([t for k in range(runs) for t in times[steps * k + warm: steps * (k + 1)]])
 
     separate = median_step(GANModule, lambda: [train(cfg) for cfg in cfgs]) * members
     stacked = median_step(StackedGAN, lambda: train_stack(cfgs, [[] for _ in cfgs]))

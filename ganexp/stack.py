@@ -224,7 +224,7 @@ class StackedGAN(pl.LightningModule):
         self.r1_every = first.loss.r1_every
         self.iteration = 0
         self.running = [True] * len(members)  # False once a member diverged or was asked to stop: frozen
-        self.keep: dict[tuple[str, tuple[bool, ...]], Tensor] = {}  # _keep's masks, by side and `running`
+        self.keep: dict[str, tuple[tuple[bool, ...], Tensor]] = {}  # side → (`running`, its mask): _keep's
         self.owned: dict[tuple[str, int], dict] = {}  # (side, member) → its optimizer's hyperparameters
         self.lrs: dict[str, Tensor] = {}  # side → the members' learning rates
         self.mods = mods
@@ -373,12 +373,13 @@ class StackedGAN(pl.LightningModule):
         flat.copy_(new)
 
     def _keep(self, side: str) -> Tensor:
-        """Which elements of `side`'s flat weights take the step: the running members' (built once per change)."""
-        key = (side, tuple(self.running))
-        if key not in self.keep:
+        """Which elements of `side`'s flat weights take the step: the running members' (built again only when
+        `running` changes; one mask per side is kept, each as large as the side's weights)."""
+        running = tuple(self.running)
+        if self.keep.get(side, (None,))[0] != running:
             stacked = self.g if side == "g" else self.d
-            self.keep[key] = stacked.per_member(torch.tensor(self.running, device=self.device))
-        return self.keep[key]
+            self.keep[side] = running, stacked.per_member(torch.tensor(running, device=self.device))
+        return self.keep[side][1]
 
     def _log(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigmas) -> None:
         per_member = [scalars(d_loss[k], g_loss[k], real_logits[k], fake_logits[k], d_norm[k], g_norm[k])
