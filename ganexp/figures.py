@@ -106,9 +106,10 @@ def scatter_panels_figure(real: np.ndarray, snapshots: Sequence[tuple[str, np.nd
 
 class ScatterSnapshots:
     """scatter_panels_figure's one-panel form for a run's periodic snapshots. The axes keep their limits while
-    the points fit in them and fill at least half of each axis (so snapshots compare at one scale, as the
-    sample grids keep one value range); the frame, ticks and real points are drawn once per limits and each
-    snapshot draws only the generated points, the legend and the title over that background (blitting).
+    every point lies inside them and the points (with bounds' margin) fill at least half of each axis, so
+    snapshots compare at one scale, as the sample grids keep one value range. The frame, ticks, real points and
+    the legend (above the axes, beside the title, so that it covers no point) are drawn once per limits; each
+    snapshot draws only the generated points and the title over that background (blitting).
     `image()` is the RGB picture TensorBoard's add_image takes (CHW)."""
 
     def __init__(self, real: np.ndarray):
@@ -121,37 +122,39 @@ class ScatterSnapshots:
         self.ax = self.fig.subplots()
         self.ax.scatter(self.real[:, 0], self.real[:, 1], s=3, alpha=0.4, label="real")
         self.fake = self.ax.scatter(self.real[:0, 0], self.real[:0, 1], s=3, alpha=0.4, label="generated")
-        self.legend = self.ax.legend(loc="upper center", fontsize="small", markerscale=3)
+        self.ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False, borderaxespad=0.2,
+                       fontsize="small", markerscale=3, handletextpad=0.1, columnspacing=0.8)
+        self.title = self.ax.set_title("", loc="left")
         self.limits: tuple[float, float, float, float] | None = None
         self.background = None
 
     def image(self, title: str, fake: np.ndarray) -> np.ndarray:
         fake = np.asarray(fake, dtype=float)
-        limits = bounds(self.real, fake)
-        if self.limits is None or not _fits(limits, self.limits):
-            self._draw_background(limits)
+        if self.limits is None or not _fits(fake, bounds(self.real, fake), self.limits):
+            self._draw_background(bounds(self.real, fake))
         self.canvas.restore_region(self.background)
         self.fake.set_offsets(fake)
-        self.ax.title.set_text(title)
-        for artist in (self.fake, self.legend, self.ax.title):  # in the order a full draw stacks them
+        self.title.set_text(title)
+        for artist in (self.fake, self.title):  # in the order a full draw stacks them
             self.ax.draw_artist(artist)
         return np.asarray(self.canvas.buffer_rgba())[..., :3].transpose(2, 0, 1).copy()
 
     def _draw_background(self, limits: tuple[float, float, float, float]) -> None:
         self.limits = limits
-        self.ax.set(title="", xlim=limits[:2], ylim=limits[2:])
-        for artist in (self.fake, self.legend):
-            artist.set_visible(False)
+        self.ax.set(xlim=limits[:2], ylim=limits[2:])
+        self.title.set_text("")
+        self.fake.set_visible(False)
         self.canvas.draw()
         self.background = self.canvas.copy_from_bbox(self.fig.bbox)
-        for artist in (self.fake, self.legend):
-            artist.set_visible(True)
+        self.fake.set_visible(True)
 
 
-def _fits(inner: tuple[float, ...], outer: tuple[float, ...]) -> bool:
-    """`inner` limits (x0, x1, y0, y1) lie within `outer` and span at least half of each of its axes."""
-    return all(outer[i] <= inner[i] and inner[i + 1] <= outer[i + 1] and
-               inner[i + 1] - inner[i] >= 0.5 * (outer[i + 1] - outer[i]) for i in (0, 2))
+def _fits(points: np.ndarray, wanted: tuple[float, ...], limits: tuple[float, ...]) -> bool:
+    """Every point lies within `limits` (x0, x1, y0, y1), and the limits `wanted` for the points span at least
+    half of each axis (else the points would look small and new limits are drawn)."""
+    lo, hi = points.min(0), points.max(0)
+    return all(limits[2 * i] <= lo[i] and hi[i] <= limits[2 * i + 1] and
+               wanted[2 * i + 1] - wanted[2 * i] >= 0.5 * (limits[2 * i + 1] - limits[2 * i]) for i in (0, 1))
 
 
 def decision_surface_figure(xs: np.ndarray, ys: np.ndarray, prob: np.ndarray, real: np.ndarray,

@@ -18,11 +18,13 @@ class LatentPrior:
         self.prior = choice("noise.prior", prior, PRIORS)
         self.latent_dim = number("noise.latent_dim", latent_dim, INT, lambda v: v >= 1, "an integer >= 1")
 
-    def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
-        shape = (n, self.latent_dim)
+    def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+               out: Tensor | None = None) -> Tensor:
+        """z [n, latent_dim]; drawn into `out` when given (a stack's buffer: the same numbers as a new tensor)."""
+        z = torch.empty((n, self.latent_dim), device=device) if out is None else out
         if self.prior == "normal":
-            return torch.randn(shape, device=device, generator=generator)
-        return torch.rand(shape, device=device, generator=generator) * 2.0 - 1.0
+            return z.normal_(generator=generator)
+        return z.uniform_(generator=generator).mul_(2.0).sub_(1.0)
 
 
 class InstanceNoise:

@@ -228,6 +228,8 @@ class StackedGAN(pl.LightningModule):
         self.owned: dict[tuple[str, int], dict] = {}  # (side, member) → its optimizer's hyperparameters
         self.lrs: dict[str, Tensor] = {}  # side → the members' learning rates
         self.mods = mods
+        self.buffers: dict[str, Tensor] = {}  # the members' z and noise, drawn in place each step (_buffer)
+        self.sigmas: tuple[list[float] | None, Tensor | None] = (None, None)  # the last σs and their [M] vector
         self.interrupted: str | None = None  # set by request_stop (ganexp/signals.py reads it)
         self.training_started = False  # True from on_train_start: before it, a signal stops at once
         # The members' fixed loss weights, as [M] vectors (on the training device in on_fit_start)
@@ -284,7 +286,8 @@ class StackedGAN(pl.LightningModule):
 
         self.g.train(True), self.d.train(False)
         fake = self.g(self._draw_z(n))
-        g_total, g_loss = self._losses(self.pair.g, (self.d(self._noised(fake, sigmas)).float(),), (), log_now)
+        g_total, g_loss = self._losses(self.pair.g, (self.d(self._noised(fake, sigmas, "noise/g", (n,))).float(),),
+                                       (), log_now)
         self.manual_backward(g_total)
         g_norm = self.g.grad_norms() if log_now else None
         self._step(opt_g, "g")
@@ -303,8 +306,9 @@ class StackedGAN(pl.LightningModule):
         """Σ_k of the members' D losses, each member's loss [M] when `each` (else None), and the logits."""
         with torch.no_grad():
             fake = self.g(self._draw_z(n))
-        noised = torch.cat([self._noised(real, sigmas), self._noised(fake, sigmas)], dim=1)  # real's noise first
-        real_logits, fake_logits = self.d(noised).split([real.shape[1], n], dim=1)  # one pass of D for both
+        parts = (real.shape[1], n)  # each member noises its real batch, then its fake one, as its run does
+        noised = self._noised(torch.cat([real, fake], dim=1), sigmas, "noise/d", parts)
+        real_logits, fake_logits = self.d(noised).split(parts, dim=1)  # one pass of D for both
         targets = (self.weights["smoothing"],) if self.pair.has_targets else ()
         total, loss = self._losses(self.pair.d, (real_logits.float(), fake_logits.float()), targets, each)
         penalties = []
@@ -348,16 +352,35 @@ class StackedGAN(pl.LightningModule):
         return grad.flatten(2).square().sum(dim=2).mean(dim=1)
 
     def _draw_z(self, n: int) -> Tensor:
-        return torch.stack([mod.prior.sample(n, self.device, mod.draws) for mod in self.mods])
+        """The members' z [M, n, latent], each from its own draws, into one reused buffer (G's graph that saved
+        the last z is gone by the next draw)."""
+        z = self._buffer("z", (len(self.mods), n, self.mods[0].prior.latent_dim))
+        for k, mod in enumerate(self.mods):
+            mod.prior.sample(n, generator=mod.draws, out=z[k])
+        return z
 
-    def _noised(self, x: Tensor, sigmas: list[float]) -> Tensor:
-        """noise.add_noise per member: x_k + σ_k·ε_k, ε_k from member k's draws (none drawn where σ_k = 0)."""
+    def _noised(self, x: Tensor, sigmas: list[float], name: str, parts: tuple[int, ...]) -> Tensor:
+        """noise.add_noise per member: x_k + σ_k·ε_k, with ε_k drawn from member k's draws for each of `parts`
+        (row counts of x_k, in the order its separate run noises them). ε lives in a reused buffer whose rows of
+        a member with σ_k = 0 are never drawn (they stay zero, or are multiplied by σ_k = 0)."""
         if not any(s > 0 for s in sigmas):
             return x
-        shape = x.shape[1:]
-        eps = torch.stack([torch.randn(shape, device=x.device, dtype=x.dtype, generator=mod.draws) if s > 0
-                           else torch.zeros(shape, device=x.device, dtype=x.dtype) for mod, s in zip(self.mods, sigmas)])
-        return x + self._vector(sigmas).view(-1, *([1] * len(shape))) * eps
+        eps = self._buffer(name, x.shape)
+        for k, (mod, s) in enumerate(zip(self.mods, sigmas)):
+            if s > 0:
+                for rows in eps[k].split(parts):
+                    rows.normal_(generator=mod.draws)
+        if self.sigmas[0] != sigmas:  # σ changes once an epoch at most (anneal_per=iteration: every iteration)
+            self.sigmas = sigmas, self._vector(sigmas)
+        return x + self.sigmas[1].view(-1, *([1] * (x.dim() - 1))) * eps
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """A tensor the members' draws are written into, kept between steps (zeros when made; made again
+        when the batch's shape changes, e.g. a last, smaller batch)."""
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.shape != shape:
+            buffer = self.buffers[name] = torch.zeros(shape, device=self.device)
+        return buffer
 
     @torch.no_grad()
     def _step(self, optimizer, side: str) -> None:

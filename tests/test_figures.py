@@ -1,5 +1,6 @@
 """The seed recipes (conf/experiment/) and their figures (ganexp/figures.py, callbacks=figures|toy)."""
 import csv
+import io
 
 import numpy as np
 import pytest
@@ -113,10 +114,41 @@ def test_scatter_snapshots_keep_their_limits_while_the_points_fit_and_leave_no_t
     second = live.image("iteration 2", inside)
     assert live.limits == limits and (first != second).any(axis=0).mean() > 0.002
     assert np.array_equal(live.image("iteration 1", a), first)  # nothing of `inside` or its title stays
+    x0, x1, y0, y1 = limits
+    middle = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    edge = middle + 0.99 * (np.array([[x0, y0], [x1, y1]]) - middle)  # just inside two corners: in the margin band
+    live.image("iteration 2", edge)  # inside the axes, though bounds(real, edge) would be wider: kept
+    assert live.limits == limits and figures.bounds(real, edge) != limits
     live.image("iteration 3", far)  # beyond the limits: new ones
     assert live.limits == figures.bounds(real, far)
     live.image("iteration 4", small)  # fits, but would fill < half of each axis: tight limits again
     assert live.limits == figures.bounds(real, small)
+
+
+def test_scatter_snapshots_legend_covers_no_point():
+    """The legend is drawn above the axes (with the background, once per limits), never over the points."""
+    rng = np.random.default_rng(2)
+    live = figures.ScatterSnapshots(rng.normal(size=(200, 2)))
+    live.image("iteration 1", rng.normal(size=(200, 2)))
+    renderer = live.canvas.get_renderer()
+    legend, axes = live.ax.get_legend().get_window_extent(renderer), live.ax.get_window_extent(renderer)
+    assert legend.y0 >= axes.y1 - 1 and legend.x1 <= axes.x1 + 1
+
+
+def test_add_png_writes_the_image_tensorboard_reads_back(tmp_path):
+    """ganexp.tensorboard.add_png: the exact pixels, as an image event of the right size and step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ganexp.tensorboard import add_png
+
+    image = np.random.default_rng(3).integers(0, 256, size=(3, 40, 60), dtype=np.uint8)
+    writer = SummaryWriter(str(tmp_path))
+    add_png(writer, "samples/scatter", image, 7)
+    writer.close()
+    (event,) = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload().Images("samples/scatter")
+    assert (event.step, event.width, event.height) == (7, 60, 40)
+    decoded = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")).transpose(2, 0, 1)
+    assert np.array_equal(decoded, image)
 
 
 def test_feature_space_after_one_generator_update_leaves_training_untouched(cfg_factory, tmp_path):

@@ -68,6 +68,24 @@ def test_each_member_of_a_stack_is_its_separate_run_over_20_iterations(tmp_path)
     assert _scalars(tmp_path / "stacked2", "noise/sigma") == [pytest.approx(0.1)] * 20
 
 
+def test_noise_annealed_to_zero_in_one_member_stacks_as_its_separate_runs(tmp_path):
+    """σ annealed every iteration reaches 0 in member 0 after one epoch while members 1 and 2 go on drawing
+    noise and member 3 never draws any: each member's draws and weights are still its separate run's."""
+    budget = [*TOY, "data.n=640", "trainer.max_epochs=3", "ckpt_every=100", "noise.anneal_per=iteration"]
+    jobs = [["noise.instance_sigma=0.3", "noise.anneal=linear", "noise.anneal_epochs=1", "seed=0"],
+            ["noise.instance_sigma=0.2", "noise.anneal=linear", "noise.anneal_epochs=3", "noise.instance_sigma_min=0.05",
+             "seed=1"],
+            ["noise.instance_sigma=0.1", "optimizer.lr=5e-4", "seed=2"],
+            ["noise.instance_sigma=0", "seed=3"]]
+    stacked = [make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(jobs)]
+    assert train_stack(stacked, jobs)[0]["iteration"] == 30
+    for k, job in enumerate(jobs):
+        train(make_cfg(tmp_path / f"separate{k}", *budget, *job))
+        _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}")
+    sigmas = _scalars(tmp_path / "stacked0", "noise/sigma")
+    assert sigmas[0] == pytest.approx(0.3) and sigmas[10:] == [0.0] * 20  # off from the second epoch on
+
+
 @pytest.mark.parametrize("loss, varied", [
     ("wgan_gp", [["loss.gp_weight=5", "seed=0"], ["loss.gp_weight=10", "seed=1"], ["loss.gp_weight=0", "seed=2"]]),
     ("nonsaturating", [["loss.r1_gamma=0", "seed=0"], ["loss.r1_gamma=10", "seed=1"], ["loss.r1_gamma=1", "seed=1"]]),
