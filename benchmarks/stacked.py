@@ -46,7 +46,7 @@ def sweep(out: Path, data: str, launcher: str, gpu: bool, epochs: int | None = N
 
 
 def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float, float]:
-    """Seconds of one training step: the median of `members` separate runs' GANModule.training_step times
+    """Seconds of one training step (members from the sweep's grid): the median of `members` separate runs' GANModule.training_step times
     `members` (one iteration of every run), and the median of the stack's StackedGAN.training_step (one
     iteration of all of them); 160 iterations each, the first 20 left out (warm-up). The median of many
     steps, not a difference of two budgets, so a slower minute of the machine moves it little."""
@@ -60,12 +60,15 @@ def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float,
 
     import torch
 
-    lrs = [1e-4 * (1 + k % 7) for k in range(members)]
+    # the sweep's grid (lr x smoothing x σ, conf/sweep/lr_smoothing_noise.yaml), cycled over the members
+    grid = [(lr, smoothing, sigma) for sigma in (0, 0.1) for smoothing in (0, 0.1) for lr in (1e-4, 2e-4, 5e-4)]
+    jobs = [grid[k % len(grid)] for k in range(members)]
     epochs, batches, warm = 8, 20, 20
     steps = epochs * batches  # per run
     common = [*SWEEPS[data][:2], "eval=none", "image_every=0", "ckpt_every=0", f"trainer.limit_train_batches={batches}",
               f"trainer.max_epochs={epochs}", *(["trainer=gpu"] if gpu else [])]
-    cfgs = [make_cfg(out / "steps" / f"{k}", *common, f"optimizer.lr={lr}", f"seed={k}") for k, lr in enumerate(lrs)]
+    cfgs = [make_cfg(out / "steps" / f"{k}", *common, f"optimizer.lr={lr}", f"loss.label_smoothing={smoothing}",
+                     f"noise.instance_sigma={sigma}", f"seed={k}") for k, (lr, smoothing, sigma) in enumerate(jobs)]
 
     def median_step(cls, run) -> float:
         times: list[float] = []
