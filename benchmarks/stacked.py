@@ -46,10 +46,11 @@ def sweep(out: Path, data: str, launcher: str, gpu: bool, epochs: int | None = N
 
 
 def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float, float]:
-    """Seconds of one training step (members from the sweep's grid): the median of `members` separate runs' GANModule.training_step times
-    `members` (one iteration of every run), and the median of the stack's StackedGAN.training_step (one
-    iteration of all of them); 160 iterations each, the first 20 left out (warm-up). The median of many
-    steps, not a difference of two budgets, so a slower minute of the machine moves it little."""
+    """Seconds of one training step, members from the sweep's grid: the median of `members` separate runs'
+    GANModule.training_step times `members` (one iteration of every run), and the median of the stack's
+    StackedGAN.training_step (one iteration of all of them); 160 iterations each, the first 20 left out
+    (warm-up). The median of many steps, not a difference of two budgets, so a slower minute of the machine
+    moves it little."""
     import statistics
 
     sys.path.insert(0, str(ROOT))

@@ -229,7 +229,7 @@ class StackedGAN(pl.LightningModule):
         self.lrs: dict[str, Tensor] = {}  # side → the members' learning rates
         self.mods = mods
         self.buffers: dict[str, Tensor] = {}  # the members' z and noise, drawn in place each step (_buffer)
-        self.sigmas: tuple[list[float] | None, Tensor | None] = (None, None)  # the last σs and their [M] vector
+        self.sigma_vector: tuple[list[float] | None, Tensor | None] = (None, None)  # the last σs, as an [M] tensor
         self.interrupted: str | None = None  # set by request_stop (ganexp/signals.py reads it)
         self.training_started = False  # True from on_train_start: before it, a signal stops at once
         # The members' fixed loss weights, as [M] vectors (on the training device in on_fit_start)
@@ -365,21 +365,21 @@ class StackedGAN(pl.LightningModule):
         a member with σ_k = 0 are never drawn (they stay zero, or are multiplied by σ_k = 0)."""
         if not any(s > 0 for s in sigmas):
             return x
-        eps = self._buffer(name, x.shape)
+        eps = self._buffer(name, x.shape, x.dtype)
         for k, (mod, s) in enumerate(zip(self.mods, sigmas)):
             if s > 0:
                 for rows in eps[k].split(parts):
                     rows.normal_(generator=mod.draws)
-        if self.sigmas[0] != sigmas:  # σ changes once an epoch at most (anneal_per=iteration: every iteration)
-            self.sigmas = sigmas, self._vector(sigmas)
-        return x + self.sigmas[1].view(-1, *([1] * (x.dim() - 1))) * eps
+        if self.sigma_vector[0] != sigmas:  # σ changes once an epoch at most (anneal_per=iteration: every iteration)
+            self.sigma_vector = sigmas, self._vector(sigmas)
+        return x + self.sigma_vector[1].view(-1, *([1] * (x.dim() - 1))) * eps
 
-    def _buffer(self, name: str, shape: tuple[int, ...]) -> Tensor:
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
         """A tensor the members' draws are written into, kept between steps (zeros when made; made again
-        when the batch's shape changes, e.g. a last, smaller batch)."""
+        for a batch of another shape)."""
         buffer = self.buffers.get(name)
-        if buffer is None or buffer.shape != shape:
-            buffer = self.buffers[name] = torch.zeros(shape, device=self.device)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = self.buffers[name] = torch.zeros(shape, device=self.device, dtype=dtype)
         return buffer
 
     @torch.no_grad()

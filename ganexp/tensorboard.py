@@ -112,8 +112,9 @@ def write_layout(logger: Any) -> None:
 
 def add_png(writer: Any, tag: str, image: np.ndarray, step: int) -> None:
     """An RGB uint8 image [3, H, W] to TensorBoard: the Summary.Image SummaryWriter.add_image writes, PNG-encoded
-    at zlib's fastest level and without add_image's float round trip (a toy run's 400x400 scatter snapshot:
-    ~12 ms instead of ~30 ms, every `image_every` iterations of every run)."""
+    at zlib's fastest level and without add_image's float round trip (a toy run's 400x400 scatter snapshot,
+    every `image_every` iterations of every run: ~23 ms instead of ~30 ms; ~14 ms of either is TensorBoard's
+    pure-Python CRC of the file's bytes)."""
     from PIL import Image
     from tensorboard.compat.proto.summary_pb2 import Summary
 
