@@ -130,8 +130,9 @@ class ScatterSnapshots:
 
     def image(self, title: str, fake: np.ndarray) -> np.ndarray:
         fake = np.asarray(fake, dtype=float)
-        if self.limits is None or not _fits(fake, bounds(self.real, fake), self.limits):
-            self._draw_background(bounds(self.real, fake))
+        wanted = bounds(self.real, fake)
+        if self.limits is None or not _fits(fake, wanted, self.limits):
+            self._draw_background(wanted)
         self.canvas.restore_region(self.background)
         self.fake.set_offsets(fake)
         self.title.set_text(title)

@@ -8,11 +8,8 @@ stays where it is (`.hydra/config.yaml`, the checkpoint).
 """
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
-
-import numpy as np
 
 from pytorch_lightning.callbacks import Callback
 
@@ -108,21 +105,6 @@ def write_layout(logger: Any) -> None:
     writer = getattr(logger, "experiment", None)
     if writer is not None and hasattr(writer, "add_custom_scalars"):
         writer.add_custom_scalars(LAYOUT)
-
-
-def add_png(writer: Any, tag: str, image: np.ndarray, step: int) -> None:
-    """An RGB uint8 image [3, H, W] to TensorBoard: the Summary.Image SummaryWriter.add_image writes, PNG-encoded
-    at zlib's fastest level and without add_image's float round trip (a toy run's 400x400 scatter snapshot,
-    every `image_every` iterations of every run: ~23 ms instead of ~30 ms; ~14 ms of either is TensorBoard's
-    pure-Python CRC of the file's bytes)."""
-    from PIL import Image
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    channels, height, width = image.shape
-    png = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(png, format="PNG", compress_level=1)
-    picture = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png.getvalue())
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
 
 
 class HParamsRow(Callback):

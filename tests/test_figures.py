@@ -1,6 +1,5 @@
 """The seed recipes (conf/experiment/) and their figures (ganexp/figures.py, callbacks=figures|toy)."""
 import csv
-import io
 
 import numpy as np
 import pytest
@@ -133,22 +132,6 @@ def test_scatter_snapshots_legend_covers_no_point():
     renderer = live.canvas.get_renderer()
     legend, axes = live.ax.get_legend().get_window_extent(renderer), live.ax.get_window_extent(renderer)
     assert legend.y0 >= axes.y1 - 1 and legend.x1 <= axes.x1 + 1
-
-
-def test_add_png_writes_the_image_tensorboard_reads_back(tmp_path):
-    """ganexp.tensorboard.add_png: the exact pixels, as an image event of the right size and step."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from ganexp.tensorboard import add_png
-
-    image = np.random.default_rng(3).integers(0, 256, size=(3, 40, 60), dtype=np.uint8)
-    writer = SummaryWriter(str(tmp_path))
-    add_png(writer, "samples/scatter", image, 7)
-    writer.close()
-    (event,) = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload().Images("samples/scatter")
-    assert (event.step, event.width, event.height) == (7, 60, 40)
-    decoded = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")).transpose(2, 0, 1)
-    assert np.array_equal(decoded, image)
 
 
 def test_feature_space_after_one_generator_update_leaves_training_untouched(cfg_factory, tmp_path):

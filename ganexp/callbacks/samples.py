@@ -8,7 +8,6 @@ from torchvision.utils import make_grid
 
 from ganexp import figures
 from ganexp.callbacks.base import Periodic
-from ganexp.tensorboard import add_png
 
 
 class SampleGrid(Periodic):
@@ -37,7 +36,7 @@ class SampleGrid(Periodic):
             fake = pl_module.sample(z.to(pl_module.device))
             if self.scatter is None:
                 self.scatter = figures.ScatterSnapshots(real[: self.n_real_points].cpu().numpy())
-            add_png(writer, "samples/scatter", self.scatter.image(f"iteration {step}", fake.float().cpu().numpy()), step)
+            writer.add_image("samples/scatter", self.scatter.image(f"iteration {step}", fake.float().cpu().numpy()), step)
 
     @staticmethod
     def _grid(images: torch.Tensor, trainer) -> torch.Tensor:
