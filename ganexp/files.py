@@ -23,6 +23,7 @@ from ganexp.registry import build, check_stored
 EXPORT_SUFFIX = ".safetensors"
 EXPORT_FORMAT = "ganexp-generator/1"
 NEEDED = ("model.generator", "noise.prior", "noise.latent_dim", "data")  # to sample from a stored config
+MAX_RECORD_BYTES = 4 << 20  # JSON / YAML records ganexp writes are kilobytes; a bigger one is not a ganexp record
 
 
 class BadFile(ConfigError):
@@ -191,25 +192,35 @@ def check_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], sou
         raise BadFile(f"{source}: the {what} weights do not fit the {what} its config describes: {detail}")
 
 
-def read_json(path: str | Path, default: Any = None) -> Any:
-    """A JSON record; `default` when the file does not exist; BadFile when it is not JSON."""
+def _read_text(path: Path, max_bytes: int) -> str:
+    """The file's text, read only when it is at most `max_bytes` (BadFile otherwise: a crafted record is data)."""
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BadFile(f"{path} is over {max_bytes:,} bytes, too large for a ganexp record; is it one? "
+                      "remove or replace it")
+    return data.decode()
+
+
+def read_json(path: str | Path, default: Any = None, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """A JSON record; `default` when the file does not exist; BadFile when it is not JSON or over `max_bytes`."""
     path = Path(path)
     if not path.is_file():
         return default
     try:
-        return json.loads(path.read_text())
+        return json.loads(_read_text(path, max_bytes))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
         raise BadFile(f"cannot read {path} ({_first_line(err)})") from None
 
 
-def read_yaml(path: str | Path, default: Any = None) -> Any:
-    """A YAML file parsed as plain data (safe_load: no tags, no objects)."""
+def read_yaml(path: str | Path, default: Any = None, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """A YAML file parsed as plain data (safe_load: no tags, no objects), at most `max_bytes`."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         return default
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(_read_text(path, max_bytes))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, RecursionError) as err:
         raise BadFile(f"cannot read {path} ({_first_line(err)})") from None
