@@ -209,6 +209,8 @@ def read_json(path: str | Path, default: Any = None, max_bytes: int = MAX_RECORD
         return default
     try:
         return json.loads(_read_text(path, max_bytes))
+    except BadFile:
+        raise
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
         raise BadFile(f"cannot read {path} ({_first_line(err)})") from None
 
@@ -222,5 +224,7 @@ def read_yaml(path: str | Path, default: Any = None, max_bytes: int = MAX_RECORD
         return default
     try:
         return yaml.safe_load(_read_text(path, max_bytes))
+    except BadFile:
+        raise
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, RecursionError) as err:
         raise BadFile(f"cannot read {path} ({_first_line(err)})") from None
