@@ -139,6 +139,10 @@ def load_generator(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
         shaped = build(config["model"]["generator"], "generator", key="model.generator", source=source)
         check_weights(shaped, weights, source, "generator")
         _check_generator_io(shaped, config, source)
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:  # a diverged or crafted generator: its samples would score as numbers
+        raise BadFile(f"{source}: the generator's weight {bad} holds NaN or Inf values; it cannot be sampled or "
+                      "scored (a diverged run keeps its last good checkpoint: use that one)")
     generator = build(config["model"]["generator"], "generator", key="model.generator", source=source)
     generator.load_state_dict(weights)
     return generator.eval(), config, record
