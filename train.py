@@ -42,11 +42,14 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
     folder is skipped. Returns (the run's metrics.json record, the built objects: cfg, datamodule,
     module, trainer; none when skipped), as lightning-hydra-template's train(cfg) does.
     """
+    from ganexp import writes
     from ganexp.validate import check_config
     from ganexp.lock import folder_lock
 
     check_config(cfg)  # bad values fail here, before anything is built or written
     overrides = _task_overrides() if overrides is None else overrides
+    writes.confine(cfg.paths.output_dir)  # nothing below it is written through a link...
+    writes.check_tree(cfg.paths.output_dir)  # ...and a folder that holds one is refused before anything is written
     with folder_lock(cfg.paths.output_dir):  # one run per folder: a second one is refused (FolderInUse)
         return _train(cfg, overrides, Path(cfg.paths.output_dir))
 
@@ -164,6 +167,7 @@ def main(cfg: DictConfig) -> float | None:
     from ganexp.launch import job_resources
     from ganexp.lock import FolderInUse
     from ganexp.results import sweeper_value
+    from ganexp.writes import LinkRefused
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     # The pre-run check imported Lightning before Hydra set up logging, so Lightning gave its logger a
@@ -175,7 +179,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         with job_resources(cfg):  # parallel sweeps: a share of the CPU threads, a GPU of its own
             record, _ = train(cfg)
-    except FolderInUse as err:  # the folder's record belongs to the run that holds it
+    except (FolderInUse, LinkRefused) as err:  # the folder's record belongs to the run that holds it / nothing written
         return _fail(multirun, "refused", str(err), 2)
     except ConfigError as err:
         _record_failure(cfg, "failed", str(err))

@@ -26,10 +26,9 @@ PROGRESSION_CELL = 0.5        # inches per sample in the progression strip
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write `fig` at its own size: width x height inches x DPI pixels."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=fig.dpi)
-    return path
+    from ganexp import writes
+
+    return writes.replace_with(path, lambda tmp: fig.savefig(tmp, dpi=fig.dpi))
 
 
 def curves_figure(epochs: Sequence[float], series: Mapping[str, Sequence[float]]) -> Figure:

@@ -24,6 +24,7 @@ from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from ganexp import writes
 from ganexp.errors import ConfigError
 
 log = logging.getLogger("ganexp")
@@ -91,7 +92,7 @@ def lock_free_gpu(count: int, folder: Path = GPU_LOCKS, poll_s: float = 1.0) -> 
     physical = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(count)]
     while True:
         for index in range(count):
-            handle = open(folder / f"gpu{physical[index]}.lock", "w")
+            handle = os.fdopen(writes.open_fd(folder / f"gpu{physical[index]}.lock", os.O_WRONLY), "w")  # /tmp is shared
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return index, handle

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from ganexp import writes
 from ganexp.errors import ConfigError
 
 LOCK_FILE = ".ganexp-lock"
@@ -67,8 +68,7 @@ def _take(folder: Path, path: Path):
     """The open lock file, flocked; its inode is still the file's name (a run that just ended unlinks it)."""
     for _ in range(3):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a+")
+            handle = os.fdopen(writes.open_fd(path, os.O_RDWR | os.O_APPEND), "a+")  # never through a link
         except OSError as err:
             raise ConfigError(f"cannot write in {folder} ({err.strerror}); make it writable, or give the run "
                               f"another folder") from None

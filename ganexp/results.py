@@ -1,4 +1,4 @@
-"""metrics.json: one record per run, always written atomically (temp file + rename).
+"""metrics.json: one record per run, always written whole (ganexp/writes.py: temp file, fsync, rename).
 
 Fields every writer may merge in: `status` (running | finished | failed | diverged),
 `reason`, `iteration`, `final` / `best` metric dicts, `protocol`. Readers (compare,
@@ -6,24 +6,13 @@ sweeps, resume) trust only what this module wrote.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from ganexp import writes
+
 METRICS_FILE = "metrics.json"
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: str | Path) -> dict:
@@ -40,7 +29,7 @@ def read_metrics(run_dir: str | Path) -> dict:
 def update_metrics(run_dir: str | Path, **fields: Any) -> dict:
     """Merge `fields` into <run_dir>/metrics.json (top-level keys replaced) and return the record."""
     record = {**read_metrics(run_dir), **fields}
-    write_json_atomic(Path(run_dir) / METRICS_FILE, record)
+    writes.replace_json(Path(run_dir) / METRICS_FILE, record)
     return record
 
 

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ganexp import writes
 from ganexp.data.base import EpochBatchSampler
 from ganexp.module import scalars
 
@@ -522,8 +523,7 @@ class MemberTrainer:
         return getattr(self._stack, name)
 
     def save_checkpoint(self, path, weights_only: bool = False) -> None:
-        if self._stack.is_global_zero:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if self._stack.is_global_zero:  # `path` is the checkpoint callback's temporary file (ganexp/writes.py)
             torch.save(self._member.checkpoint(self._stack), path)
 
 
@@ -643,6 +643,8 @@ def train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> li
 
     for cfg in cfgs:
         check_config(cfg)
+        writes.confine(cfg.paths.output_dir)
+        writes.check_tree(cfg.paths.output_dir)
     with contextlib.ExitStack() as held:
         for cfg in cfgs:
             held.enter_context(folder_lock(cfg.paths.output_dir))
@@ -795,7 +797,7 @@ def _run_stack(launcher, jobs: list) -> list:
         r.return_value = None
     try:
         records = train_stack([p["cfg"] for p in prepared], [p["overrides"] for p in prepared])
-    except FolderInUse as err:  # the folder's record belongs to the run that holds it
+    except (FolderInUse, writes.LinkRefused) as err:  # the folder's record belongs to the run that holds it
         log.error("stack refused: %s", err)
         return returns
     except Exception as err:
@@ -825,7 +827,7 @@ def _log_to_every(files: list[str]) -> None:
         root.removeHandler(h)
         h.close()
     for path in dict.fromkeys(files):
-        handler = logging.FileHandler(path, mode="a")
+        handler = logging.StreamHandler(writes.open_append(path))  # as Hydra's FileHandler, never through a link
         handler.setFormatter(formatter)
         root.addHandler(handler)
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):

@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ganexp.metrics.classifier import load_classifier
-from ganexp.results import read_metrics, write_json_atomic
+from ganexp.results import read_metrics
+from ganexp.writes import replace_json
 from ganexp.files import read_checkpoint
 from ganexp.metrics.scores import IMAGE_METRICS
 from tests.helpers import make_cfg
@@ -138,12 +139,13 @@ def test_eval_none_records_no_metrics(tmp_path):
 
 def test_metrics_json_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "metrics.json"
-    write_json_atomic(path, {"status": "running"})
+    replace_json(path, {"status": "running"})
 
     def crash(*_):
         raise OSError("killed mid-rename")
 
-    monkeypatch.setattr("ganexp.results.os.replace", crash)
+    monkeypatch.setattr("ganexp.writes.os.replace", crash)
     with pytest.raises(OSError):
-        write_json_atomic(path, {"status": "finished"})
+        replace_json(path, {"status": "finished"})
     assert json.loads(path.read_text()) == {"status": "running"}  # the old record, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # and no temporary file left

@@ -1,11 +1,11 @@
-"""`checkpoints/last.ckpt` every `every` iterations and at the end, written atomically."""
+"""`checkpoints/last.ckpt` every `every` iterations and at the end, written whole (ganexp/writes.py)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytorch_lightning as pl
 
+from ganexp import writes
 from ganexp.callbacks.base import Periodic
 
 
@@ -43,7 +43,8 @@ class PeriodicCheckpoint(Periodic):
         module = trainer.lightning_module
         if module.diverged_at is not None or not module.check_parameters():
             return  # keep the last good checkpoint; the module has stopped the run and says why
-        tmp = self.last_path.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.last_path)
+        if not trainer.is_global_zero:  # collective under DDP: every rank calls it, rank 0 alone writes
+            trainer.save_checkpoint(self.last_path, weights_only=False)
+            return
+        with writes.replacing(self.last_path) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)

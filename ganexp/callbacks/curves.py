@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from ganexp import figures
+from ganexp import figures, writes
 from ganexp.callbacks.base import epochs, tb_writer
 
 
@@ -36,8 +36,7 @@ class TrainingCurves(Callback):
         if not trainer.is_global_zero or not self.rows:
             return
         columns = list(dict.fromkeys(key for row in self.rows for key in row))
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        with open(self.dirpath / "curves.csv", "w", newline="") as f:
+        with writes.replacing(self.dirpath / "curves.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(self.rows)

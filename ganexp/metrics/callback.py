@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
 
+from ganexp import writes
 from ganexp.callbacks.base import Periodic
 from ganexp.files import generator_weights, load_weights, read_checkpoint
 from ganexp.metrics.evaluator import Evaluator, quantize
@@ -117,12 +117,10 @@ class EvalCallback(Periodic):
 
     def _save_best(self, pl_module) -> None:
         """Weights + config (what sample / evaluate need), written atomically by rank 0 alone."""
-        self.best_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.best_path.with_suffix(".ckpt.tmp")
         weights = {k: v.clone() for k, v in pl_module.state_dict().items()}  # a stack member's are views (stack.py)
-        torch.save({"state_dict": weights, "hyper_parameters": dict(pl_module.hparams),
-                    "iteration": pl_module.iteration, self.monitor: self.best_value}, tmp)
-        os.replace(tmp, self.best_path)
+        record = {"state_dict": weights, "hyper_parameters": dict(pl_module.hparams),
+                  "iteration": pl_module.iteration, self.monitor: self.best_value}
+        writes.replace_with(self.best_path, lambda tmp: torch.save(record, tmp))
 
 
 def _fmt(scores: dict[str, float]) -> str:
