@@ -14,12 +14,16 @@ Grey files are repeated to 3 channels for data.channels=3.
 Skipped on purpose, counted in one log line: hidden files and everything under hidden folders
 (names starting with "."), such as the "._name.png" AppleDouble files macOS writes beside copied
 images (metadata, not images) and ".thumbnails/". Animated files (GIF, APNG, WebP, multi-page TIFF)
-give their first frame only, counted in the same line. Any other file that cannot be decoded is
-refused in one line naming it.
+give their first frame only, counted in the same line (only that frame is decoded, and the frames
+are not counted: a file of a million tiny frames costs nothing). Any other file that cannot be
+decoded is refused in one line naming it, and so is one larger than MAX_PIXELS: each file's header
+is read (size, format) when the datamodule is built, before any run folder, and again right before
+it is decoded, so a 20 KB PNG that declares 13000x13000 pixels is never decoded.
 """
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,21 +37,52 @@ from ganexp.data.base import TensorDataModule, scale_unit
 from ganexp.errors import ConfigError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # what Pillow may take a file for: never EPS, PSD, ...
+# A file is decoded whole before it is resized to data.size, as float32 (12 bytes a pixel in RGB, plus Pillow's
+# own copy): a 50-Mpx RGB photo (a 45-Mpx camera's fits) takes 1.3 GB and 9 s. More is no image anyone trains a GAN
+# on, and may be a bomb: a 20 KB one-bit PNG can declare 13000x13000 pixels (4 GB), under Pillow's own limit.
+MAX_PIXELS = 50_000_000
 log = logging.getLogger("ganexp")
 
 
-def read_unit(file: Path, channels: int) -> tuple[Tensor, int]:
-    """The first frame of `file` as float32 [channels, H, W] in [0, 1], and its number of frames."""
+def _undecodable(file: Path, err: Exception) -> ConfigError:
+    return ConfigError(f"{file} cannot be decoded as an image ({err}); delete it or save it again as PNG")
+
+
+def _open(file: Path) -> tuple[Image.Image, bool]:
+    """`file` with its header read and nothing decoded, and whether it has more than one frame; ConfigError
+    when it is no image, or too large to decode."""
     try:
-        with Image.open(file) as image:
-            frames = getattr(image, "n_frames", 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is lower; one line, not two
+            image = Image.open(file, formats=FORMATS)
+            animated = bool(getattr(image, "is_animated", False))  # reads one frame further, not all of them
+    except Image.DecompressionBombError:  # over twice Pillow's own limit: it gives no size
+        raise ConfigError(f"{file} is over the {MAX_PIXELS // 1_000_000} megapixels ganexp decodes; "
+                          "shrink it (data.size is all a run keeps) or remove it from the folder") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise _undecodable(file, err) from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise ConfigError(f"{file} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
+                          f"{MAX_PIXELS // 1_000_000} megapixels ganexp decodes; shrink it (data.size is all a run "
+                          "keeps) or remove it from the folder")
+    return image, animated
+
+
+def read_unit(file: Path, channels: int) -> tuple[Tensor, bool]:
+    """The first frame of `file` as float32 [channels, H, W] in [0, 1], and whether it has more frames."""
+    image, animated = _open(file)
+    try:
+        with image:
             mode = image.mode
             if mode.startswith("I") or mode == "F":  # PIL's convert() would clip these to 8 bits
                 pixels = np.asarray(image, dtype=np.float32)
             else:
                 pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ConfigError(f"{file} cannot be decoded as an image ({err}); delete it or save it again as PNG") from None
+        raise _undecodable(file, err) from None
     low, high = float(pixels.min()), float(pixels.max())
     if mode.startswith("I"):
         if low < 0 or high > 65535:
@@ -62,7 +97,7 @@ def read_unit(file: Path, channels: int) -> tuple[Tensor, int]:
     else:
         full = 255.0
     unit = torch.from_numpy(pixels / full)
-    return (unit.permute(2, 0, 1) if unit.dim() == 3 else unit.expand(channels, *unit.shape)), frames
+    return (unit.permute(2, 0, 1) if unit.dim() == 3 else unit.expand(channels, *unit.shape)), animated
 
 
 class ImageFolderDataModule(TensorDataModule):
@@ -73,8 +108,11 @@ class ImageFolderDataModule(TensorDataModule):
         number("data.size", size, INT, lambda s: s >= 1, "a positive number of pixels, e.g. data.size=32")
         number("data.channels", channels, INT, lambda c: c in (1, 3), "1 (grey) or 3 (RGB)")
         self.path, self.size, self.channels = Path(path).expanduser(), size, channels
+        for file in self.files()[0]:  # each header, so that a bomb or a non-image fails before any run folder
+            _open(file)[0].close()
 
-    def load(self):
+    def files(self) -> tuple[list[Path], int]:
+        """The images under data.path, in order, and the number of hidden ones skipped."""
         files, hidden = [], 0
         for p in sorted(self.path.rglob("*")):
             if p.suffix.lower() not in EXTENSIONS or not p.is_file():
@@ -83,14 +121,18 @@ class ImageFolderDataModule(TensorDataModule):
                 hidden += 1
             else:
                 files.append(p)
+        return files, hidden
+
+    def load(self):
+        files, hidden = self.files()
         if not files:
             raise ConfigError(f"data.path={self.path} holds no images ({', '.join(sorted(EXTENSIONS))})"
                               f"{f' other than {hidden} hidden files' if hidden else ''}")
         images = torch.empty(len(files), self.channels, self.size, self.size)  # filled in place: one copy in memory
         animated = 0
         for i, f in enumerate(files):
-            image, frames = read_unit(f, self.channels)
-            animated += frames > 1
+            image, more = read_unit(f, self.channels)
+            animated += more
             images[i] = TF.center_crop(TF.resize(image, self.size, antialias=True), self.size)
         if hidden or animated:
             log.info("data.path=%s: read %d images; skipped %d hidden files (names or folders starting with '.'); "
