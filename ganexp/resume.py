@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ganexp.errors import ConfigError, shown
 from ganexp.files import select
@@ -36,6 +37,7 @@ EXPERIMENT = ("model", "data", "loss", "optimizer", "noise", "seed", "batch_size
 ADDED_LATER = {"ema": {"decay": 0.0, "start": 0}, "reuse_fake": False}
 FREE = ("data.root", "data.download")  # where the files are on this machine, not what they are
 NOT_SETTINGS = ("ckpt_path", "init_from", "paths", "hydra")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # train.py's config folder (ganexp is installed in place)
 
 
 def mark_run(run_dir: str | Path) -> None:
@@ -182,21 +184,71 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
 
 
 def _carry_settings(merged: DictConfig, stored: dict, keys: list[str]) -> None:
-    """The run's other settings (epochs, time budget, batches per epoch, frequencies) as stored,
-    unless the command line sets them; interpolated values (paths, `${batch_size}`) stay as composed,
-    so they point into this run's folder."""
+    """Every setting that is not the experiment as stored, unless the command line sets it: each config
+    group whole (the option chosen and its contents, empty or not: `eval=none` is `eval: {}`) and each
+    top-level key. What the command line sets inside a group is laid over the stored group. A stored
+    value that an interpolation of conf/ or of this composition gives (a path into the run folder,
+    `${image_every}`) becomes that interpolation again, so it points into this run's folder and follows
+    the key it came from."""
     if "experiment" in keys:
         return  # an experiment overlay sets its own budget
-    for path, value in _leaves(stored, "").items():
-        path = path.lstrip(".")
-        top = path.split(".")[0]
-        if top in EXPERIMENT or top in NOT_SETTINGS or any(path == k or path.startswith(k + ".") for k in keys):
-            continue
-        parent_path, _, leaf = path.rpartition(".")
-        parent = OmegaConf.select(merged, parent_path) if parent_path else merged
-        if not isinstance(parent, DictConfig) or leaf not in parent or OmegaConf.is_interpolation(parent, leaf):
-            continue
-        parent[leaf] = copy.deepcopy(value)
+    keys = [k.replace("/", ".") for k in keys]
+    composed = OmegaConf.to_container(merged, resolve=False)
+    carried = [top for top in composed if top in stored and top not in EXPERIMENT and top not in NOT_SETTINGS
+               and top not in keys]
+    probe = OmegaConf.create(stored)  # plain values only: files.check_run_config refuses interpolations
+    for top in carried:
+        templates = {**_interpolations(top), **{path: v for path, v in _leaves(composed[top], top).items()
+                                                if _is_interpolation(v)}}
+        for path, template in templates.items():
+            value = OmegaConf.select(probe, path, default=None)
+            if value is None or isinstance(value, (DictConfig, ListConfig)):
+                continue
+            OmegaConf.update(probe, path, template)
+            if OmegaConf.select(probe, path, throw_on_resolution_failure=False) != value:
+                OmegaConf.update(probe, path, value)  # the run had its own value there: keep it
+    restored = OmegaConf.to_container(probe, resolve=False)
+    for top in carried:
+        value = restored[top]
+        for key in keys:
+            if key.startswith(top + "."):
+                value = _lay_over(value, key.split(".")[1:], composed[top])
+        merged[top] = value
+
+
+def _lay_over(group: Any, parts: list[str], composed: Any) -> Any:
+    """`group` with the command line's value of one key in it (`parts` below the group): where the stored
+    group has no such part (an option that is off, a callback it lacks), the command line's whole part."""
+    if not isinstance(group, dict) or not group:
+        return copy.deepcopy(composed)
+    node, source = group, composed
+    for i, part in enumerate(parts):
+        source = source.get(part, _ABSENT) if isinstance(source, dict) else _ABSENT
+        if i == len(parts) - 1 or not isinstance(node.get(part), dict):
+            if isinstance(source, _Absent):
+                node.pop(part, None)  # ~key
+            else:
+                node[part] = copy.deepcopy(source)
+            break
+        node = node[part]
+    return group
+
+
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+@functools.lru_cache(maxsize=None)
+def _interpolations(group: str) -> dict[str, str]:
+    """path → interpolation of every option of a config group, as conf/<group>/*.yaml write them: a stored
+    run's option may be one this composition did not choose (its `callbacks.toy.dirpath`)."""
+    found: dict[str, str] = {}
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        if isinstance(node, dict):
+            node.pop("defaults", None)
+            found.update({k: v for k, v in _leaves(node, group).items() if _is_interpolation(v)})
+    return found
 
 
 def _sets_any(override: str, keys: list[str]) -> bool:

@@ -1,10 +1,13 @@
-"""Ctrl-C (SIGINT) and SIGTERM end a run cleanly instead of killing it.
+"""Ctrl-C (SIGINT), SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) end a run cleanly
+instead of killing it.
 
-While `stop_on_signals(module)` is active, the first SIGINT or SIGTERM asks the module to stop
+While `stop_on_signals(module)` is active, the first of these signals asks the module to stop
 after the iteration in progress (`GANModule.request_stop`): the checkpoint callback then writes
 `last.ckpt` for that iteration, train.py marks metrics.json `interrupted` (with the signal and
-the iteration) and exits 130 (SIGINT) or 143 (SIGTERM). A second signal stops at once, the
-default way. Before the first iteration (setup: loading data, restoring a checkpoint, training the
+the iteration) and exits 128 + the signal's number (EXIT_CODES). A second signal stops at once, the
+default way. After a SIGHUP the terminal is usually gone, so what was written to it goes to /dev/null
+instead: a write to a hung-up terminal fails (EIO), and the progress bar's next line would turn the
+clean stop into a crash. Before the first iteration (setup: loading data, restoring a checkpoint, training the
 metrics classifier on first use, minutes for MNIST) there is nothing to finish or checkpoint, so
 the first signal stops at once (StoppedBeforeTraining), recorded the same way. Lightning also
 handles SIGTERM (it leaves `fit` with SIGTERMException after the batch, and under SLURM its
@@ -19,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
+EXIT_CODES = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
 
 
 class StoppedBeforeTraining(BaseException):
@@ -38,16 +41,29 @@ def stop_reason(module) -> str:
     return f"{module.interrupted} before training started (iteration {module.iteration})"
 
 
+def _leave_terminal(fds: list[int]) -> None:
+    """`fds` (stdout, stderr that were a terminal) go to /dev/null; train.log keeps the run's lines."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 @contextmanager
 def stop_on_signals(module) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    signums = [signal.SIGINT, signal.SIGTERM]
+    signums = [getattr(signal, name) for name in EXIT_CODES if hasattr(signal, name)]  # no SIGHUP on Windows
     previous = {s: signal.getsignal(s) for s in signums}
+    terminal = [fd for fd in (1, 2) if os.isatty(fd)]  # asked now: a hung-up terminal is no tty any more
 
     def handler(signum, frame) -> None:
         name = signal.Signals(signum).name
+        if name == "SIGHUP":
+            _leave_terminal(terminal)
         if module.interrupted is not None:  # asked twice: stop now
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
             os.kill(os.getpid(), signum)
