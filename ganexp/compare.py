@@ -22,24 +22,46 @@ the table of failures is printed as usual, since the dashes then come from the f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import difflib
+import io
 import logging
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganexp import search
-from ganexp.errors import ConfigError
-from ganexp.files import BadFile, read_yaml
-from ganexp.metrics.scores import HIGHER_IS_BETTER, IMAGE_METRICS, TOY_METRICS  # the metric registry
-from ganexp.results import read_metrics
+from ganexp import search, writes
+from ganexp.errors import ConfigError, shown
+from ganexp.files import BadFile, read_json, read_yaml
+from ganexp.metrics.scores import HIGHER_IS_BETTER, IMAGE_METRICS, METRICS, TOY_METRICS  # the metric registry
+from ganexp.results import METRICS_FILE
 
 LOSS_FALLBACK = "loss/g"
 NOT_OVERRIDES = ("hydra.", "paths.", "ckpt_path", "sweep")  # bookkeeping, not a parameter of the run
 FILES = ("summary.md", "summary.csv", "summary.png")
+STATUSES = ("finished", "failed", "diverged", "interrupted", "running")  # what train.py and stack.py write
+
+# Job folders are data someone else may have made: every bound below is far above what ganexp writes.
+MAX_RECORD_BYTES = 1 << 20  # a metrics.json is a few KB (each resume appends one line of overrides)
+MAX_YAML_BYTES = search.MAX_YAML_BYTES  # a job's .hydra/*.yaml
+MAX_JOBS = 5000             # job folders compared (a 5-parameter grid of 4 values, 3 seeds: 3072)
+MAX_OVERRIDES = 100         # command-line overrides of one job
+MAX_KEYS = 16               # swept parameters shown (columns of the tables and summary.csv)
+MAX_PLOTTED = 6             # of them drawn in summary.png (one panel each)
+MAX_TEXT = 200              # characters of a value, reason or folder name kept
+MAX_LINKS = 20              # suspicious links listed
+
+# What each metric can be, from its definition (ganexp.metrics.scores): a value outside is not a
+# measurement, so the job is unreadable, never ranked. Distances are >= 0 (image_scores reports fid,
+# kid and class_kl clamped at 0); precision, recall and hq are shares; coverage and modes are counts;
+# is = exp(mean KL) > 0 (>= 1 but for rounding; its upper end, the class count, is not in the record).
+POSSIBLE = {"fid": (0, math.inf), "kid": (0, math.inf), "is": (0, math.inf), "coverage": (0, math.inf),
+            "class_kl": (0, math.inf), "precision": (0, 1), "recall": (0, 1),
+            "swd": (0, math.inf), "modes": (0, math.inf), "hq": (0, 1), "residual": (0, math.inf)}
 
 
 @dataclass
@@ -54,6 +76,8 @@ class Job:
     final: dict[str, float] = field(default_factory=dict)
     monitor: str | None = None
     value: float = math.nan      # the ranking value of the chosen metric
+    number: int | None = None    # Hydra's job number: a searched sweep's trial (ganexp/search.py)
+    folder: Path | None = field(default=None, repr=False)  # where it was read (`run` is cut for the tables)
 
     @property
     def finished(self) -> bool:
@@ -68,58 +92,133 @@ def direction(metric: str) -> str:
     return "higher is better" if higher_is_better(metric) else "lower is better"
 
 
-def _numbers(record) -> dict[str, float]:
-    if not isinstance(record, dict):
+def text(value: object, width: int = MAX_TEXT) -> str:
+    """A string from someone's file as one line of a table: control characters escaped, at most `width` long."""
+    value = str(value)
+    if not value.isprintable():
+        value = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+    return shown(value, width)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def possible(metric: str, value) -> bool:
+    """Whether `value` can be a measurement of `metric` (POSSIBLE: finite, inside its range)."""
+    low, high = POSSIBLE[metric]
+    try:
+        return _is_number(value) and math.isfinite(value) and low <= value <= high
+    except OverflowError:  # a 400-digit integer
+        return False
+
+
+def _range(metric: str) -> str:
+    low, high = POSSIBLE[metric]
+    return f"a number >= {low}" if high == math.inf else f"a number in [{low}, {high}]"
+
+
+def _metrics(record: dict, part: str) -> dict[str, float]:
+    """record[part] ("best" / "final"): the registry's metrics only, each a possible value (BadFile if not)."""
+    values = record.get(part)
+    if values is None:
         return {}
-    numbers = {}
-    for k, v in record.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            try:
-                numbers[str(k)] = float(v)
-            except OverflowError:  # a 400-digit integer in someone's metrics.json
-                numbers[str(k)] = math.nan
-    return numbers
+    if not isinstance(values, dict):
+        raise BadFile(f"{METRICS_FILE}: {part} is not a mapping of metric names to numbers")
+    for metric in METRICS:
+        if metric in values and not possible(metric, values[metric]):
+            raise BadFile(f"{METRICS_FILE}: {part}.{metric} is {shown(repr(values[metric]), 40)}, "
+                          f"not a possible {metric} ({_range(metric)})")
+    return {m: float(values[m]) for m in METRICS if m in values}
+
+
+def _record(run_dir: Path) -> dict:
+    """The fields of metrics.json that compare uses, checked ({"status": "no result"} without one)."""
+    record = read_json(run_dir / METRICS_FILE, default={}, max_bytes=MAX_RECORD_BYTES)
+    if not isinstance(record, dict):
+        raise BadFile(f"{METRICS_FILE} is not a ganexp record (a JSON {type(record).__name__}, not an object)")
+    status = record.get("status", "no result")
+    if status not in STATUSES and status != "no result":
+        raise BadFile(f"{METRICS_FILE}: status is {shown(repr(status), 40)}, not one ganexp writes "
+                      f"({', '.join(STATUSES)})")
+    iteration = record.get("iteration")
+    if iteration is not None and not (isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0):
+        raise BadFile(f"{METRICS_FILE}: iteration is {shown(repr(iteration), 40)}, not a count of iterations "
+                      "(an integer >= 0)")
+    monitor = record.get("monitor")
+    if monitor is not None and monitor not in METRICS:
+        raise BadFile(f"{METRICS_FILE}: monitor is {shown(repr(monitor), 40)}, not a metric ganexp reports")
+    reason = record.get("reason")
+    return {"status": status, "reason": text(reason) if reason else "", "iteration": iteration, "monitor": monitor,
+            "best": _metrics(record, "best"), "final": _metrics(record, "final")}
 
 
 def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
     """The job's command-line overrides and seed, read as plain data (BadFile when malformed)."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    lines = read_yaml(path, default=[]) or []
-    if not isinstance(lines, list) or not all(isinstance(line, (str, int, float)) for line in lines):
-        raise BadFile(f"{path} is not a list of overrides")
+    lines = read_yaml(run_dir / ".hydra" / "overrides.yaml", default=[], max_bytes=MAX_YAML_BYTES) or []
+    if not isinstance(lines, list) or not all(_is_number(line) or isinstance(line, str) for line in lines):
+        raise BadFile(".hydra/overrides.yaml is not a list of overrides")
+    if len(lines) > MAX_OVERRIDES:
+        raise BadFile(f".hydra/overrides.yaml holds {len(lines)} overrides, more than a ganexp job has "
+                      f"({MAX_OVERRIDES})")
     params = {}
     for line in lines:
         key, _, value = str(line).lstrip("+~").partition("=")
         if not key.startswith(NOT_OVERRIDES) and key not in ("seed",):
-            params[key] = value
-    config_path = run_dir / ".hydra" / "config.yaml"
-    config = read_yaml(config_path, default={}) or {}
+            params[text(key)] = text(value)
+    config = read_yaml(run_dir / ".hydra" / "config.yaml", default={}, max_bytes=MAX_YAML_BYTES) or {}
     if not isinstance(config, dict):
-        raise BadFile(f"{config_path} is not a mapping")
+        raise BadFile(".hydra/config.yaml is not a mapping")
     seed = config.get("seed")
-    return params, seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    return params, seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32 else None
 
 
 def read_job(run_dir: Path, sweep_dir: Path) -> Job:
-    """One job folder; a malformed file makes the job `unreadable` (with the reason), never the sweep."""
-    run = run_dir.relative_to(sweep_dir).as_posix() or "."
+    """One job folder; a malformed or impossible file makes the job `unreadable` (with the reason), never the sweep."""
+    run = text(run_dir.relative_to(sweep_dir).as_posix() or ".")
+    params, seed = {}, None
     try:
         params, seed = _overrides(run_dir)
-        record = read_metrics(run_dir)
-    except BadFile as err:
-        return Job(run=run, params={}, seed=None, status="unreadable", reason=str(err))
-    iteration = record.get("iteration")
-    return Job(run=run, params=params, seed=seed, status=str(record.get("status", "no result")),
-               reason=str(record.get("reason") or ""),
-               iteration=iteration if isinstance(iteration, int) and not isinstance(iteration, bool) else None,
-               best=_numbers(record.get("best")), final=_numbers(record.get("final")),
-               monitor=record.get("monitor") if isinstance(record.get("monitor"), str) else None)
+        record = _record(run_dir)
+    except BadFile as err:  # the row names the job (its overrides when they could be read), the reason the file
+        return Job(run=run, params=params, seed=seed, status="unreadable", folder=run_dir,
+                   reason=text(str(err).replace(f"{run_dir}{os.sep}", "")))
+    return Job(run=run, params=params, seed=seed, folder=run_dir, **record)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def scan(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The job folders (holding .hydra/overrides.yaml) under `sweep_dir`, sorted, and every link below it whose
+    target lies outside it ((link, target), relative and as written). Links are not descended into, and
+    the walk stops in one line past writes.MAX_ENTRIES entries: a folder is data."""
+    root, real = str(sweep_dir), os.path.realpath(sweep_dir)
+    jobs, links, folders, seen = [], [], [root], 0
+    while folders:
+        folder = folders.pop()
+        if os.path.isfile(os.path.join(folder, ".hydra", "overrides.yaml")):
+            jobs.append(Path(folder))
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:  # an unreadable folder holds no job
+            for entry in entries:
+                seen += 1
+                if seen > writes.MAX_ENTRIES:
+                    raise ConfigError(f"{shown(sweep_dir, 120)} holds more than {writes.MAX_ENTRIES:,} files and "
+                                      "folders; give a sweep folder (outputs/multirun/<date>/<time>)")
+                if entry.is_symlink():
+                    with contextlib.suppress(OSError):
+                        if not _inside(os.path.realpath(entry.path), real):
+                            links.append((os.path.relpath(entry.path, root), os.readlink(entry.path)))
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+    return sorted(jobs), sorted(links)
 
 
 def collect(sweep_dir: str | Path) -> list[Job]:
-    """Every job folder under `sweep_dir`, sorted by folder name."""
+    """Every job folder under `sweep_dir` (the first MAX_JOBS), sorted by folder name."""
     sweep_dir = Path(sweep_dir)
-    return [read_job(overrides.parent.parent, sweep_dir) for overrides in sorted(sweep_dir.rglob(".hydra/overrides.yaml"))]
+    return [read_job(run_dir, sweep_dir) for run_dir in scan(sweep_dir)[0][:MAX_JOBS]]
 
 
 def last_logged(run_dir: Path, tag: str) -> float:
@@ -179,16 +278,17 @@ def choose_metric(jobs: list[Job], metric: str | None) -> str:
     return max(sorted(set(reported)), key=reported.count) if reported else LOSS_FALLBACK
 
 
-def score(jobs: list[Job], metric: str, sweep_dir: Path) -> None:
+def score(jobs: list[Job], metric: str) -> None:
     for job in jobs:
         value = job.best.get(metric, job.final.get(metric))
         if value is None and metric.startswith("loss/") and job.finished:  # from its TensorBoard files
-            value = last_logged(sweep_dir / job.run, metric)
+            value = last_logged(job.folder, metric)
         job.value = math.nan if value is None else float(value)
 
 
 def swept(jobs: list[Job]) -> list[str]:
-    """The overrides whose value differs between jobs, in command-line order."""
+    """The overrides whose value differs between the jobs whose overrides could be read, in command-line order."""
+    jobs = [j for j in jobs if j.params or j.status != "unreadable"]  # unknown overrides are not different ones
     keys = list(dict.fromkeys(k for j in jobs for k in j.params))
     return [k for k in keys if len({j.params.get(k) for j in jobs}) > 1]
 
@@ -233,20 +333,28 @@ def _fmt(value: float) -> str:
 def _status(job: Job) -> str:
     if job.finished:
         return "finished"
-    reason = job.reason if len(job.reason) <= 80 else job.reason[:77] + "..."
+    reason = shown(job.reason, 120)
     return f"**{job.status}**" + (f": {reason}" if reason else "")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+
+
+def by_rank(jobs: list[Job], metric: str) -> list[Job]:
+    """The job table's order: finished jobs with a value, best first (ties in folder order), then the rest."""
+    return ranked(jobs, lambda j: j.value if j.finished else math.nan, metric)
 
 
 def job_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
     show_seed = len({j.seed for j in jobs}) > 1
     header = ["#", *keys, *(["seed"] if show_seed else []), *([] if keys else ["run"]), metric, "iteration", "status"]
     rows = []
-    for i, job in enumerate(ranked(jobs, lambda j: j.value if j.finished else math.nan, metric), 1):
+    for i, job in enumerate(by_rank(jobs, metric), 1):
         rank = str(i) if job.finished and math.isfinite(job.value) else "—"
         rows.append([rank, *(job.params.get(k, "") for k in keys), *([job.seed] if show_seed else []),
                      *([] if keys else [job.run]), _fmt(job.value), job.iteration if job.iteration is not None else "—",
@@ -271,15 +379,18 @@ def effects_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
     parameter whose values differ most first. Values with no finished job are listed last with "—"."""
     rows, spreads = {}, {}
     for key in keys:
-        values = list(dict.fromkeys(job.params.get(key, "") for job in jobs))
-        scores = {v: [j.value for j in jobs if j.params.get(key, "") == v and j.finished and math.isfinite(j.value)]
-                  for v in values}
+        scores: dict[str, list[float]] = {}
+        counts: dict[str, int] = {}
+        for j in jobs:  # one pass: thousands of jobs with a value each stay linear
+            v = j.params.get(key, "")
+            counts[v] = counts.get(v, 0) + 1
+            scores.setdefault(v, []).extend([j.value] if j.finished and math.isfinite(j.value) else [])
         means = {v: statistics.fmean(xs) if xs else math.nan for v, xs in scores.items()}
         if sum(math.isfinite(m) for m in means.values()) < 2:
             continue
-        order = ranked(values, means.get, metric)
-        rows[key] = [[key, v, _fmt(means[v]), f"{len(scores[v])}/{sum(j.params.get(key, '') == v for j in jobs)}",
-                      "best" if i == 0 else ""] for i, v in enumerate(order)]
+        order = ranked(list(scores), means.get, metric)
+        rows[key] = [[key, v, _fmt(means[v]), f"{len(scores[v])}/{counts[v]}", "best" if i == 0 else ""]
+                     for i, v in enumerate(order)]
         finite = [m for m in means.values() if math.isfinite(m)]
         spreads[key] = max(finite) - min(finite)
     if not rows:
@@ -317,27 +428,38 @@ class Summary:
 
 def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
     sweep_dir = Path(sweep_dir)
-    jobs = collect(sweep_dir)
+    folders, links = scan(sweep_dir)
+    jobs = [read_job(folder, sweep_dir) for folder in folders[:MAX_JOBS]]
     metric = choose_metric(jobs, metric)
-    score(jobs, metric, sweep_dir)
-    keys = swept(jobs)
-    fixed = {k: v for k, v in jobs[0].params.items() if k not in keys} if jobs else {}
+    score(jobs, metric)
+    every_key = swept(jobs)
+    keys = every_key[:MAX_KEYS]
+    readable = next((j for j in jobs if j.params or j.status != "unreadable"), None)
+    fixed = {k: v for k, v in readable.params.items() if k not in every_key} if readable else {}
     lines = [f"# Sweep {sweep_dir}", "",
              f"{len(jobs)} jobs; ranked by **{metric}** ({direction(metric)})"
              + (", best value during training where recorded, else final" if not metric.startswith("loss/") else ""),
              ]
+    if len(folders) > MAX_JOBS:
+        lines.append(f"(the first {MAX_JOBS} of {len(folders)} job folders by name; the others are not read)")
     if metric.startswith("loss/"):
         lines.append(f"(ranked by the last logged {metric}: a loss says little about sample quality; "
                      "runs with eval on record fid and friends in metrics.json)")
     if fixed:
         lines.append("fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
+    if len(every_key) > len(keys):
+        lines.append(f"({len(every_key) - len(keys)} more swept parameters not shown)")
     found, searched = None, []
     try:
         found = search.results(sweep_dir)
     except BadFile as err:
-        searched = [f"(not read: {err})"]
+        searched = [f"(not read: {text(err, 300)})"]
     if found:
-        searched = search.section(found, jobs, metric)
+        for job in jobs:
+            job.number = search.trial_number(job.folder)
+        best = next(iter(by_rank(jobs, metric)), None)
+        searched = search.section(found, jobs, metric, best if best and best.finished and math.isfinite(best.value)
+                                  else None)
     lines += ["", f"TensorBoard: `tensorboard --logdir {sweep_dir}`; the HParams tab has a row per job, with the "
                   f"swept parameters as the columns {', '.join(keys) or '(none swept)'} and the metrics as "
                   "hparams/final_<metric> and hparams/best_<metric>.", *([""] + searched if searched else [])]
@@ -349,28 +471,37 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
     effects = effects_table(jobs, keys, metric) if not found else []  # a search tries each value once: trials.png
     if effects:
         lines += ["", "## Why: the effect of each swept parameter (mean over the jobs with that value)", "", *effects]
+    if links:  # a folder from someone else: its links may lead anywhere (compare only reads through them)
+        lines += ["", "## Links that point outside the sweep folder", "",
+                  *(f"- suspicious link: {text(link, 120)} -> {text(target, 120)} (points outside the sweep folder)"
+                    for link, target in links[:MAX_LINKS])]
+        if len(links) > MAX_LINKS:
+            lines.append(f"- and {len(links) - MAX_LINKS} more suspicious links")
     summary = Summary(sweep_dir, metric, jobs, keys, "", found)
     summary.markdown = "\n".join(lines + ["", summary.count_line(), ""])
     return summary
 
 
-def write_csv(summary: Summary, path: Path) -> None:
-    metrics = sorted({m for j in summary.jobs for m in {**j.final, **j.best}})
-    with open(path, "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["run", *summary.keys, "seed", "status", "reason", "iteration", summary.metric,
-                      *(f"final/{m}" for m in metrics), *(f"best/{m}" for m in metrics)])
-        for job in summary.jobs:
-            out.writerow([job.run, *(job.params.get(k, "") for k in summary.keys), job.seed, job.status, job.reason,
-                          job.iteration, job.value, *(job.final.get(m, "") for m in metrics),
-                          *(job.best.get(m, "") for m in metrics)])
+def write_csv(summary: Summary, path: Path) -> Path:
+    """One row per job; the columns are bounded: the shown swept parameters and the registry's metrics."""
+    metrics = [m for m in METRICS if any(m in j.final or m in j.best for j in summary.jobs)]
+    rows = io.StringIO()
+    out = csv.writer(rows)
+    out.writerow(["run", *summary.keys, "seed", "status", "reason", "iteration", summary.metric,
+                  *(f"final/{m}" for m in metrics), *(f"best/{m}" for m in metrics)])
+    for job in summary.jobs:
+        out.writerow([job.run, *(job.params.get(k, "") for k in summary.keys), job.seed, job.status, job.reason,
+                      job.iteration, job.value, *(job.final.get(m, "") for m in metrics),
+                      *(job.best.get(m, "") for m in metrics)])
+    return writes.replace_text(path, rows.getvalue())
 
 
 def _as_numbers(values: list[str]) -> list[float] | None:
     try:
-        return [float(v) for v in values]
+        numbers = [float(v) for v in values]
     except ValueError:
         return None
+    return numbers if all(map(math.isfinite, numbers)) else None  # "nan" would make the level order partial
 
 
 def plot(summary: Summary, path: Path) -> bool:
@@ -383,7 +514,7 @@ def plot(summary: Summary, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = summary.keys or ["run"]
+    keys = summary.keys[:MAX_PLOTTED] or ["run"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
         levels = sorted({j.params.get(key, j.run) for j in summary.jobs}, key=lambda v: (_as_numbers([v]) or [0], v))
@@ -400,34 +531,47 @@ def plot(summary: Summary, path: Path) -> bool:
         if numeric and min(numeric) > 0 and max(numeric) >= 4 * min(numeric):
             ax.set_xscale("log")  # learning rates and other scales
             ax.minorticks_off()
-        ax.set_xticks(list(x_of.values()), levels, rotation=30, ha="right")  # the values as typed
-        ax.set_xlabel(key)
+        ax.set_xticks(list(x_of.values()), [shown(v, 24) for v in levels], rotation=30, ha="right")  # as typed
+        ax.set_xlabel(shown(key, 60))
         ax.set_ylabel(f"{summary.metric} ({direction(summary.metric)})")
         ax.legend(fontsize="small")
     fig.suptitle(f"{summary.metric} of {summary.sweep_dir.name}: {summary.count_line()}", fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        writes.replace_with(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)
     return True
 
 
+def _drawn(path: Path, drew: bool) -> list[Path]:
+    """[path] when its figure was drawn; else [] and the old file (or link) of that name removed: a figure
+    left from an earlier summary would show jobs this one does not."""
+    if drew:
+        return [path]
+    writes.check_path(path, final=False)
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.islink(path) or os.path.isfile(path):
+            os.unlink(path)  # a link itself, never its target
+    return []
+
+
 def write(summary: Summary) -> list[Path]:
-    """summary.md, summary.csv and summary.png in the sweep folder; returns the paths written."""
-    md, table, png = (summary.sweep_dir / name for name in FILES)
-    md.write_text(summary.markdown)
-    write_csv(summary, table)
-    written = [md, table] + ([png] if plot(summary, png) else [])
-    trials = summary.sweep_dir / search.PLOT
-    if summary.search is not None:
-        numbers = {j.run: search.trial_number(summary.sweep_dir / j.run) for j in summary.jobs}
-        if search.plot(summary.jobs, numbers, summary.metric, not higher_is_better(summary.metric), trials):
-            written.append(trials)
-    return written
+    """summary.md, summary.csv, summary.png and, for a search, trials.png in the sweep folder (through
+    ganexp/writes.py: a link in the way is replaced, never written through); returns the paths written."""
+    folder = writes.confine(summary.sweep_dir)
+    md, table, png = (folder / name for name in FILES)
+    written = [writes.replace_text(md, summary.markdown), write_csv(summary, table), *_drawn(png, plot(summary, png))]
+    trials = folder / search.PLOT
+    lower = not higher_is_better(summary.metric)
+    return written + _drawn(trials, summary.search is not None
+                            and search.plot(summary.jobs, summary.metric, lower, trials))
 
 
 def write_or_say(summary: Summary) -> str:
     """`write`, for the CLI after the table is printed: the one line to print instead of a traceback
-    when the sweep folder cannot take the files (read-only, full disk), else ""."""
+    when the sweep folder cannot take the files (read-only, full disk), else "". A link the writer
+    refuses is a ConfigError, for main to report."""
     try:
         write(summary)
     except OSError as err:
@@ -457,7 +601,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ganexp.compare: error: {err}", file=sys.stderr)
         return 2
     print(summary.markdown, flush=True)  # first: the table is the answer, whether or not the files can be written
-    note = write_or_say(summary)
+    try:
+        note = write_or_say(summary)
+    except ConfigError as err:
+        print(f"ganexp.compare: error: {err}", file=sys.stderr)
+        return 2
     if note:
         print(note, file=sys.stderr)
     return 0

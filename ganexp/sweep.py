@@ -44,15 +44,23 @@ class SweepSummary(Callback):
 def report(sweep_dir: Path, metric: str | None) -> None:
     """The leaderboard printed, summary files written, and the count of jobs that did not finish."""
     from ganexp.compare import summarize, write
+    from ganexp.errors import ConfigError
 
     global _unfinished
-    summary = summarize(sweep_dir, metric)
+    try:
+        summary = summarize(sweep_dir, metric)
+    except ConfigError as err:  # a folder too large to be a sweep's: Hydra would swallow it, and exit 0
+        _unfinished = 1
+        print(f"ganexp: error: no summary of {sweep_dir}: {err}", file=sys.stderr, flush=True)
+        return
     _unfinished = len(summary.failures)  # counted before anything else can go wrong
     print(summary.markdown, flush=True)
     try:
         written = ", ".join(p.name for p in write(summary))
     except OSError as err:
-        written = f"nothing (cannot write into {sweep_dir}: {err.strerror})"
+        written = f"nothing (cannot write into {sweep_dir}: {err.strerror or type(err).__name__})"
+    except ConfigError as err:  # a link the writer refuses (writes.LinkRefused): one line, the sweep's count stands
+        written = f"nothing ({err})"
     line = f"sweep {sweep_dir}: {summary.count_line()}; summary in {written}"
     if summary.failures:
         line += f"; re-run the same command with hydra.sweep.dir={sweep_dir} to retry them (finished jobs are skipped)"
