@@ -55,12 +55,12 @@ def _root(path: str) -> str | None:
     return max(holders, key=len) if holders else None
 
 
-def _refusal(link: str, why: str = "") -> LinkRefused:
+def _refusal(link: str) -> LinkRefused:
     try:
         target = os.readlink(link)
     except OSError:
         target = "?"
-    return LinkRefused(f"{shown(link, 120)} is a symbolic link (to {shown(target, 80)}){why}; ganexp never writes "
+    return LinkRefused(f"{shown(link, 1000)} is a symbolic link (to {shown(target, 1000)}); ganexp never writes "
                        f"through a link inside a run or sweep folder: remove the link (a copy made with `cp -rL` has "
                        f"none), or use another folder")
 
@@ -94,7 +94,7 @@ def check_tree(folder: str | Path) -> None:
                 raise ConfigError(f"{shown(folder, 120)} holds more than {MAX_ENTRIES} files and folders; "
                                   "is it a run or sweep folder? give the run another folder")
             if os.path.islink(os.path.join(top, name)):
-                raise _refusal(os.path.join(top, name), f" inside {shown(folder, 80)}")
+                raise _refusal(os.path.join(top, name))
 
 
 def make_dirs(folder: str | Path) -> Path:
