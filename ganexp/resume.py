@@ -44,10 +44,11 @@ def mark_run(run_dir: str | Path) -> None:
     """Make `run_dir` recognisable as a ganexp run folder (the only thing in-place resume trusts)."""
     from ganexp import __version__
 
+    from ganexp import writes
+
     path = Path(run_dir) / RUN_MARKER
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"ganexp": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        writes.replace_text(path, json.dumps({"ganexp": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
 
 
 def is_run_folder(path: str | Path) -> bool:
