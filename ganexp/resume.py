@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from ganexp import writes
 from ganexp.errors import ConfigError, shown
 from ganexp.files import select
 from ganexp.jobs import job_dir
@@ -43,8 +44,6 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # train.py's config 
 def mark_run(run_dir: str | Path) -> None:
     """Make `run_dir` recognisable as a ganexp run folder (the only thing in-place resume trusts)."""
     from ganexp import __version__
-
-    from ganexp import writes
 
     path = Path(run_dir) / RUN_MARKER
     if not path.is_file():
