@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
+import json
+import math
 import os
 import sys
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ganexp.errors import ConfigError
+from ganexp import writes
+from ganexp.errors import ConfigError, shown
 
 # dataset → the test accuracy it must reach, and the training that reaches it in minutes on 2 CPU cores
 # (epochs; random shift in pixels: worth the last fraction of a percent on MNIST, harmful on Fashion).
@@ -29,7 +34,12 @@ QUALITY_BAR = {"digits": 0.95, "mnist": 0.99, "fashion_mnist": 0.90}
 RECIPE = {"digits": {"epochs": 30, "shift": 0}, "mnist": {"epochs": 4, "shift": 2},
           "fashion_mnist": {"epochs": 6, "shift": 0}}
 LABELLED = tuple(QUALITY_BAR)
+SHAPE = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}  # [C, H, W] of each dataset
 ARCH = "cnn-16-32-128-v1"  # bump when DomainClassifier changes: old caches are retrained, not misread
+# The cache may be shared, so a cached file is data to check: MNIST's classifier is ~0.9 MB, digits' 0.13 MB.
+MAX_CACHE_BYTES = 16 << 20
+FIELDS = ("dataset", "arch", "recipe", "shape", "state_dict", "sha256", "test_accuracy", "quality_bar",
+          "train_seconds", "n_train", "n_test")  # what a record holds; anything else in a file is ignored
 
 
 class DomainClassifier(nn.Module):
@@ -100,22 +110,30 @@ def load_split(name: str, train: bool, root: str | Path | None = None) -> tuple[
 
 
 def cache_dir() -> Path:
-    """$GANEXP_CACHE_DIR, else $XDG_CACHE_HOME/ganexp, else ~/.cache/ganexp."""
+    """$GANEXP_CACHE_DIR, else $XDG_CACHE_HOME/ganexp, else ~/.cache/ganexp (confined: no link below it is
+    written through)."""
     if os.environ.get("GANEXP_CACHE_DIR"):
-        return Path(os.environ["GANEXP_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ganexp"
+        return writes.confine(Path(os.environ["GANEXP_CACHE_DIR"]).expanduser())
+    return writes.confine(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ganexp")
+
+
+def _unwritable(path: Path, problem: str, err: OSError) -> ConfigError:
+    return ConfigError(f"the classifier cache {path.parent} cannot be written ({err.strerror or err}) and its "
+                       f"{path.name} {problem}; set GANEXP_CACHE_DIR=<writable folder>")
 
 
 @contextmanager
-def _locked(path: Path):
+def _locked(path: Path, problem: str):
     """One process trains a classifier; parallel sweep jobs wait for it and load the result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        fd = writes.open_fd(path.with_suffix(".lock"), os.O_RDWR)
+    except OSError as err:
+        raise _unwritable(path, problem, err) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def accuracy(model: DomainClassifier, images: Tensor, labels: Tensor) -> float:
@@ -127,6 +145,8 @@ def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
     """Train on the train split, measure on the test split; returns the record that gets cached."""
     x, y = load_split(name, train=True, root=root)
     x_test, y_test = load_split(name, train=False, root=root)
+    if tuple(x.shape[1:]) != SHAPE[name] or tuple(x_test.shape[1:]) != SHAPE[name]:
+        raise ConfigError(f"{name} images are {list(x.shape[1:])}, not {list(SHAPE[name])}; are its files {name}'s?")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DomainClassifier(tuple(x.shape[1:]))
@@ -166,33 +186,104 @@ def _augment(images: Tensor, shift: int) -> Tensor:
     return torch.roll(images, shifts=(dy, dx), dims=(2, 3))
 
 
-def load_classifier(name: str, root=None, log=print) -> tuple[DomainClassifier, dict]:
-    """The cached classifier for `name` (trained on first use), checked against its recorded hash."""
+def load_classifier(name: str, root=None, log=print,
+                    unusable: tuple[str, str] | None = None) -> tuple[DomainClassifier, dict]:
+    """The cached classifier for `name`, every field checked; trained into a fresh file when there is none or
+    the cached one fails a check. A valid file is used as it is (a read-only cache is fine); training takes
+    the cache's lock. `unusable`: (sha256, why) of a classifier the caller found wrong, treated as failing."""
     path = cache_dir() / f"classifier-{name}.pt"
-    with _locked(path):
-        record = _read(path) if path.is_file() else None
-        if record is None or record.get("arch") != ARCH or record.get("recipe") != RECIPE[name]:
-            record = train_classifier(name, root=root, log=log)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(record, tmp)
-            os.replace(tmp, path)
-    model = DomainClassifier(tuple(record["shape"]))
+    record, problem = _cached(path, name, unusable)
+    if problem:
+        with _locked(path, problem):
+            record, problem = _cached(path, name, unusable)  # another job may have trained it while we waited
+            if problem:
+                log(f"classifier[{name}]: {path} {problem}; training a fresh one")
+                record = train_classifier(name, root=root, log=log)
+                try:
+                    writes.replace_with(path, lambda tmp: torch.save(record, tmp))
+                except OSError as err:
+                    raise _unwritable(path, problem, err) from None
+    model = DomainClassifier(SHAPE[name])
     model.load_state_dict(record["state_dict"])
-    info = {k: v for k, v in record.items() if k != "state_dict"}
+    info = {k: record[k] for k in FIELDS if k != "state_dict"}
     info["path"] = str(path)
     return model.eval(), info
 
 
-def _read(path: Path) -> dict:
+def _cached(path: Path, name: str, unusable: tuple[str, str] | None = None) -> tuple[dict | None, str | None]:
+    """(record, None) for a cached file that passes every check, else (None, what is wrong with it)."""
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable cache file means the same thing
-        raise ConfigError(f"cannot read the cached classifier {path} ({type(err).__name__}); delete it to retrain")
-    if not isinstance(record, dict) or not isinstance(record.get("state_dict"), dict) or "sha256" not in record:
-        raise ConfigError(f"the cached classifier {path} is not a ganexp classifier record; delete it to retrain")
-    if state_hash(record["state_dict"]) != record["sha256"]:
-        raise ConfigError(f"the cached classifier {path} does not match its recorded sha256; delete it to retrain")
-    return record
+        with open(path, "rb") as f:
+            data = f.read(MAX_CACHE_BYTES + 1)
+    except FileNotFoundError:
+        return None, "does not exist"
+    except OSError as err:
+        return None, f"cannot be read ({err.strerror or err})"
+    if len(data) > MAX_CACHE_BYTES:
+        return None, f"is over {MAX_CACHE_BYTES >> 20} MiB, too large for a classifier"
+    try:  # torch.save writes an uncompressed zip; a compressed member could unpack to any size
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+        if unpacked > MAX_CACHE_BYTES:
+            return None, f"unpacks to over {MAX_CACHE_BYTES >> 20} MiB, too large for a classifier"
+        record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, it is retrained
+        return None, f"cannot be read as a torch file ({type(err).__name__})"
+    problem = _check_record(record, name)
+    if problem is None and unusable and record["sha256"] == unusable[0]:
+        problem = unusable[1]
+    return (None, problem) if problem else (record, None)
+
+
+def _same(value, expected) -> bool:
+    """Equal as JSON (types included: 1 is not 1.0 or True), never comparing a tensor."""
+    try:
+        return json.dumps(value, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+def _number(value, low: float, high: float = math.inf, integer: bool = False) -> bool:
+    kinds = (int,) if integer else (int, float)  # (an int is compared exactly: math.isfinite would overflow)
+    return (isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
+            and (isinstance(value, int) or math.isfinite(value)))
+
+
+def _check_record(record, name: str) -> str | None:
+    """What is wrong with a cached record for `name`, or None: fields, weights (keys, shapes, dtypes,
+    finite) against the model, and the hash."""
+    if not isinstance(record, dict) or any(k not in record for k in FIELDS):
+        return "is not a ganexp classifier record"
+    expected = {"dataset": name, "arch": ARCH, "recipe": RECIPE[name], "shape": list(SHAPE[name]),
+                "quality_bar": QUALITY_BAR[name]}
+    for key, want in expected.items():
+        if not _same(record[key], want):
+            return f"has {key} {shown(repr(record[key]))}, not {want!r}"
+    if not (isinstance(record["sha256"], str) and len(record["sha256"]) == 64
+            and all(c in "0123456789abcdef" for c in record["sha256"])):
+        return "has no valid sha256"
+    numbers = {"test_accuracy": _number(record["test_accuracy"], 0.0, 1.0),
+               "train_seconds": _number(record["train_seconds"], 0.0),
+               "n_train": _number(record["n_train"], 1, integer=True),
+               "n_test": _number(record["n_test"], 1, integer=True)}
+    bad = [key for key, ok in numbers.items() if not ok]
+    if bad:
+        return f"has a bad {bad[0]} ({shown(repr(record[bad[0]]))})"
+    state = record["state_dict"]
+    with torch.device("meta"):  # the model's keys, shapes and dtypes, no memory
+        own = DomainClassifier(SHAPE[name]).state_dict()
+    if not isinstance(state, dict) or set(state) != set(own):
+        return "holds weights of another model (its state_dict keys differ)"
+    for key, ref in own.items():
+        t = state[key]
+        if not isinstance(t, Tensor) or t.layout != torch.strided or t.dtype != ref.dtype or t.shape != ref.shape:
+            found = f"{t.dtype} {list(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+            return f"holds {key} as {found}, not {ref.dtype} {list(ref.shape)}"
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return f"holds non-finite weights ({key})"
+    if state_hash(state) != record["sha256"]:
+        return "does not match its recorded sha256"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

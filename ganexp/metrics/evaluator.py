@@ -17,20 +17,26 @@ ganexp.metrics.scores): a ConfigError naming each metric that cannot be carried 
 """
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 from torch import Tensor
 
 import ganexp
+from ganexp import writes
 from ganexp.data.toy import mode_centers, sample_toy
 from ganexp.errors import ConfigError
+from ganexp.files import BadFile, read_json
 from ganexp.metrics.classifier import LABELLED, cache_dir, load_classifier, load_split
 from ganexp.metrics.scores import (IMAGE_METRICS, image_scores, min_samples, mode_scores, quadratic_residual,
                                    require_samples, sorted_projections)
 
+MAX_FLOOR_BYTES = 64 << 10  # a cached floor is ~200 bytes of JSON
 _SHARED: dict[tuple, Evaluator] = {}  # one per data and device in a process: a sweep's jobs, a stack's members
+
+
+def _is_floor(value, metrics) -> bool:
+    """A floor record: each metric a number >= 0 (the bound keeps out NaN, inf and ints too big for a float)."""
+    return isinstance(value, dict) and set(value) == set(metrics) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e12 for v in value.values())
 
 
 def quantize(images: Tensor, value_range) -> Tensor:
@@ -41,7 +47,7 @@ def quantize(images: Tensor, value_range) -> Tensor:
 
 class Evaluator:
     def __init__(self, dataset: str, root=None, toy=None, device="cpu", log=print):
-        self.dataset, self.toy, self.device = dataset, toy, torch.device(device)
+        self.dataset, self.toy, self.device, self.log = dataset, toy, torch.device(device), log
         if dataset == "toy":
             self.monitor, self.unit = "swd", "points"
             self.metrics = ["swd", "residual"] if toy.dist == "quadratic" else ["swd", "modes", "hq"]
@@ -52,11 +58,18 @@ class Evaluator:
             raise ConfigError(f"no metrics for data '{dataset}': they need a labelled dataset "
                               f"({', '.join(LABELLED)}) or toy data; set eval=none")
         self.monitor, self.unit, self.metrics = "fid", "images", list(IMAGE_METRICS)
-        self.classifier, clf = load_classifier(dataset, root=root, log=log)
-        self.classifier.to(self.device)
         self.root = root
         test_images, self.test_labels = load_split(dataset, train=False, root=root)
-        self.real_features, self.real_logits = self.classifier.embed(test_images)
+        unusable = None
+        for _ in range(2):  # weights that pass every check of the file can still overflow; FID's eig then crashes
+            self.classifier, clf = load_classifier(dataset, root=root, log=log, unusable=unusable)
+            self.real_features, self.real_logits = self.classifier.to(self.device).embed(test_images)
+            if self.real_features.isfinite().all() and self.real_logits.isfinite().all():
+                break
+            unusable = (clf["sha256"], "gives non-finite features on the test split")
+        else:
+            raise ConfigError(f"the {dataset} classifier {clf['path']} gives non-finite features on the test "
+                              "split even retrained; delete it and try again")
         self.info = {
             "dataset": dataset, "split": "test", "n_real": len(test_images),
             "classifier": {"sha256": clf["sha256"], "test_accuracy": clf["test_accuracy"], "arch": clf["arch"]},
@@ -127,13 +140,22 @@ class Evaluator:
     def _cached_floor(self, n: int) -> dict[str, float]:
         key = f"floor-{self.dataset}-{self.info['classifier']['sha256'][:16]}-{n}-v{ganexp.__version__}.json"
         path = cache_dir() / key
-        if path.is_file():
-            return json.loads(path.read_text())
+        try:
+            cached, problem = read_json(path, max_bytes=MAX_FLOOR_BYTES), None
+        except BadFile as err:
+            cached, problem = None, str(err)
+        if cached is not None:
+            if _is_floor(cached, self.metrics):
+                return cached
+            problem = f"{path} is not a floor of {', '.join(self.metrics)} (finite numbers >= 0)"
+        if problem:  # a shared cache: a damaged or crafted file is never used, only replaced
+            self.log(f"metrics: {problem}; computing the floor again into a fresh file")
         floor = self._floor(n)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(floor))
-        os.replace(tmp, path)  # parallel jobs may race: both write the same numbers
+        try:
+            writes.replace_json(path, floor)  # parallel jobs may race: both write the same numbers
+        except OSError as err:
+            self.log(f"metrics: cannot cache the floor in {path.parent} ({err.strerror or err}); "
+                     "it is computed again at each start")
         return floor
 
     def _floor(self, n: int) -> dict[str, float]:
