@@ -7,7 +7,11 @@ line too, and a sweep is checked job by job before its first job starts.
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import json
+import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +19,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ganexp.checks import FLOAT, INT, flag, number
-from ganexp.errors import ConfigError
+from ganexp.errors import ConfigError, shown
 
 # The keys no part owns (train.yaml's own, the optimizers' learning rates, eval's sizes): their one home.
 # key, kind, predicate, what is allowed
@@ -35,7 +39,12 @@ RULES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("ema.decay", FLOAT, lambda v: 0 <= v < 1, "a number in [0, 1) (0 = off), e.g. 0.999"),
     ("ema.start", INT, lambda v: v >= 0, "an integer >= 0 (iterations before averaging starts)"),
     ("trainer.max_epochs", INT, lambda v: v >= 1 or v == -1, "an integer >= 1 (or -1: no limit)"),
+    ("trainer.limit_train_batches", FLOAT, lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1,
+     "an integer >= 1 (batches per epoch) or a fraction in (0, 1] of them"),  # 0 trains nothing and says finished
 ]
+# The longest name ganexp, Hydra or TensorBoard gives a file inside a run folder
+# (events.out.tfevents.<time>.<host>.<pid>.<n>, .hydra/attempts/<time>_<pid>/overrides.yaml).
+INSIDE = 128
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -68,6 +77,48 @@ def check_config(cfg: DictConfig) -> None:
     _check_launch_environment(cfg)
     parts = build_cheap_parts(cfg)
     _check_memory(cfg, parts)
+    _check_batches(cfg)
+
+
+def _check_batches(cfg: DictConfig) -> None:
+    """A fraction of an epoch's batches that rounds down to none is Lightning's traceback at the first epoch.
+    How many batches there are is known once the data is loaded, so only a fraction below 1 loads it here."""
+    from ganexp.build import plain
+
+    limit = OmegaConf.select(cfg, "trainer.limit_train_batches", default=1.0)
+    if not isinstance(limit, float) or limit >= 1:
+        return
+    items = _dataset_size(json.dumps(plain(cfg.data), sort_keys=True))
+    batches = items // _processes(cfg) // int(cfg.batch_size)  # each process's share, whole batches (drop_last)
+    if batches >= 1 and int(batches * limit) == 0:
+        raise ConfigError(f"trainer.limit_train_batches={limit} is 0 of this data's {batches} batches per epoch "
+                          f"({items} items, batch_size={cfg.batch_size}); use a fraction >= "
+                          f"{math.ceil(10_000 / batches) / 10_000:g}, or a number of batches, e.g. "
+                          "trainer.limit_train_batches=1")
+
+
+@functools.lru_cache(maxsize=8)  # a sweep's jobs share their data
+def _dataset_size(data: str) -> int:
+    from ganexp.build import build_datamodule
+
+    datamodule = build_datamodule(json.loads(data))
+    datamodule.setup("fit")  # a missing dataset is its one line, as in a run
+    return len(datamodule.train_data)
+
+
+def _processes(cfg: DictConfig) -> int:
+    """How many processes Lightning starts for trainer.devices (and num_nodes), at least 1."""
+    import torch
+
+    devices, nodes = OmegaConf.select(cfg, "trainer.devices", default=1), OmegaConf.select(cfg, "trainer.num_nodes",
+                                                                                             default=1)
+    if isinstance(devices, (list, ListConfig)):
+        processes = len(devices)
+    elif str(devices) in ("-1", "auto"):
+        processes = torch.cuda.device_count() if str(OmegaConf.select(cfg, "trainer.accelerator")) != "cpu" else 1
+    else:
+        processes = devices if isinstance(devices, int) else 1
+    return max(1, processes) * (nodes if isinstance(nodes, int) and nodes >= 1 else 1)
 
 
 def _check_betas(key: str, betas: Any) -> None:
@@ -99,20 +150,10 @@ def _check_launch_environment(cfg: DictConfig) -> None:
     """A DDP run on several devices started with LOCAL_RANK in the environment but no WORLD_SIZE (left by an
     in-process Lightning DDP run, or a stray export): Lightning takes it for one rank of a job launched from
     outside, starts no other rank and waits for them in torch's rendezvous, where no signal stops it."""
-    import os
-
-    import torch
-
-    strategy, devices = str(OmegaConf.select(cfg, "trainer.strategy", default="auto")), \
-        OmegaConf.select(cfg, "trainer.devices", default=1)
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
     if "ddp" not in strategy or "LOCAL_RANK" not in os.environ or "WORLD_SIZE" in os.environ:
         return
-    if isinstance(devices, (list, ListConfig)):
-        processes = len(devices)
-    elif str(devices) in ("-1", "auto"):
-        processes = torch.cuda.device_count() if str(cfg.trainer.get("accelerator", "auto")) != "cpu" else 1
-    else:
-        processes = devices if isinstance(devices, int) else 1
+    processes = _processes(cfg)
     if processes > 1:
         raise ConfigError(f"LOCAL_RANK={os.environ['LOCAL_RANK'][:20]} is set in the environment without WORLD_SIZE, so "
                           f"Lightning would take this run for one rank of a job launched from outside and wait for the "
@@ -122,8 +163,6 @@ def _check_launch_environment(cfg: DictConfig) -> None:
 
 def machine_memory() -> int:
     """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
-    import os
-
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
@@ -209,6 +248,9 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
     """Compose every job of a `train.py` command line and check it; raise ConfigError with one line."""
     from hydra import compose, initialize_config_dir
 
+    from ganexp.resume import register_resolvers
+
+    register_resolvers()  # the run and job folders are named by ganexp's resolvers
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if not a.startswith("-")]
     if multirun and any(a.split("=", 1)[0].lstrip("+") in ("ckpt_path", "init_from") for a in overrides):
@@ -225,13 +267,12 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
         folders: dict[str | None, list[str]] = {}
         for job in jobs[:max_jobs]:
             try:  # once per job: with Hydra's part for a sweep (its folder), then checked without it
-                cfg = compose(config_name, overrides=job, return_hydra_config=multirun)
+                cfg = compose(config_name, overrides=job, return_hydra_config=True)
             except Exception as err:  # noqa: BLE001 - every composition error becomes one line
                 raise ConfigError(_one_line(err, job, conf_dir, compose_job)) from None
-            folder = _job_folder(cfg) if multirun else None
-            if multirun:
-                with open_dict(cfg):
-                    del cfg["hydra"]
+            folder = _job_folder(cfg) if multirun else _run_folder(cfg)
+            with open_dict(cfg):
+                del cfg["hydra"]
             check_config(cfg)
             if multirun:
                 check_multirun(cfg)
@@ -242,9 +283,37 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
                 folders[folder] = job
 
 
+def check_folder_name(folder: Path, what: str, fix: str) -> None:
+    """A folder Hydra is about to make: each name within the file system's NAME_MAX bytes, and the whole
+    path, with room for the files written in it, within PATH_MAX (Hydra's makedirs fails with a traceback)."""
+    path = Path(os.path.abspath(folder))
+    existing = next(p for p in (path, *path.parents) if os.path.isdir(p))  # isdir: False for a too-long name
+    try:
+        name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):  # a file system that does not say: Linux's usual limits
+        name_max, path_max = 255, 4096
+    for name in path.relative_to(existing).parts:
+        size = len(os.fsencode(name))
+        if size > name_max:
+            raise ConfigError(f"{what} has a folder name of {size} bytes ({shown(name)}), more than the {name_max} "
+                              f"this file system allows (NAME_MAX); {fix}")
+    size = len(os.fsencode(str(path)))
+    if size + INSIDE > path_max:
+        raise ConfigError(f"{what} is {size} bytes long; with the files written in it that is more than the "
+                          f"{path_max} this file system allows (PATH_MAX); {fix}")
+
+
+def _run_folder(cfg: DictConfig) -> None:
+    try:
+        folder = str(cfg.hydra.run.dir)
+    except Exception:  # noqa: BLE001 - a folder named from Hydra's runtime values: checked by Hydra
+        return None
+    check_folder_name(Path(folder), f"hydra.run.dir={shown(folder)}", "use a shorter hydra.run.dir")
+
+
 def _job_folder(cfg: DictConfig) -> str | None:
-    """A sweep job's folder within its sweep (None: named only at run time); when it exists (a re-run),
-    it must be free and, if finished, hold the same job (ganexp/jobs.py)."""
+    """A sweep job's folder within its sweep (None: named only at run time): one the file system can make;
+    when it exists (a re-run), it must be free and, if finished, hold the same job (ganexp/jobs.py)."""
     from ganexp.files import BadFile
     from ganexp.resume import check_folder
 
@@ -252,6 +321,10 @@ def _job_folder(cfg: DictConfig) -> str | None:
         sweep_dir, subdir = Path(str(cfg.hydra.sweep.dir)), str(cfg.hydra.sweep.subdir)
     except Exception:  # noqa: BLE001 - a folder named from Hydra's runtime values
         return None
+    check_folder_name(sweep_dir, f"hydra.sweep.dir={shown(sweep_dir)}", "use a shorter hydra.sweep.dir")
+    check_folder_name(sweep_dir / subdir, "the sweep job folder (named after its overrides)",
+                      "use shorter override values or hydra.sweep.dir, or name the jobs by number: "
+                      "hydra.sweep.subdir=${hydra.job.num}")
     if (sweep_dir / subdir).is_dir():
         try:
             check_folder(sweep_dir / subdir, list(cfg.hydra.overrides.task))

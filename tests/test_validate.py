@@ -74,7 +74,17 @@ BAD_INPUTS = [
     # the trainer's arguments are Lightning's rules: checked by building it (no logger, no folder) up front
     (["trainer.max_time=garbage"], ["cannot build trainer", "not a valid duration"]),
     (["trainer.devices=0"], ["cannot build trainer", "devices=0"]),
-    (["trainer.limit_train_batches=-1"], ["cannot build trainer", "limit_train_batches"]),
+    (["trainer.limit_train_batches=-1"], ["trainer.limit_train_batches=-1 is out of range", "an integer >= 1"]),
+    (["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0 is out of range", "fraction in (0, 1]"]),
+    (["trainer.limit_train_batches=0.0"], ["trainer.limit_train_batches=0.0 is out of range"]),
+    (["trainer.limit_train_batches=1.5"], ["trainer.limit_train_batches=1.5 is out of range"]),
+    (["trainer.limit_train_batches=nan"], ["trainer.limit_train_batches=nan is not finite"]),
+    (["trainer.limit_train_batches=0.0001"],  # digits: 1437 images, 22 batches of 64
+     ["trainer.limit_train_batches=0.0001 is 0 of this data's 22 batches per epoch", ">= 0.0455",
+      "trainer.limit_train_batches=1"]),
+    (["data=toy", "model=toy_mlp", "data.n=1000", "batch_size=100", "trainer.limit_train_batches=0.05"],
+     ["limit_train_batches=0.05 is 0 of this data's 10 batches per epoch", ">= 0.1"]),
+    (["-m", "trainer.limit_train_batches=1.0,0.01"], ["limit_train_batches=0.01 is 0 of this data's 22 batches"]),
     (["trainer.precision=foo"], ["cannot build trainer", "Precision 'foo' is invalid"]),
     (["trainer.accelerator=tpu"], ["cannot build trainer"]),
     (["ema.decay=1.0"], ["ema.decay=1.0 is out of range", "[0, 1)"]),
@@ -86,13 +96,22 @@ BAD_INPUTS = [
     (["model.discriminator.spectral_norm=maybe"], ["model.discriminator.spectral_norm=maybe is not true or false"]),
     (["reuse_fake=1"], ["reuse_fake=1 is not true or false", "reuse_fake=true"]),
     (["reuse_fake=yes"], ["reuse_fake=yes is not true or false"]),
+    # folders Hydra would fail to make (OSError: File name too long), refused before it makes any
+    ([f"hydra.run.dir=outputs/{'x' * 300}"], ["hydra.run.dir=", "a folder name of 300 bytes", "(NAME_MAX)",
+                                             "use a shorter hydra.run.dir"]),
+    ([f"hydra.run.dir='outputs/{'é' * 150}'"], ["a folder name of 300 bytes"]),  # bytes, not characters
+    ([f"hydra.run.dir={'/'.join(['y' * 200] * 25)}"], ["hydra.run.dir=", "bytes long", "(PATH_MAX)"]),
+    (["-m", f"hydra.sweep.dir=sweeps/{'z' * 256}", "seed=0,1"], ["hydra.sweep.dir=", "a folder name of 256 bytes"]),
+    (["-m", *[f"+tag{i}='{'ü' * 29}'" for i in range(5)]],  # quoted (Hydra's lexer): 189 characters, 334 bytes
+     ["the sweep job folder", "named after its overrides", "a folder name of 334 bytes", "(NAME_MAX)",
+      "hydra.sweep.subdir=${hydra.job.num}"]),
 ]
 if not __import__("torch").cuda.is_available():  # a machine without a GPU: what trainer=gpu says there
     BAD_INPUTS += [(["trainer=gpu"], ["trainer.accelerator=gpu", "no CUDA GPU", "trainer=cpu"]),
                    (["trainer.accelerator=cuda"], ["trainer.accelerator=cuda", "no CUDA GPU"])]
 
 
-@pytest.mark.parametrize("args, words", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+@pytest.mark.parametrize("args, words", BAD_INPUTS, ids=[" ".join(a)[:80] for a, _ in BAD_INPUTS])
 def test_every_bad_input_is_one_line_naming_the_key_the_value_and_what_is_allowed(args, words):
     with pytest.raises(ConfigError) as err:
         check_command_line(with_grid(args, CONF), CONF)
