@@ -18,6 +18,14 @@ the summary says so.
 A known metric that no job reports is an error too (exit 2, naming the metrics the jobs
 do report), not a table of dashes: the ranking would rank nothing. (When no job finished,
 the table of failures is printed as usual, since the dashes then come from the failures.)
+
+A sweep folder may come from someone else, so it is read as data: each record is bounded in size
+and only the fields above are kept; a job whose record is malformed, too large or impossible (a
+value its metric cannot take, by POSSIBLE; a negative or fractional iteration; a status ganexp
+does not write) is `unreadable`, with the reason, and never ranked. Tables and summary.csv are
+bounded in rows, columns and cell length. Every file is written through ganexp/writes.py (a link
+in the way is replaced, never written through), and each link below SWEEP_DIR that points outside
+it is listed as suspicious (compare still reads through it).
 """
 from __future__ import annotations
 
@@ -146,7 +154,7 @@ def _record(run_dir: Path) -> dict:
         raise BadFile(f"{METRICS_FILE}: iteration is {shown(repr(iteration), 40)}, not a count of iterations "
                       "(an integer >= 0)")
     monitor = record.get("monitor")
-    if monitor is not None and monitor not in METRICS:
+    if monitor is not None and not (isinstance(monitor, str) and monitor in METRICS):
         raise BadFile(f"{METRICS_FILE}: monitor is {shown(repr(monitor), 40)}, not a metric ganexp reports")
     reason = record.get("reason")
     return {"status": status, "reason": text(reason) if reason else "", "iteration": iteration, "monitor": monitor,
@@ -213,12 +221,6 @@ def scan(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
                 elif entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
     return sorted(jobs), sorted(links)
-
-
-def collect(sweep_dir: str | Path) -> list[Job]:
-    """Every job folder under `sweep_dir` (the first MAX_JOBS), sorted by folder name."""
-    sweep_dir = Path(sweep_dir)
-    return [read_job(run_dir, sweep_dir) for run_dir in scan(sweep_dir)[0][:MAX_JOBS]]
 
 
 def last_logged(run_dir: Path, tag: str) -> float:

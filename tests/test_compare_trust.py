@@ -123,6 +123,10 @@ IMPOSSIBLE = {  # record fields -> the reason
                        "diverged, interrupted, running)"),
     "unknown monitor": ({"best": {"fid": 5.0}, "monitor": "evil"},
                         "metrics.json: monitor is 'evil', not a metric ganexp reports"),
+    "monitor a list": ({"best": {"fid": 5.0}, "monitor": ["fid"]},
+                       "metrics.json: monitor is ['fid'], not a metric ganexp reports"),
+    "a 400-digit fid": ({"best": {"fid": -10**400}},
+                        f"metrics.json: best.fid is {repr(-10**400)[:37]}..., not a possible fid (a number >= 0)"),
     "best a list": ({"best": [1.0]}, "metrics.json: best is not a mapping of metric names to numbers"),
 }
 
@@ -232,32 +236,35 @@ def test_unknown_keys_are_dropped_and_columns_rows_and_cells_are_bounded(tmp_pat
 # 4. links: the summary files replace a link, never write through it; links inside job folders are reported
 
 
-def test_summary_files_that_are_links_are_replaced_and_their_targets_left_byte_identical(two_studies, tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    victims = {}
-    for name in ("summary.md", "summary.csv", "summary.png", "trials.png"):
-        victims[name] = outside / f"victim-{name}"
-        victims[name].write_bytes(b"precious " + name.encode())
-    (two_studies / "summary.md").symlink_to(victims["summary.md"])
-    (two_studies / "summary.csv").symlink_to(victims["summary.csv"])
-    (two_studies / "summary.png").symlink_to(outside / "dangling.png")  # dangling: must not be created
-    (two_studies / "trials.png").symlink_to(victims["trials.png"])
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(two_studies)}}})
-    sweep.SweepSummary().on_multirun_end(config)
-    for name in ("summary.md", "summary.csv", "summary.png", "trials.png"):
-        assert not (two_studies / name).is_symlink() and (two_studies / name).is_file(), name
-        assert victims[name].read_bytes() == b"precious " + name.encode()
-    assert not (outside / "dangling.png").exists()
-    assert sorted(p.name for p in outside.iterdir()) == sorted(v.name for v in victims.values())
+def plant_links(folder, outside):
+    """Each summary file a link out of the folder: to a file, to a folder, dangling."""
+    targets = {"summary.md": outside / "victim.md", "summary.csv": outside / "folder", "summary.png": outside / "gone.png",
+               "trials.png": outside / "victim.png"}
+    for name, target in targets.items():
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(target)
 
-    (two_studies / "summary.md").unlink()
-    (two_studies / "summary.md").symlink_to(victims["summary.md"])
-    result = run_compare(str(two_studies))
-    assert result.returncode == 0 and result.stderr == "", result.stderr
-    assert victims["summary.md"].read_bytes() == b"precious summary.md"
-    assert not (two_studies / "summary.md").is_symlink()
-    assert (two_studies / "summary.md").read_text().rstrip("\n") == result.stdout.rstrip("\n")
+
+def test_summary_files_that_are_links_are_replaced_and_their_targets_left_byte_identical(two_studies, tmp_path, capsys):
+    outside = tmp_path / "outside"
+    (outside / "folder").mkdir(parents=True)
+    for name in ("victim.md", "victim.png", "folder/keep"):
+        (outside / name).write_bytes(b"precious " + name.encode())
+    before = {p: p.read_bytes() if p.is_file() else None for p in outside.rglob("*")}
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(two_studies)}}})
+    runs = {"sweep callback": lambda: sweep.SweepSummary().on_multirun_end(config),
+            "compare in-process": lambda: compare.main([str(two_studies)]) == 0 or pytest.fail("exit code"),
+            "python -m ganexp.compare": lambda: run_compare(str(two_studies))}
+    for how, run in runs.items():
+        plant_links(two_studies, outside)
+        result = run()
+        if how == "python -m ganexp.compare":
+            assert result.returncode == 0 and result.stderr == "", result.stderr
+            assert (two_studies / "summary.md").read_text().rstrip("\n") == result.stdout.rstrip("\n")
+        for name in ("summary.md", "summary.csv", "summary.png", "trials.png"):
+            assert not (two_studies / name).is_symlink() and (two_studies / name).is_file(), (how, name)
+        assert {p: p.read_bytes() if p.is_file() else None for p in outside.rglob("*")} == before, how
+    assert "suspicious link: summary.md -> " in capsys.readouterr().out  # what the callback printed
 
 
 def test_links_inside_job_folders_that_point_outside_are_reported_one_line_each(tmp_path):
