@@ -87,10 +87,10 @@ def section(found: dict[str, Any], jobs: list, metric: str, best) -> list[str]:
     two studies holds the last one's file only)."""
     optuna = f"{_shown(found['best_params'])} → {metric} {found['best_value']:.4g} ({RESULTS})"
     failed = [j for j in jobs if not j.finished]
-    tail = (f"{len(jobs)} trials, {len(failed)} failed (recorded as FAIL, the study went on); "
-            f"{PLOT}: {metric} over trials with the best so far.")
+    tail = f"{len(jobs)} trials, {len(failed)} failed (recorded as FAIL, the study went on)"
     if best is None:
-        return [f"Optuna's best trial: {optuna}, but no trial in this folder finished; {tail}"]
+        return [f"Optuna's best trial: {optuna}, but no trial in this folder finished; {tail}; no {PLOT}."]
+    tail += f"; {PLOT}: {metric} over trials with the best so far."
     if (all(_same(v, best.params.get(k)) for k, v in found["best_params"].items())
             and math.isclose(found["best_value"], best.value, rel_tol=1e-6)):
         return [f"Optuna's best trial: {optuna}, row 1 below; {tail}"]

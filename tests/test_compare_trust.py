@@ -90,6 +90,8 @@ def test_the_sweep_callback_redraws_trials_png_and_removes_it_when_nothing_can_b
     for record in two_studies.rglob("metrics.json"):  # every trial failed now: no metric to draw
         record.write_text(json.dumps({"status": "failed", "reason": "boom"}))
     callback.on_multirun_end(config)
+    assert "but no trial in this folder finished; 4 trials, 4 failed (recorded as FAIL, the study went on); " \
+           "no trials.png." in capsys.readouterr().out
     assert not (two_studies / search.PLOT).exists() and not (two_studies / "summary.png").exists()
     assert sweep.exit_status() == 1
 
