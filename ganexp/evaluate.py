@@ -13,32 +13,46 @@ import argparse
 import json
 import os
 import sys
+import math
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ganexp.errors import ConfigError
+from ganexp.errors import ConfigError, shown
 from ganexp.metrics.classifier import LABELLED
 from ganexp.metrics.evaluator import Evaluator, quantize
+from ganexp.validate import machine_memory
+
+# Bytes a sample's scores take besides the sample (measured, with room): images, the classifier's features and
+# logits and the float64 copies torchmetrics keeps of them; toy points, their 256 sorted projections, the
+# reference's and the floor's.
+SCORE_BYTES = {"images": 6_000, "toy": 12_000}
 
 
 def images_from_npz(path: Path) -> torch.Tensor:
-    """`images` as uint8 [N, C, H, W] ([N, H, W] and [N, H, W, C] with C in 1, 3 are accepted)."""
+    """`images` as uint8 [N, C, H, W] ([N, H, W] and [N, H, W, C] with C in 1, 3 are accepted). Sizes come from
+    the zip directory and the .npy header and are checked before a byte is inflated: a small file can hold
+    gigabytes of zeros."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if "images" not in f:
-                raise ConfigError(f"{path} has no key 'images' (it has: {', '.join(f.files) or 'nothing'})")
-            images = f["images"]
-    except MemoryError:  # numpy's header claims a shape this machine cannot hold: the file lies or is not for us
-        raise ConfigError(f"cannot read {path}: its header claims more images than memory holds") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        with zipfile.ZipFile(path) as npz:
+            members = {info.filename.removesuffix(".npy"): info for info in npz.infolist()}
+            for info in members.values():
+                if info.file_size > machine_memory():
+                    raise ConfigError(f"{path}: member {shown(info.filename)} inflates to {_size(info.file_size)}, more "
+                                      f"than this machine's {_size(machine_memory())} of memory; is it an .npz of samples?")
+            if "images" not in members:
+                raise ConfigError(f"{path} has no key 'images' (it has: {shown(', '.join(members), 120) or 'nothing'})")
+            with npz.open(members["images"]) as f:
+                images = _read_images(path, f, members["images"])
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as err:
+        if isinstance(err, ConfigError):
+            raise
         why = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"cannot read {path} as .npz (truncated, empty or not an .npz: {why})") from None
-    if images.dtype != np.uint8:
-        raise ConfigError(f"{path}: images are {images.dtype}; save them as uint8 in 0..255")
+        raise ConfigError(f"cannot read {path} as .npz (truncated, empty or not an .npz: {shown(why, 120)})") from None
     if images.ndim == 3:
         images = images[:, None]
     elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
@@ -48,12 +62,52 @@ def images_from_npz(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
-def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None) -> tuple[torch.Tensor, Evaluator]:
-    """Samples of a run, .ckpt or .safetensors export, and an evaluator for the data it names."""
-    from ganexp.build import build_datamodule
-    from ganexp.sample import generate
+def _read_images(path: Path, f, info: zipfile.ZipInfo) -> np.ndarray:
+    """The array of the open member `f`, its header checked first: uint8, a size that the member holds and
+    this machine can score."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise ConfigError(f"{path}: {info.filename} is .npy format {version}; save the images with numpy.savez")
+    shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    if dtype != np.uint8:
+        raise ConfigError(f"{path}: images are {dtype}; save them as uint8 in 0..255")
+    nbytes = math.prod(shape)
+    if nbytes > info.file_size:
+        raise ConfigError(f"cannot read {path}: {info.filename}'s header claims {list(shape)} ({nbytes:,} bytes), more "
+                          f"than its {info.file_size:,} bytes hold; the file is truncated or not numpy's")
+    if shape:
+        _check_npz_memory(path, info.filename, shape[0], nbytes)
+    data = bytearray(nbytes)
+    if f.readinto(data) != nbytes:
+        raise ConfigError(f"cannot read {path}: {info.filename} ends before its {nbytes:,} bytes (truncated)")
+    return np.frombuffer(data, np.uint8).reshape(shape, order="F" if fortran else "C")
 
-    samples, config = generate(path, n, seed)
+
+def _check_npz_memory(path: Path, member: str, n: int, nbytes: int) -> None:
+    """ConfigError unless n images of nbytes in all can be scored in this machine's memory (as --n is sized)."""
+    need, have = nbytes + n * SCORE_BYTES["images"], machine_memory()
+    if need > have:
+        raise ConfigError(f"{path}: member {member} holds {n:,} images ({_size(nbytes)} uncompressed); scoring them "
+                          f"needs about {_size(need)}, more than this machine's {_size(have)}; give at most "
+                          f"{have * n // need:,} images")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None) -> tuple[torch.Tensor, Evaluator]:
+    """Samples of a run, .ckpt or .safetensors export, and an evaluator for the data it names; --n is checked
+    against this machine's memory before the data or the classifier are loaded."""
+    from ganexp.build import build_datamodule
+    from ganexp.files import load_generator
+    from ganexp.sample import FLOAT, check_n, draw, is_image, sample_size
+
+    generator, config, _ = load_generator(path)
+    image = is_image(config)
+    kept = sample_size(config) * (1 if image else FLOAT)  # uint8 images, float32 points
+    check_n(n, config, kept + SCORE_BYTES["images" if image else "toy"])
     data_cfg = dict(config["data"])
     if root:  # where the files are on this machine (an export carries no path)
         data_cfg["root"] = root
@@ -61,9 +115,8 @@ def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None) -> 
     if datamodule.metrics_name == "toy":
         datamodule.setup("fit")  # toy scores need the training sample's standardization
     evaluator = Evaluator.for_datamodule(datamodule)
-    if samples.dim() == 4:
-        samples = quantize(samples, datamodule.value_range)
-    return samples, evaluator
+    keep = (lambda chunk: quantize(chunk, datamodule.value_range)) if image else None
+    return draw(generator, config, n, seed, keep=keep), evaluator
 
 
 def main(argv: list[str] | None = None) -> int:

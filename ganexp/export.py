@@ -7,7 +7,8 @@
 Share `.safetensors`, resume from `.ckpt`: loading a safetensors file cannot run code, and its
 JSON description (model name and sizes, latent size and prior, image shape, dataset, metrics
 with the classifier hash) is checked against ganexp's registry of parts like any stored config.
-No path of the exporting machine goes into the file.
+No path of the exporting machine goes into the file. An existing --out is replaced only with --force,
+and never when it is a symbolic link; the file gets the user's normal mode (0666 & ~umask).
 """
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-from ganexp.errors import ConfigError
-from ganexp.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, read_checkpoint, resolve_checkpoint
+from ganexp import writes
+from ganexp.errors import ConfigError, shown
+from ganexp.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, load_generator, resolve_checkpoint
 from ganexp.resume import is_run_folder
 from ganexp.results import read_metrics
+from ganexp.writes import LinkRefused
 
 LOCAL_KEYS = ("root", "path", "download")  # where the data lay on the exporting machine
 
@@ -55,17 +58,25 @@ def _scores(value) -> dict | None:
     return {str(k)[:40]: v for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def check_out(out: Path, suffixes: tuple[str, ...], flag: str = "--out") -> None:
-    """ConfigError unless `out` can be written as given, checked before any work is done: not a folder,
-    one of `suffixes`, not a read-only file, and its folder exists and is writable or can be created
-    (the nearest existing parent is a writable folder, not a file)."""
+def check_out(out: Path, suffixes: tuple[str, ...], force: bool = False, flag: str = "--out") -> None:
+    """ConfigError unless `out` can be written as given, checked before any work is done: not a link (whatever
+    it points to), not a folder, one of `suffixes`, an existing plain file only with `force` and not read-only,
+    and its folder exists and is writable or can be created (the nearest existing parent is a writable folder)."""
     names = " or ".join(suffixes)
+    if out.is_symlink():
+        raise LinkRefused(f"{flag} {out} is a symbolic link (to {shown(_target(out), 80)}); ganexp never writes "
+                          f"through a link, even with --force: remove the link or give another file name")
     if out.is_dir():
         raise ConfigError(f"{flag} {out} is a folder; give a file name ending in {names}")
     if out.suffix not in suffixes:
         raise ConfigError(f"{flag} {out}: give a file name ending in {names}")
-    if out.exists() and not os.access(out, os.W_OK):
-        raise ConfigError(f"{flag} {out} is a read-only file; give another file name or make it writable")
+    if out.exists():
+        if not writes.is_regular(out):
+            raise ConfigError(f"{flag} {out} exists and is not a plain file; give another file name")
+        if not force:
+            raise ConfigError(f"{flag} {out} exists; give --force to replace it, or another file name")
+        if not os.access(out, os.W_OK):
+            raise ConfigError(f"{flag} {out} is a read-only file; give another file name or make it writable")
     parent = Path(os.path.abspath(out)).parent
     while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
         parent = parent.parent  # the nearest existing folder: what `mkdir(parents=True)` creates from
@@ -75,28 +86,47 @@ def check_out(out: Path, suffixes: tuple[str, ...], flag: str = "--out") -> None
         raise ConfigError(f"{flag} {out}: {parent} is not writable; give a path in a folder you can write to")
 
 
-def export(path: str | Path, out: str | Path, best: bool = False) -> dict:
+def _target(link: Path) -> str:
+    try:
+        return os.readlink(link)
+    except OSError:
+        return "?"
+
+
+def confine_out(out: Path, source: Path) -> None:
+    """Declare the folder --out is written into (ganexp.writes). It is the user's own and may itself be a link
+    (`outputs` on a scratch disk), unless --out lies inside the run folder the generator came from: a folder
+    someone else may have made, where no link below it is written through."""
+    source = Path(os.path.abspath(source))
+    run = source if source.is_dir() else source.parents[1] if source.parent.name == "checkpoints" else None
+    inside = run is not None and os.path.abspath(out).startswith(str(run).rstrip(os.sep) + os.sep)
+    writes.confine(run if inside else Path(os.path.abspath(out)).parent)
+
+
+def export(path: str | Path, out: str | Path, best: bool = False, force: bool = False) -> dict:
     """Write `out` (.safetensors) from a run folder or a .ckpt; returns the description."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path, out = Path(path).expanduser(), Path(out)
-    check_out(out, (EXPORT_SUFFIX,))
+    check_out(out, (EXPORT_SUFFIX,), force=force)
     if best:
         if not path.is_dir():
             raise ConfigError("--best needs a run folder (it exports checkpoints/best.ckpt)")
         path = path / "checkpoints" / "best.ckpt"
     ckpt = resolve_checkpoint(path)
-    checkpoint = read_checkpoint(ckpt)
+    if ckpt.suffix == EXPORT_SUFFIX:
+        raise ConfigError(f"{ckpt} is an export already; share it as it is, or export the run or .ckpt it came from")
+    _, _, checkpoint = load_generator(ckpt)  # the one way from a file to a generator: its checks hold for exports
     run = ckpt.parent.parent
     record = read_metrics(run) if is_run_folder(run) else {}
     about = description(checkpoint["hyper_parameters"], checkpoint, record)
     weights = {k: v.contiguous().clone() for k, v in generator_weights(checkpoint["state_dict"]).items()}
     if not weights:
         raise BadFile(f"{ckpt} holds no generator weights")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    save_file(weights, str(tmp), metadata={"format": EXPORT_FORMAT, "ganexp": json.dumps(about)})
-    os.replace(tmp, out)
+    data = save(weights, metadata={"format": EXPORT_FORMAT, "ganexp": json.dumps(about)})
+    check_out(out, (EXPORT_SUFFIX,), force=force)  # again, just before writing
+    confine_out(out, path)
+    writes.replace_bytes(out, data)  # the user's normal file mode: an export is made to be shared
     return about
 
 
@@ -105,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", help="a run folder (its checkpoints/last.ckpt) or a .ckpt file")
     parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     parser.add_argument("--best", action="store_true", help="export the run's best.ckpt instead of last.ckpt")
+    parser.add_argument("--force", action="store_true", help="replace --out if it is an existing file")
     parser.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
     args = parser.parse_args(argv)
     try:
-        about = export(args.path, args.out, args.best)
+        about = export(args.path, args.out, args.best, args.force)
     except ConfigError as err:
         if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

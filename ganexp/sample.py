@@ -6,10 +6,13 @@
 PATH may also be a generator export (`python -m ganexp.export`, .safetensors).
 `.png`: an image grid (toy 2-D data: a scatter plot). `.npz`: key `images`, uint8,
 [N, H, W] for grey and [N, C, H, W] for colour (toy data: key `points`, float32 [N, 2]).
+An existing --out is replaced only with --force, and never when it is a symbolic link; --n is sized
+against this machine's memory before anything is drawn.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -17,49 +20,96 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ganexp import writes
 from ganexp.build import build_prior
 from ganexp.errors import ConfigError
-from ganexp.export import check_out
+from ganexp.export import check_out, confine_out
 from ganexp.files import load_generator
+from ganexp.validate import machine_memory
 
 SUFFIXES = (".png", ".npz")
 
 
+FLOAT = 4  # bytes of a float32
+CHUNK = 1024  # samples a generator call
+PNG_COPIES = 14  # float32 copies of each image a .png grid makes (3 channels, normalized, padded, scaled): measured
+
+
 @torch.no_grad()
-def generate(path: str | Path, n: int, seed: int = 0) -> tuple[torch.Tensor, dict]:
-    generator, config, _ = load_generator(path)
+def draw(generator: torch.nn.Module, config: dict, n: int, seed: int = 0, keep=None) -> torch.Tensor:
+    """n samples, `keep(chunk)` of each CHUNK of them (e.g. uint8 images) written into one tensor."""
+    # The latents are drawn whole: torch's CPU normal_ fills a short tail its own way, so drawing them in chunks
+    # would make a seed's samples depend on --n.
     z = build_prior(config["noise"]).sample(n, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([generator(chunk) for chunk in z.split(1024)]), config
+    keep = keep or (lambda chunk: chunk)
+    first = keep(generator(z[:1]))
+    samples = torch.empty((n, *first.shape[1:]), dtype=first.dtype)
+    for start in range(0, n, CHUNK):
+        samples[start:start + CHUNK] = keep(generator(z[start:start + CHUNK]))
+    return samples
 
 
-def to_uint8(images: torch.Tensor, value_range) -> np.ndarray:
+def sample_size(config: dict) -> int:
+    """Numbers in one sample: an image's C*H*W, a toy point's 2."""
+    return math.prod(int(d) for d in config["data"]["shape"])
+
+
+def check_n(n: int, config: dict, kept: int, flag: str = "--n") -> None:
+    """ConfigError unless n samples fit this machine's memory (train.py sizes its batches so): their latents and
+    `kept` bytes a sample for what is made of each."""
+    latent = int(config["noise"]["latent_dim"])
+    each = FLOAT * latent + kept
+    have = machine_memory()
+    if n * each > have:
+        raise ConfigError(f"{flag} {n} needs about {n * each / 2**30:,.1f} GiB ({each} bytes a sample, its latent of "
+                          f"{latent} numbers included), more than this machine's {have / 2**30:.1f} GiB; "
+                          f"give {flag} {have // each} or fewer")
+
+
+def is_image(config: dict) -> bool:
+    return len(config["data"]["shape"]) == 3
+
+
+def value_range(config: dict):
+    value_range = config["data"].get("value_range")
+    return tuple(value_range) if value_range else None
+
+
+def kept_bytes(config: dict, suffix: str) -> int:
+    """Bytes a sample written to `suffix` takes until it is written."""
+    size = sample_size(config)
+    if suffix == ".npz" and is_image(config):
+        return size  # quantized to uint8 chunk by chunk
+    return FLOAT * size * (PNG_COPIES if is_image(config) else 1)
+
+
+def to_uint8(images: torch.Tensor, value_range) -> torch.Tensor:
+    """Generator images in `value_range` -> uint8 as the .npz holds them: [N, H, W] grey, [N, C, H, W] colour."""
     from ganexp.metrics.evaluator import quantize
 
     images = quantize(images, value_range)
-    return (images[:, 0] if images.shape[1] == 1 else images).numpy()
+    return images[:, 0] if images.shape[1] == 1 else images
 
 
 def save(samples: torch.Tensor, config: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    value_range = config["data"].get("value_range")
-    value_range = tuple(value_range) if value_range else None
-    if out.suffix == ".npz":
-        if samples.dim() == 4:
-            np.savez_compressed(out, images=to_uint8(samples, value_range))
-        else:
-            np.savez_compressed(out, points=samples.float().numpy())
-    elif out.suffix == ".png":
-        if samples.dim() == 4:
+    """Write draw()'s samples to `out` (checked by check_out) through ganexp's confined writer."""
+    with writes.replacing(out) as tmp:
+        if out.suffix == ".npz":
+            with open(tmp, "wb") as f:  # a file object: savez adds no suffix of its own
+                if samples.dtype == torch.uint8:
+                    np.savez_compressed(f, images=samples.numpy())
+                else:
+                    np.savez_compressed(f, points=samples.float().numpy())
+        elif is_image(config):
             from torchvision.utils import save_image
 
-            save_image(samples, out, nrow=int(np.ceil(np.sqrt(len(samples)))), normalize=True, value_range=value_range)
+            save_image(samples, tmp, format="PNG", nrow=int(np.ceil(np.sqrt(len(samples)))), normalize=True,
+                       value_range=value_range(config))
         else:
             from ganexp.figures import save_png, scatter_panels_figure
 
             points = samples.float().numpy()
-            save_png(scatter_panels_figure(points[:0], [(f"{len(points)} samples", points)]), out)
-    else:
-        raise ConfigError(f"--out {out}: use a .png (grid) or .npz (arrays) file name")
+            save_png(scatter_panels_figure(points[:0], [(f"{len(points)} samples", points)]), tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,13 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     parser.add_argument("--out", type=Path, default=Path("samples.png"), help=".png grid or .npz arrays")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent sample")
+    parser.add_argument("--force", action="store_true", help="replace --out if it is an existing file")
     parser.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
     args = parser.parse_args(argv)
     try:
         if args.n < 1:
             raise ConfigError(f"--n {args.n} must be >= 1")
-        check_out(args.out, SUFFIXES)  # before the checkpoint is read: no work is lost to a bad --out
-        samples, config = generate(args.path, args.n, args.seed)
+        check_out(args.out, SUFFIXES, force=args.force)  # before the checkpoint is read: no work lost to a bad --out
+        generator, config, _ = load_generator(args.path)
+        check_n(args.n, config, kept_bytes(config, args.out.suffix))
+        uint8 = args.out.suffix == ".npz" and is_image(config)
+        samples = draw(generator, config, args.n, args.seed,
+                       keep=(lambda chunk: to_uint8(chunk, value_range(config))) if uint8 else None)
+        check_out(args.out, SUFFIXES, force=args.force)  # again: a file may have appeared while they were drawn
+        confine_out(args.out, Path(args.path))
         save(samples, config, args.out)
     except ConfigError as err:
         if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
