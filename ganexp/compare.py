@@ -150,7 +150,7 @@ def _record(run_dir: Path) -> dict:
         raise BadFile(f"{METRICS_FILE}: status is {shown(repr(status), 40)}, not one ganexp writes "
                       f"({', '.join(STATUSES)})")
     iteration = record.get("iteration")
-    if iteration is not None and not (isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0):
+    if iteration is not None and not (_is_number(iteration) and isinstance(iteration, int) and iteration >= 0):
         raise BadFile(f"{METRICS_FILE}: iteration is {shown(repr(iteration), 40)}, not a count of iterations "
                       "(an integer >= 0)")
     monitor = record.get("monitor")
