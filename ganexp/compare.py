@@ -62,6 +62,7 @@ MAX_KEYS = 16               # swept parameters shown (columns of the tables and 
 MAX_PLOTTED = 6             # of them drawn in summary.png (one panel each)
 MAX_TEXT = 200              # characters of a value, reason or folder name kept
 MAX_LINKS = 20              # suspicious links listed
+MAX_EVENTS_BYTES = 256 << 20  # an event file read for a loss/<tag> ranking (a long run's scalars: megabytes)
 
 # What each metric can be, from its definition (ganexp.metrics.scores): a value outside is not a
 # measurement, so the job is unreadable, never ranked. Distances are >= 0 (image_scores reports fid,
@@ -228,10 +229,18 @@ def last_logged(run_dir: Path, tag: str) -> float:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per event file
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1}).Reload()
-    if tag not in events.Tags().get("scalars", []):
-        return math.nan
-    return float(events.Scalars(tag)[-1].value)
+    last = math.nan
+    files = sorted(p for p in run_dir.glob("events.out.tfevents.*") if writes.is_regular(p))  # no link, no folder
+    for path in files:
+        if path.stat().st_size > MAX_EVENTS_BYTES:
+            continue  # not the few megabytes a run's scalars take: not read
+        try:
+            events = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 1}).Reload()
+        except Exception:  # noqa: BLE001 - a damaged event file holds no number to rank by
+            continue
+        if tag in events.Tags().get("scalars", []) and events.Scalars(tag):
+            last = float(events.Scalars(tag)[-1].value)
+    return last
 
 
 def known_metrics() -> list[str]:
