@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import stat
 import sys
 import time
 import zipfile
@@ -213,7 +214,9 @@ def load_classifier(name: str, root=None, log=print,
 def _cached(path: Path, name: str, unusable: tuple[str, str] | None = None) -> tuple[dict | None, str | None]:
     """(record, None) for a cached file that passes every check, else (None, what is wrong with it)."""
     try:
-        with open(path, "rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO in its place must not hang us
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None, "is not a regular file"
             data = f.read(MAX_CACHE_BYTES + 1)
     except FileNotFoundError:
         return None, "does not exist"
