@@ -21,7 +21,7 @@ the table of failures is printed as usual, since the dashes then come from the f
 
 A sweep folder may come from someone else, so it is read as data: each record is bounded in size
 and only the fields above are kept; a job whose record is malformed, too large or impossible (a
-value its metric cannot take, by POSSIBLE; a negative or fractional iteration; a status ganexp
+value its metric cannot take, by the registry's `possible`; a negative or fractional iteration; a status ganexp
 does not write) is `unreadable`, with the reason, and never ranked. Tables and summary.csv are
 bounded in rows, columns and cell length. Every file is written through ganexp/writes.py (a link
 in the way is replaced, never written through), and each link below SWEEP_DIR that points outside
@@ -63,14 +63,6 @@ MAX_PLOTTED = 6             # of them drawn in summary.png (one panel each)
 MAX_TEXT = 200              # characters of a value, reason or folder name kept
 MAX_LINKS = 20              # suspicious links listed
 MAX_EVENTS_BYTES = 256 << 20  # an event file read for a loss/<tag> ranking (a long run's scalars: megabytes)
-
-# What each metric can be, from its definition (ganexp.metrics.scores): a value outside is not a
-# measurement, so the job is unreadable, never ranked. Distances are >= 0 (image_scores reports fid,
-# kid and class_kl clamped at 0); precision, recall and hq are shares; coverage and modes are counts;
-# is = exp(mean KL) > 0 (>= 1 but for rounding; its upper end, the class count, is not in the record).
-POSSIBLE = {"fid": (0, math.inf), "kid": (0, math.inf), "is": (0, math.inf), "coverage": (0, math.inf),
-            "class_kl": (0, math.inf), "precision": (0, 1), "recall": (0, 1),
-            "swd": (0, math.inf), "modes": (0, math.inf), "hq": (0, 1), "residual": (0, math.inf)}
 
 
 @dataclass
@@ -114,8 +106,8 @@ def _is_number(value) -> bool:
 
 
 def possible(metric: str, value) -> bool:
-    """Whether `value` can be a measurement of `metric` (POSSIBLE: finite, inside its range)."""
-    low, high = POSSIBLE[metric]
+    """Whether `value` can be a measurement of `metric` (finite, inside the registry's possible range)."""
+    low, high = METRICS[metric].possible
     try:
         return _is_number(value) and math.isfinite(value) and low <= value <= high
     except OverflowError:  # a 400-digit integer
@@ -123,8 +115,8 @@ def possible(metric: str, value) -> bool:
 
 
 def _range(metric: str) -> str:
-    low, high = POSSIBLE[metric]
-    return f"a number >= {low}" if high == math.inf else f"a number in [{low}, {high}]"
+    low, high = METRICS[metric].possible
+    return f"a number >= {low:g}" if high == math.inf else f"a number in [{low:g}, {high:g}]"
 
 
 def _metrics(record: dict, part: str) -> dict[str, float]:

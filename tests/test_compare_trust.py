@@ -145,11 +145,12 @@ def test_an_impossible_value_makes_the_job_unreadable_and_the_possible_one_wins(
     assert summary.count_line() == "1 of 2 jobs did not finish (1 unreadable)"
 
 
-def test_every_metric_of_the_registry_has_a_possible_range():
+def test_the_registry_says_what_each_metric_can_be():
     from ganexp.metrics.scores import METRICS
 
-    assert set(compare.POSSIBLE) == set(METRICS)
-    assert compare.POSSIBLE["swd"] == (0, math.inf) and compare.POSSIBLE["hq"] == (0, 1)
+    assert METRICS["swd"].possible == (0, math.inf) and METRICS["hq"].possible == (0, 1)
+    assert not compare.possible("fid", -1e-9) and compare.possible("precision", 1.0)
+    assert not compare.possible("recall", 1.5) and not compare.possible("kid", math.nan)
 
 
 def test_a_negative_swd_on_toy_data_is_not_the_best(tmp_path):

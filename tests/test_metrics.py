@@ -105,7 +105,7 @@ def test_quantize_maps_the_value_range_to_uint8():
 
 # the domain classifier ------------------------------------------------------------------------------
 
-def test_digits_classifier_meets_its_bar_and_its_hash_is_checked(monkeypatch, tmp_path):
+def test_digits_classifier_meets_its_bar_and_is_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("GANEXP_CACHE_DIR", str(tmp_path))
     model, info = clf.load_classifier("digits", log=lambda *_: None)
     assert info["test_accuracy"] >= 0.95 and info["n_test"] == 360 and info["n_train"] == 1437
@@ -113,15 +113,7 @@ def test_digits_classifier_meets_its_bar_and_its_hash_is_checked(monkeypatch, tm
     _, again = clf.load_classifier("digits", log=lambda *_: None)  # from the cache: same hash, no retraining
     assert again["sha256"] == info["sha256"] and again["train_seconds"] == info["train_seconds"]
 
-    path = tmp_path / "classifier-digits.pt"
-    record = torch.load(path, weights_only=True)
-    record["state_dict"]["head.1.bias"] += 1.0  # tampered weights, old hash
-    torch.save(record, path)
-    with pytest.raises(ConfigError, match="does not match its recorded sha256; delete it to retrain"):
-        clf.load_classifier("digits")
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="cannot read the cached classifier"):
-        clf.load_classifier("digits")
+    # a cached file that fails its checks is retrained, never trusted: tests/test_cache_trust.py
 
 
 def test_classifier_refuses_unlabelled_data():

@@ -24,6 +24,7 @@ from ganexp.errors import ConfigError
 class Metric(NamedTuple):
     higher_is_better: bool
     min_samples: int  # the fewest generated samples whose score means something (require_samples)
+    possible: tuple[float, float] = (0.0, math.inf)  # the values a measurement can take (compare refuses others)
 
 
 # The metric registry: every score ganexp reports, in report order, whether higher is better
@@ -45,10 +46,14 @@ class Metric(NamedTuple):
 # - modes 250: a tenth of the fair share of the grid's 25 modes is then >= 1 point; a fair sampler
 #   then finds all 25 (22-25 at 100), and all 8 of the ring.
 # - hq 100: a share, ± <= 0.05 at 100.  residual 10: a median, robust from a few points.
+# Possible values: distances, divergences and counts are >= 0 (kid and class_kl clamped at 0, see
+# image_scores); precision, recall and hq are shares in [0, 1]; is = exp(mean KL) >= 1 but for rounding
+# (its upper end, the class count, is not in a record).
+SHARE = (0.0, 1.0)
 IMAGE_METRICS = {"fid": Metric(False, 2), "kid": Metric(False, 50), "is": Metric(True, 100),
-                 "coverage": Metric(True, 100), "class_kl": Metric(False, 100), "precision": Metric(True, 100),
-                 "recall": Metric(True, 100)}
-TOY_METRICS = {"swd": Metric(False, 100), "modes": Metric(True, 250), "hq": Metric(True, 100),
+                 "coverage": Metric(True, 100), "class_kl": Metric(False, 100), "precision": Metric(True, 100, SHARE),
+                 "recall": Metric(True, 100, SHARE)}
+TOY_METRICS = {"swd": Metric(False, 100), "modes": Metric(True, 250), "hq": Metric(True, 100, SHARE),
                "residual": Metric(False, 10)}
 METRICS = {**IMAGE_METRICS, **TOY_METRICS}
 HIGHER_IS_BETTER = {m for m, info in METRICS.items() if info.higher_is_better}
