@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ganexp import writes
 from ganexp.errors import ConfigError, shown
@@ -186,10 +186,10 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
 def _carry_settings(merged: DictConfig, stored: dict, keys: list[str]) -> None:
     """Every setting that is not the experiment as stored, unless the command line sets it: each config
     group whole (the option chosen and its contents, empty or not: `eval=none` is `eval: {}`) and each
-    top-level key. What the command line sets inside a group is laid over the stored group. A stored
-    value that an interpolation of conf/ or of this composition gives (a path into the run folder,
-    `${image_every}`) becomes that interpolation again, so it points into this run's folder and follows
-    the key it came from."""
+    top-level key; what the command line sets inside a group is laid over the stored group. A part's
+    argument that conf/ writes as an interpolation is that interpolation again: a location
+    (`${paths.output_dir}`) always, so a resumed run writes into its own folder and never where a file
+    says; any other (`every: ${image_every}`) where it gives the stored value, so it follows its key."""
     if "experiment" in keys:
         return  # an experiment overlay sets its own budget
     keys = [k.replace("/", ".") for k in keys]
@@ -197,16 +197,17 @@ def _carry_settings(merged: DictConfig, stored: dict, keys: list[str]) -> None:
     carried = [top for top in composed if top in stored and top not in EXPERIMENT and top not in NOT_SETTINGS
                and top not in keys]
     probe = OmegaConf.create(stored)  # plain values only: files.check_run_config refuses interpolations
+    templates = _interpolations()
     for top in carried:
-        templates = {**_interpolations(top), **{path: v for path, v in _leaves(composed[top], top).items()
-                                                if _is_interpolation(v)}}
-        for path, template in templates.items():
-            value = OmegaConf.select(probe, path, default=None)
-            if value is None or isinstance(value, (DictConfig, ListConfig)):
-                continue
-            OmegaConf.update(probe, path, template)
-            if OmegaConf.select(probe, path, throw_on_resolution_failure=False) != value:
-                OmegaConf.update(probe, path, value)  # the run had its own value there: keep it
+        for path, part in _parts(stored[top], top):
+            for arg, value in part.items():
+                template = templates.get((part["_target_"], arg))
+                if template is None:
+                    continue
+                OmegaConf.update(probe, f"{path}.{arg}", template)
+                if "${paths." not in template and \
+                        OmegaConf.select(probe, f"{path}.{arg}", throw_on_resolution_failure=False) != value:
+                    OmegaConf.update(probe, f"{path}.{arg}", value)  # the run's own value: keep it
     restored = OmegaConf.to_container(probe, resolve=False)
     for top in carried:
         value = restored[top]
@@ -214,6 +215,28 @@ def _carry_settings(merged: DictConfig, stored: dict, keys: list[str]) -> None:
             if key.startswith(top + "."):
                 value = _lay_over(value, key.split(".")[1:], composed[top])
         merged[top] = value
+
+
+def _parts(node: Any, path: str):
+    """(path, part) of every mapping with a `_target_` in `node`, itself included."""
+    if isinstance(node, dict):
+        if isinstance(node.get("_target_"), str):
+            yield path, node
+        for key, value in node.items():
+            yield from _parts(value, f"{path}.{key}")
+
+
+@functools.lru_cache(maxsize=None)
+def _interpolations() -> dict[tuple[str, str], str]:
+    """(a part's `_target_`, argument) → interpolation, as conf/ writes them; from every option, as a stored run's
+    may be one this composition did not choose (callbacks=toy's `dirpath: ${paths.output_dir}`)."""
+    found: dict[tuple[str, str], str] = {}
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        for _, part in _parts(OmegaConf.to_container(OmegaConf.load(path), resolve=False), ""):
+            for arg, value in part.items():
+                if isinstance(value, str) and "${" in value:
+                    found.setdefault((part["_target_"], arg), value)
+    return found
 
 
 def _lay_over(group: Any, parts: list[str], composed: Any) -> Any:
@@ -232,23 +255,6 @@ def _lay_over(group: Any, parts: list[str], composed: Any) -> Any:
             break
         node = node[part]
     return group
-
-
-def _is_interpolation(value: Any) -> bool:
-    return isinstance(value, str) and "${" in value
-
-
-@functools.lru_cache(maxsize=None)
-def _interpolations(group: str) -> dict[str, str]:
-    """path → interpolation of every option of a config group, as conf/<group>/*.yaml write them: a stored
-    run's option may be one this composition did not choose (its `callbacks.toy.dirpath`)."""
-    found: dict[str, str] = {}
-    for path in sorted((CONF_DIR / group).glob("*.yaml")):
-        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-        if isinstance(node, dict):
-            node.pop("defaults", None)
-            found.update({k: v for k, v in _leaves(node, group).items() if _is_interpolation(v)})
-    return found
 
 
 def _sets_any(override: str, keys: list[str]) -> bool:

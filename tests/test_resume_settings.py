@@ -106,6 +106,24 @@ def test_a_resume_into_a_new_folder_points_the_carried_callbacks_there(tmp_path)
     assert resumed["trainer"]["default_root_dir"] == str(new) and resumed["eval"] == {}
 
 
+def test_where_a_resumed_run_writes_never_comes_from_the_checkpoint(tmp_path):
+    """A checkpoint someone sent (stored locations elsewhere, a renamed copy of a callback) resumes writing
+    into the run's own folder only."""
+    run, stored, _ = _made(tmp_path, ["callbacks=toy", "data=toy", "model=toy_mlp"])
+    victim = str(tmp_path / "victim")
+    for part in (stored["callbacks"]["checkpoint"], stored["callbacks"]["toy"], stored["eval"], stored["logger"]):
+        part["dirpath" if "dirpath" in part else "save_dir"] = victim
+    stored["trainer"]["default_root_dir"] = victim
+    stored["callbacks"]["copy"] = {**stored["callbacks"]["curves"], "dirpath": victim}
+    new = tmp_path / "new"
+    resumed = _resumed(new, _checkpoint(tmp_path / "sent", stored))
+    callbacks = resumed["callbacks"]
+    assert [callbacks[k]["dirpath"] for k in ("checkpoint", "toy", "curves", "copy")] == \
+        [str(new / "checkpoints"), str(new), str(new), str(new)]
+    assert (resumed["eval"]["dirpath"], resumed["logger"]["save_dir"], resumed["trainer"]["default_root_dir"]) == \
+        (str(new), str(new), str(new))
+
+
 @pytest.mark.parametrize("overrides, every, off", [
     (["image_every=3"], {"toy": 3, "samples": 3}, {"eval", "logger"}),  # a carried frequency follows its key
     (["callbacks.samples.every=5"], {"toy": 11, "samples": 5}, {"eval", "logger"}),
