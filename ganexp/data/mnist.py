@@ -36,7 +36,8 @@ CLASSES = 10
 def idx_layout(file: Path) -> tuple[str, int, tuple[int, ...], int]:
     """What torchvision's raw `file` must hold: its kind (images / labels), magic number, dimensions, size in bytes."""
     n = SPLITS[file.name.split("-")[0]]
-    kind, magic, dims = ("images", IDX_IMAGES, (n, *IMAGE_SIZE)) if "-images-" in file.name else ("labels", IDX_LABELS, (n,))
+    images = "-images-" in file.name
+    kind, magic, dims = ("images", IDX_IMAGES, (n, *IMAGE_SIZE)) if images else ("labels", IDX_LABELS, (n,))
     return kind, magic, dims, 4 * (1 + len(dims)) + math.prod(dims)
 
 
