@@ -136,7 +136,8 @@ def test_what_the_command_line_sets_wins_inside_a_carried_group(tmp_path, overri
     run, stored, ckpt = _made(tmp_path, ["eval=none", "logger=none", "callbacks=toy", "data=toy", "model=toy_mlp",
                                          "image_every=11"])
     resumed = _resumed(run, ckpt, overrides)
-    assert {name: c["every"] for name, c in resumed["callbacks"].items() if name != "checkpoint" and "every" in c} == every
+    callbacks = resumed["callbacks"]
+    assert {name: c["every"] for name, c in callbacks.items() if name != "checkpoint" and "every" in c} == every
     assert {group for group in ("eval", "logger") if resumed[group] == {}} == off
     assert resumed["image_every"] == (3 if "image_every=3" in overrides else 11)
 
