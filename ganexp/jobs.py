@@ -51,8 +51,9 @@ def job_dir(task: Any, seed: Any) -> str:
             key, _, value = o.input_line.partition("=")  # as typed: 1e-4 stays 1e-4
             lines.append(f"{key}={_short(value)}")
     name = ",".join(sorted(lines))
-    if len(name) > MAX_NAME:  # a folder name may hold 255 bytes
-        name = f"{name[:MAX_NAME - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    if len(name.encode()) > MAX_NAME:  # a folder name may hold 255 bytes (not characters: ü takes 2)
+        head = name.encode()[:MAX_NAME - 9].decode(errors="ignore")
+        name = f"{head}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return f"{name}/seed={seed}" if name else f"seed={seed}"
 
 

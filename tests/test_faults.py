@@ -199,7 +199,7 @@ def test_a_signal_checkpoints_the_iteration_marks_interrupted_and_the_resume_is_
     assert torch.load(ckpt, weights_only=True)["iteration"] == 31  # mid-epoch 2, not a ckpt_every multiple
 
     # the checkpoint's stored config names the test callback: resuming it needs the same declaration
-    resumed = run_train(*RESUME_ARGS, f"ckpt_path={ckpt}", cwd=stopped, env={"GANEXP_PARTS": env["GANEXP_PARTS"]})
+    resumed = run_train(*RESUME_ARGS, f"ckpt_path={ckpt}", cwd=stopped, env={**env, "GANEXP_TEST_SIGNAL_AT": "-1"})  # the carried callback, off
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert torch.load(ckpt, weights_only=True)["iteration"] == 66
     state = _generator_state(ckpt)

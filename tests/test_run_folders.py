@@ -265,3 +265,12 @@ def test_a_sweep_whose_jobs_would_share_a_folder_is_refused_before_it_starts(tmp
                        "eval=none", *FAST, cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "two jobs of this sweep go to one folder (job)" in result.stderr, result.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_job_folder_name_fits_the_file_system_in_bytes_not_characters():
+    from ganexp.jobs import MAX_NAME, job_dir
+
+    task = [f'+x{i}="{"ü" * 29}"' for i in range(5)]  # 189 characters, 334 bytes in UTF-8
+    name = job_dir(task, 0).split("/")[0]
+    assert len(name.encode()) <= MAX_NAME and name.startswith('+x0="üü')
+    assert job_dir(task, 0) != job_dir([*task[:4], f'+x4="{"ü" * 28}"'], 0)  # cut, still told apart by the hash
