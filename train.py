@@ -1,7 +1,8 @@
 """Train a GAN: `python train.py [group=option ...] [key=value ...]` (see conf/train.yaml).
 
 Exit status: 0 finished, 2 bad input (one line on stderr), 3 diverged (NaN/Inf loss;
-the last good checkpoint is kept), 1 any other failure (metrics.json says why).
+the last good checkpoint is kept), 129 / 130 / 143 stopped by SIGHUP / SIGINT / SIGTERM (that
+iteration checkpointed), 1 any other failure (metrics.json says why).
 """
 from __future__ import annotations
 

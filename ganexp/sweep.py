@@ -111,7 +111,7 @@ def with_grid(args: list[str], conf_dir: Path, config_name: str = "train") -> li
 
 def exit_status() -> int:
     """0 unless the last multirun in this process had a job that did not finish (then 1), or was
-    interrupted (then 130 for SIGINT, 143 for SIGTERM)."""
+    interrupted (then 128 + the signal: 129 SIGHUP, 130 SIGINT, 143 SIGTERM)."""
     from ganexp.signals import EXIT_CODES
 
     if _interrupted_by:
