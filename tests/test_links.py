@@ -218,6 +218,13 @@ def _tree(folder: Path) -> dict[str, tuple]:
     return out
 
 
+def refused(done, link: Path) -> None:
+    """train.py said no in one line that names the link, exit 2."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-1500:]
+    assert lines[0].startswith("ganexp: error: ") and "symbolic link" in lines[0] and str(link) in lines[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("entry, kind", [(".ganexp-lock", "file"), ("checkpoints", "folder"),
                                          (".hydra/config.yaml", "dangling"), ("train.log", "file")])
@@ -230,10 +237,7 @@ def test_train_py_refuses_a_run_folder_holding_a_link(made, tmp_path, entry, kin
     before = _tree(run)
     for args in ([*RUN_ARGS, f"hydra.run.dir={run}"], [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
                                                        "trainer.max_epochs=2"]):
-        done = run_train(*args, cwd=tmp_path)
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2 and len(lines) == 1, done.stderr[-1500:]
-        assert lines[0].startswith("ganexp: error: ") and "symbolic link" in lines[0] and str(run / entry) in lines[0]
+        refused(run_train(*args, cwd=tmp_path), run / entry)
         assert victims.untouched() and _tree(run) == before  # nothing written, inside or out
     assert not (tmp_path / "outputs").exists()
 
@@ -249,8 +253,5 @@ def test_a_sweep_rerun_refuses_a_sweep_folder_holding_a_link(made, tmp_path, ent
     victims = Victims(tmp_path / "outside")
     plant(sweep, entry, victims.target(kind))
     before = _tree(sweep)
-    done = run_train(*SWEEP_ARGS, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr[-1500:]
-    assert "symbolic link" in lines[0] and str(sweep / entry) in lines[0]
+    refused(run_train(*SWEEP_ARGS, f"hydra.sweep.dir={sweep}", cwd=tmp_path), sweep / entry)
     assert victims.untouched() and _tree(sweep) == before
