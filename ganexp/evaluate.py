@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-import math
 import time
 import zipfile
 import zlib
@@ -40,17 +40,18 @@ def images_from_npz(path: Path) -> torch.Tensor:
     try:
         with zipfile.ZipFile(path) as npz:
             members = {info.filename.removesuffix(".npy"): info for info in npz.infolist()}
+            have = machine_memory()
             for info in members.values():
-                if info.file_size > machine_memory():
-                    raise ConfigError(f"{path}: member {shown(info.filename)} inflates to {_size(info.file_size)}, more "
-                                      f"than this machine's {_size(machine_memory())} of memory; is it an .npz of samples?")
+                if info.file_size > have:
+                    raise ConfigError(f"{path}: member {shown(info.filename)} inflates to {_size(info.file_size)}, "
+                                      f"more than this machine's {_size(have)} of memory; is it an .npz of samples?")
             if "images" not in members:
                 raise ConfigError(f"{path} has no key 'images' (it has: {shown(', '.join(members), 120) or 'nothing'})")
             with npz.open(members["images"]) as f:
                 images = _read_images(path, f, members["images"])
+    except ConfigError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as err:
-        if isinstance(err, ConfigError):
-            raise
         why = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"cannot read {path} as .npz (truncated, empty or not an .npz: {shown(why, 120)})") from None
     if images.ndim == 3:

@@ -28,8 +28,6 @@ from ganexp.files import load_generator
 from ganexp.validate import machine_memory
 
 SUFFIXES = (".png", ".npz")
-
-
 FLOAT = 4  # bytes of a float32
 CHUNK = 1024  # samples a generator call
 PNG_COPIES = 14  # float32 copies of each image a .png grid makes (3 channels, normalized, padded, scaled): measured
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = draw(generator, config, args.n, args.seed,
                        keep=(lambda chunk: to_uint8(chunk, value_range(config))) if uint8 else None)
         check_out(args.out, SUFFIXES, force=args.force)  # again: a file may have appeared while they were drawn
-        confine_out(args.out, Path(args.path))
+        confine_out(args.out, Path(args.path).expanduser())
         save(samples, config, args.out)
     except ConfigError as err:
         if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
