@@ -64,7 +64,7 @@ def check_out(out: Path, suffixes: tuple[str, ...], force: bool = False, flag: s
     and its folder exists and is writable or can be created (the nearest existing parent is a writable folder)."""
     names = " or ".join(suffixes)
     if out.is_symlink():
-        raise LinkRefused(f"{flag} {out} is a symbolic link (to {shown(_target(out), 80)}); ganexp never writes "
+        raise LinkRefused(f"{flag} {out} is a symbolic link (to {shown(_target(out), 1000)}); ganexp never writes "
                           f"through a link, even with --force: remove the link or give another file name")
     if out.is_dir():
         raise ConfigError(f"{flag} {out} is a folder; give a file name ending in {names}")
