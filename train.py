@@ -168,7 +168,7 @@ def main(cfg: DictConfig) -> float | None:
     from ganexp.launch import job_resources
     from ganexp.lock import FolderInUse
     from ganexp.results import sweeper_value
-    from ganexp.writes import LinkRefused
+    from ganexp.writes import FolderRefused
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     # The pre-run check imported Lightning before Hydra set up logging, so Lightning gave its logger a
@@ -180,7 +180,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         with job_resources(cfg):  # parallel sweeps: a share of the CPU threads, a GPU of its own
             record, _ = train(cfg)
-    except (FolderInUse, LinkRefused) as err:  # the folder's record belongs to the run that holds it / nothing written
+    except (FolderInUse, FolderRefused) as err:  # the folder's record belongs to the run that holds it / nothing written
         return _fail(multirun, "refused", str(err), 2)
     except ConfigError as err:
         _record_failure(cfg, "failed", str(err))

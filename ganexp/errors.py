@@ -6,6 +6,7 @@ class ConfigError(ValueError):
 
 
 def shown(value: object, width: int = 40) -> str:
-    """A value as a one-line message quotes it: at most `width` characters, cut with "..."."""
-    text = str(value)
+    """A value as a one-line message quotes it: control characters escaped (a name read from a file
+    may hold a newline or a terminal escape), at most `width` characters, cut with "..."."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
     return text if len(text) <= width else text[: width - 3] + "..."

@@ -38,6 +38,7 @@ EXPERIMENT = ("model", "data", "loss", "optimizer", "noise", "seed", "batch_size
 ADDED_LATER = {"ema": {"decay": 0.0, "start": 0}, "reuse_fake": False}
 FREE = ("data.root", "data.download")  # where the files are on this machine, not what they are
 NOT_SETTINGS = ("ckpt_path", "init_from", "paths", "hydra")
+LOCATIONS = ("dirpath", "save_dir")  # a part's argument that is a folder it writes in: always this run's
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # train.py's config folder (ganexp is installed in place)
 
 
@@ -201,7 +202,9 @@ def _carry_settings(merged: DictConfig, stored: dict, keys: list[str]) -> None:
     for top in carried:
         for path, part in _parts(stored[top], top):
             for arg, value in part.items():
-                template = templates.get((part["_target_"], arg))
+                template = templates.get((_class_name(part["_target_"]), arg))
+                if template is None and arg in LOCATIONS:  # a part conf/ does not know: still this run's folder
+                    template = "${paths.output_dir}"
                 if template is None:
                     continue
                 OmegaConf.update(probe, f"{path}.{arg}", template)
@@ -235,8 +238,14 @@ def _interpolations() -> dict[tuple[str, str], str]:
         for _, part in _parts(OmegaConf.to_container(OmegaConf.load(path), resolve=False), ""):
             for arg, value in part.items():
                 if isinstance(value, str) and "${" in value:
-                    found.setdefault((part["_target_"], arg), value)
+                    found.setdefault((_class_name(part["_target_"]), arg), value)
     return found
+
+
+def _class_name(target: str) -> str:
+    """A part's class by its own name: the registry's older spellings (ganexp.callbacks.PeriodicCheckpoint)
+    name the same class as conf/'s (ganexp.callbacks.checkpoint.PeriodicCheckpoint)."""
+    return target.rsplit(".", 1)[-1]
 
 
 def _lay_over(group: Any, parts: list[str], composed: Any) -> Any:

@@ -797,7 +797,7 @@ def _run_stack(launcher, jobs: list) -> list:
         r.return_value = None
     try:
         records = train_stack([p["cfg"] for p in prepared], [p["overrides"] for p in prepared])
-    except (FolderInUse, writes.LinkRefused) as err:  # the folder's record belongs to the run that holds it
+    except (FolderInUse, writes.FolderRefused) as err:  # the folder's record belongs to the run that holds it
         log.error("stack refused: %s", err)
         return returns
     except Exception as err:

@@ -75,6 +75,7 @@ def check_config(cfg: DictConfig) -> None:
             _check_betas(key, betas)
     _check_device(cfg)
     _check_launch_environment(cfg)
+    _check_logger_names(cfg)
     parts = build_cheap_parts(cfg)
     _check_memory(cfg, parts)
     _check_batches(cfg)
@@ -119,6 +120,19 @@ def _processes(cfg: DictConfig) -> int:
     else:
         processes = devices if isinstance(devices, int) else 1
     return max(1, processes) * (nodes if isinstance(nodes, int) and nodes >= 1 else 1)
+
+
+def _check_logger_names(cfg: DictConfig) -> None:
+    """A logger writes in <save_dir>/<name>/<version>/<sub_dir>: each must be a plain name, so that a config
+    (or a checkpoint someone sent) cannot put event files outside the run folder."""
+    for key in ("name", "version", "sub_dir"):
+        value = OmegaConf.select(cfg, f"logger.{key}", default=None)
+        if value is None or isinstance(value, int):
+            continue
+        text = str(value)
+        if os.sep in text or text in (".", "..") or "\0" in text:
+            raise ConfigError(f"logger.{key}={shown(text)} is not a plain folder name; the logger writes inside "
+                              f"the run folder: give a name without '/' (or \"\" for the run folder itself)")
 
 
 def _check_betas(key: str, betas: Any) -> None:

@@ -31,16 +31,30 @@ from typing import Any, Callable, Iterator
 
 from ganexp.errors import ConfigError, shown
 
+FILES = {"metrics.json", "train.log", "hparams.yaml", ".ganexp-lock", ".ganexp-run", "multirun.yaml", "config.yaml",
+         "hydra.yaml", "overrides.yaml", "curves.csv", "last.ckpt", "best.ckpt"}  # written as files: never a folder
 MAX_ENTRIES = 100_000  # entries check_tree looks at: a folder crafted with millions of files fails in one line
 _confined: set[str] = set()  # absolute (not resolved) folders this process writes into
 
 
-class LinkRefused(ConfigError):
+class FolderRefused(ConfigError):
+    """A run or sweep folder ganexp will not write into as it is (nothing is written, not even a record)."""
+
+
+class LinkRefused(FolderRefused):
     """A path ganexp would write through is a symbolic link inside a folder it writes into."""
 
 
 def _abs(path: str | Path) -> str:
-    return os.path.abspath(os.fspath(path))  # absolute, links left as they are
+    """Absolute, links left as they are. abspath drops `link/..` without looking, where the kernel goes
+    through the link first: a `..` after a link is refused."""
+    raw = os.path.join(os.getcwd(), os.fspath(path))
+    parts = raw.split(os.sep)
+    for i, part in enumerate(parts):
+        before = os.sep.join(parts[:i])
+        if part == ".." and before and os.path.islink(before):
+            raise _refusal(before)
+    return os.path.abspath(raw)
 
 
 def confine(folder: str | Path) -> Path:
@@ -82,7 +96,9 @@ def check_path(path: str | Path, *, final: bool = True) -> Path:
 
 
 def check_tree(folder: str | Path) -> None:
-    """LinkRefused for the first link anywhere below `folder` (not followed); nothing is changed."""
+    """LinkRefused for the first link anywhere below `folder` (not followed), ConfigError for anything there
+    that is not a plain file or folder (a FIFO, a folder named as a file ganexp writes) or is a hard link;
+    nothing is changed."""
     folder = _abs(folder)
     if not os.path.isdir(folder):
         return
@@ -91,10 +107,21 @@ def check_tree(folder: str | Path) -> None:
         for name in sorted(dirs + files):
             seen += 1
             if seen > MAX_ENTRIES:
-                raise ConfigError(f"{shown(folder, 120)} holds more than {MAX_ENTRIES} files and folders; "
+                raise FolderRefused(f"{shown(folder, 120)} holds more than {MAX_ENTRIES} files and folders; "
                                   "is it a run or sweep folder? give the run another folder")
-            if os.path.islink(os.path.join(top, name)):
-                raise _refusal(os.path.join(top, name))
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                raise _refusal(path)
+            if stat.S_ISDIR(info.st_mode) and name not in FILES:
+                continue
+            if not stat.S_ISREG(info.st_mode):  # a FIFO blocks the writer, a folder where a file goes fails it
+                raise FolderRefused(f"{shown(path, 1000)} is not a plain file; ganexp writes only plain files in a "
+                                  "run or sweep folder: remove it, or use another folder")
+            if info.st_nlink > 1:  # another name of the same file may lie outside: an append would reach it
+                raise FolderRefused(f"{shown(path, 1000)} is a hard link ({info.st_nlink} names for one file); ganexp "
+                                  "never writes into a file another folder shares: copy the folder without "
+                                  "hard links (`cp -r`, not `cp -al`), or use another folder")
 
 
 def make_dirs(folder: str | Path) -> Path:

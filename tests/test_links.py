@@ -255,3 +255,46 @@ def test_a_sweep_rerun_refuses_a_sweep_folder_holding_a_link(made, tmp_path, ent
     before = _tree(sweep)
     refused(run_train(*SWEEP_ARGS, f"hydra.sweep.dir={sweep}", cwd=tmp_path), sweep / entry)
     assert victims.untouched() and _tree(sweep) == before
+
+
+@pytest.mark.parametrize("make", ["hard link", "fifo", "folder as metrics.json", "folder as train.log"])
+def test_a_folder_holding_a_hard_link_a_fifo_or_a_folder_named_as_a_file_is_refused(tmp_path, make):
+    """Red team: appends (train.log, the lock) reach another name of a hard-linked file; a FIFO blocks Hydra's
+    log forever; a folder where a file is written is a traceback. Each: one line, before anything is written."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep")
+    run = tmp_path / "run"
+    run.mkdir()
+    name = {"hard link": "train.log", "fifo": "train.log", "folder as metrics.json": "metrics.json",
+            "folder as train.log": "train.log"}[make]
+    if make == "hard link":
+        os.link(victim, run / name)
+    elif make == "fifo":
+        os.mkfifo(run / name)
+    else:
+        (run / name).mkdir()
+    with pytest.raises(writes.FolderRefused) as err:
+        writes.check_tree(run)
+    assert str(run / name) in str(err.value) and "\n" not in str(err.value)
+    assert victim.read_bytes() == b"keep"
+
+
+def test_dot_dot_after_a_link_is_refused(tmp_path):
+    """abspath drops `link/..` without looking; the kernel goes through the link first."""
+    (tmp_path / "outside" / "deep").mkdir(parents=True)
+    run = writes.confine(tmp_path / "run")
+    run.mkdir()
+    (run / "linkdir").symlink_to(tmp_path / "outside" / "deep")
+    with pytest.raises(writes.LinkRefused, match="linkdir is a symbolic link"):
+        writes.replace_bytes(run / "linkdir" / ".." / "e.bin", b"x")
+    assert sorted(p.name for p in (tmp_path / "outside").iterdir()) == ["deep"]
+    (run / "sub").mkdir()
+    writes.replace_bytes(run / "sub" / ".." / "ok.bin", b"x")  # `..` after a real folder is just a path
+    assert (run / "ok.bin").read_bytes() == b"x"
+
+
+def test_a_name_read_from_a_file_is_shown_on_one_line_without_terminal_escapes():
+    from ganexp.errors import shown
+
+    text = shown("evil\nname\x1b]0;title\x07", 100)
+    assert text == "evil\\nname\\x1b]0;title\\x07" and text.isprintable()

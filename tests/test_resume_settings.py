@@ -208,3 +208,22 @@ def test_a_closed_terminal_sighup_checkpoints_the_iteration_and_exits_129(tmp_pa
     assert (record["status"], record["signal"]) == ("interrupted", "SIGHUP")
     assert record["reason"] == f"SIGHUP at iteration {record['iteration']}" and record["iteration"] >= 20
     assert torch.load(ckpt, weights_only=True)["iteration"] == record["iteration"]  # the iteration reached
+
+
+def test_a_sent_checkpoint_cannot_write_elsewhere_through_older_class_names_or_logger_names(tmp_path):
+    """Red team: the registry's older spellings of a callback, and a logger name/version that is a path."""
+    from ganexp.errors import ConfigError
+
+    run, stored, _ = _made(tmp_path, ["callbacks=toy", "data=toy", "model=toy_mlp"])
+    victim = str(tmp_path / "victim" / "checkpoints")
+    stored["callbacks"]["checkpoint"] = {"_target_": "ganexp.callbacks.PeriodicCheckpoint", "dirpath": victim,
+                                         "every": 1000}
+    stored["callbacks"]["odd"] = {"_target_": "ganexp.callbacks.samples.SampleGrid", "every": 5, "dirpath": victim}
+    new = tmp_path / "new"
+    resumed = _resumed(new, _checkpoint(tmp_path / "sent", stored))
+    assert resumed["callbacks"]["checkpoint"]["dirpath"] == str(new / "checkpoints")
+    assert resumed["callbacks"]["odd"]["dirpath"] == str(new)
+    for key, value in (("name", str(tmp_path / "victim_tb")), ("version", "../escaped"), ("sub_dir", "..")):
+        sent = {**stored, "logger": {**stored["logger"], key: value}}
+        with pytest.raises(ConfigError, match=f"logger.{key}=.* is not a plain folder name"):
+            _resumed(new, _checkpoint(tmp_path / f"sent_{key}", sent))
