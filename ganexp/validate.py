@@ -76,6 +76,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_device(cfg)
     _check_launch_environment(cfg)
     _check_logger_names(cfg)
+    _check_max_time(cfg)
     parts = build_cheap_parts(cfg)
     _check_memory(cfg, parts)
     _check_batches(cfg)
@@ -120,6 +121,29 @@ def _processes(cfg: DictConfig) -> int:
     else:
         processes = devices if isinstance(devices, int) else 1
     return max(1, processes) * (nodes if isinstance(nodes, int) and nodes >= 1 else 1)
+
+
+def _check_max_time(cfg: DictConfig) -> None:
+    """trainer.max_time as Lightning takes it ("DD:HH:MM:SS" or {days:, hours:, minutes:, seconds:}), and a
+    budget that trains something (0 or less trained nothing and said finished; a bare number was a traceback)."""
+    import datetime
+
+    value = OmegaConf.select(cfg, "trainer.max_time", default=None)
+    if value is None:
+        return
+    fix = 'give "DD:HH:MM:SS" (e.g. trainer.max_time=00:00:10:00 for 10 minutes) or null'
+    try:
+        if isinstance(value, str):
+            days, hours, minutes, seconds = (int(v) for v in value.split(":"))
+            budget = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        elif isinstance(value, DictConfig):
+            budget = datetime.timedelta(**{k: float(v) for k, v in value.items()})
+        else:
+            raise TypeError
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"trainer.max_time={shown(value)} is not a time budget; {fix}") from None
+    if budget.total_seconds() <= 0:
+        raise ConfigError(f"trainer.max_time={shown(value)} is no time to train; {fix}")
 
 
 def _check_logger_names(cfg: DictConfig) -> None:

@@ -72,7 +72,7 @@ BAD_INPUTS = [
     (["batch_size=2000000000"], ["batch_size=2000000000", "GiB"]),
     (["data=mnist", "model=dcgan", "model.generator.width=100000"], ["model.generator", "GiB"]),
     # the trainer's arguments are Lightning's rules: checked by building it (no logger, no folder) up front
-    (["trainer.max_time=garbage"], ["cannot build trainer", "not a valid duration"]),
+    (["trainer.max_time=garbage"], ["trainer.max_time=garbage is not a time budget", "DD:HH:MM:SS"]),
     (["trainer.devices=0"], ["cannot build trainer", "devices=0"]),
     (["trainer.limit_train_batches=-1"], ["trainer.limit_train_batches=-1 is out of range", "an integer >= 1"]),
     (["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0 is out of range", "fraction in (0, 1]"]),
@@ -103,6 +103,12 @@ BAD_INPUTS = [
     ([f"hydra.run.dir={'/'.join(['y' * 200] * 25)}"], ["hydra.run.dir=", "bytes long", "(PATH_MAX)"]),
     (["-m", f"hydra.sweep.dir=sweeps/{'z' * 256}", "seed=0,1"], ["hydra.sweep.dir=", "a folder name of 256 bytes"]),
     # (a sweep job's own folder name is cut to fit NAME_MAX in bytes: tests/test_run_folders.py)
+    (["trainer.max_time=5"], ["trainer.max_time=5 is not a time budget", "DD:HH:MM:SS"]),
+    (["trainer.max_time=00:00:00:00"], ["trainer.max_time=00:00:00:00 is no time to train"]),
+    (["trainer.max_time={seconds:-5}"], ["is no time to train"]),
+    (["trainer.max_time=1:2"], ["trainer.max_time=1:2 is not a time budget"]),
+    (["logger.name=/tmp/elsewhere"], ["logger.name=/tmp/elsewhere is not a plain folder name"]),
+    (["logger.version=.."], ["logger.version=.. is not a plain folder name"]),
 ]
 if not __import__("torch").cuda.is_available():  # a machine without a GPU: what trainer=gpu says there
     BAD_INPUTS += [(["trainer=gpu"], ["trainer.accelerator=gpu", "no CUDA GPU", "trainer=cpu"]),
