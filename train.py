@@ -57,10 +57,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
 
 def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dict, dict]:
     import pytorch_lightning as pl
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
     from ganexp.build import build_datamodule, build_module, build_trainer
-    from ganexp.signals import StoppedBeforeTraining, stop_on_signals, stop_reason
+    from ganexp import lifecycle
     from ganexp.resume import check_training_state, in_place_run, init_weights, mark_run, resume_config
     from ganexp.jobs import check_same_job
     from ganexp.results import read_metrics, update_metrics
@@ -102,25 +100,9 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
             fields["resumes"] = [*earlier, {"time": _now(), "overrides": overrides or []}]
         update_metrics(out, **fields)
         _started.add(str(out.resolve()))
-    with stop_on_signals(module):  # Ctrl-C / SIGTERM: finish the iteration, checkpoint it, stop
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-        except SIGTERMException:  # Lightning's way out of fit after SIGTERM; the handler above recorded it
-            module.request_stop("SIGTERM")
-        except StoppedBeforeTraining as stop:  # a signal during setup: nothing to finish or checkpoint,
-            if checkpoint is not None:  # and a resume is still where its checkpoint is (maybe not yet read)
-                module.iteration = max(module.iteration, checkpoint["iteration"])
-            module.request_stop(stop.signal_name)
-        except Exception:  # a failed run still gets its HParams row, so the table shows the failure
-            row.write_after(trainer, module, {"status": "failed", "iteration": module.iteration})
-            raise
-    fields = {"status": "finished", "iteration": module.iteration}
-    if module.diverged_at is not None:
-        fields.update(status="diverged", diverged_at=module.diverged_at, reason=module.divergence)
-    elif module.interrupted is not None:
-        fields.update(status="interrupted", signal=module.interrupted, reason=stop_reason(module))
-    record = update_metrics(out, **fields) if trainer.is_global_zero else fields
-    row.write_after(trainer, module, record)  # an interrupted run's row (a finished one has it from on_fit_end)
+    lifecycle.fit(trainer, module, datamodule, [(row, module)], ckpt_path=cfg.ckpt_path,
+                  resumes_at=None if checkpoint is None else checkpoint["iteration"])
+    record = lifecycle.finish(trainer, module, row, out)  # an interrupted run's row (a finished one has it from on_fit_end)
     return record, {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
 
 

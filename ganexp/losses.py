@@ -54,7 +54,7 @@ def hinge_d_loss(real: Tensor, fake: Tensor) -> Tensor:
 
 
 def wasserstein_d_loss(real: Tensor, fake: Tensor) -> Tensor:
-    """Critic loss f - r; GANLoss.discriminator_loss adds the gradient penalty (it needs D and inputs)."""
+    """Critic loss f - r; the training step adds the gradient penalty (it needs D and inputs)."""
     return fake.mean() - real.mean()
 
 
@@ -63,21 +63,19 @@ def critic_g_loss(fake: Tensor) -> Tensor:
     return -fake.mean()
 
 
-def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
-                     generator: torch.Generator | None = None) -> Tensor:
-    """WGAN-GP (Gulrajani et al. 2017): E[(‖∇D(x̂)‖₂ - 1)²] on random interpolates x̂."""
-    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype,
-                       generator=generator)
+def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
+    """WGAN-GP (Gulrajani et al. 2017) per member: E[(‖∇D(x̂)‖₂ - 1)²] on the interpolates x̂ = α·real + (1-α)·fake;
+    real, fake [M, N, ...], α [M, N, 1, ...] → [M]."""
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
-    return (grad.flatten(1).norm(dim=1) - 1.0).square().mean()
+    return (grad.flatten(2).norm(dim=2) - 1.0).square().mean(dim=1)
 
 
 def r1_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
-    """R1 (Mescheder et al. 2018): E[‖∇ₓD(x)‖²] on real data (the γ/2 factor is the caller's)."""
+    """R1 (Mescheder et al. 2018) per member: E[‖∇ₓD(x)‖²] on real data [M, N, ...] → [M] (γ/2 is the caller's)."""
     x = real.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(discriminator(x).sum(), x, create_graph=True)
-    return grad.flatten(1).square().sum(dim=1).mean()
+    return grad.flatten(2).square().sum(dim=2).mean(dim=1)
 
 
 @dataclass(frozen=True)
@@ -138,16 +136,3 @@ class GANLoss:
 
     def g(self, fake_logits: Tensor) -> Tensor:
         return self._pair.g(fake_logits.float())
-
-    def discriminator_loss(self, discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
-                           real_logits: Tensor, fake_logits: Tensor, iteration: int = 0,
-                           generator: torch.Generator | None = None) -> Tensor:
-        """D's whole loss: the pair's d term plus the regularisers this loss owns, as stylegan2-ada's
-        loss.py owns R1: the gradient penalty on real/fake interpolates, and R1 on real data, γ/2·E‖∇D‖²,
-        lazily every `r1_every` iterations and then scaled by `r1_every` (StyleGAN2)."""
-        loss = self.d(real_logits, fake_logits)
-        if self.gp_weight:
-            loss = loss + self.gp_weight * gradient_penalty(discriminator, real, fake, generator)
-        if self.r1_gamma and iteration % self.r1_every == 0:
-            loss = loss + (self.r1_gamma / 2 * self.r1_every) * r1_penalty(discriminator, real)
-        return loss

@@ -11,14 +11,17 @@ import copy
 import math
 import os
 import random
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.func import vmap
 
-from ganexp.losses import GANLoss
+from ganexp.losses import GANLoss, gradient_penalty, r1_penalty
 from ganexp.noise import InstanceNoise, LatentPrior, add_noise
 from ganexp.tensorboard import write_layout
 
@@ -33,7 +36,50 @@ OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
 DRAW_SEED = 1 << 40  # training's draws: a stream of their own, apart from the fixed batch's and the data order's
 
 
+@dataclass
+class Run:
+    """What a callback needs of the run it serves, beyond Lightning's trainer (`pl_module.run`): its folder,
+    logger, data, callbacks and how to write its checkpoint. A plain run's come from its trainer; a stacked
+    sweep's member (ganexp/stack.py) has its own, while every member shares the stack's trainer (epoch,
+    progress, device, budget). Callbacks read these here, never from the trainer."""
+
+    out: Path
+    logger: Any
+    data: Any
+    callbacks: list
+    save_checkpoint: Callable[..., None]
+
+
+class Single:
+    """A plain run's network as a stack of one member: [1, N, ...] in and out, its own parameters and
+    optimizer (ganexp/stack.py's Stacked runs M networks the same way)."""
+
+    joint = False  # D scores real and fake in passes of their own (batch norm's statistics stay per batch)
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.net(x[0]).unsqueeze(0)
+
+    def train(self, on: bool) -> None:
+        """Gradients for this network in this phase (D's step or G's), or none (Lightning's toggle_optimizer)."""
+        for p in self.net.parameters():
+            p.requires_grad_(on)
+
+    def zero_grad(self) -> None:
+        for p in self.net.parameters():
+            p.grad = None
+
+    def grad_norms(self) -> Tensor:
+        return torch.nn.utils.get_total_norm([p.grad for p in self.net.parameters() if p.grad is not None]).view(1)
+
+
 class GANModule(pl.LightningModule):
+    """One run, or (ganexp/stack.py's StackedGAN) M runs at once: `training_step` is written over a member
+    dimension, every batch and draw [M, N, ...], every per-member number (σ, smoothing, penalty weights) an
+    [M] vector; a plain run is M = 1 (`members` is [self]) with its own plain networks."""
+
     def __init__(
         self,
         generator: nn.Module,
@@ -64,12 +110,6 @@ class GANModule(pl.LightningModule):
         # reuse_fake: G's step scores the fake batch of the last D step (one G forward per iteration, as the
         # seeds 002/003 do) instead of drawing a fresh one.
         self.reuse_fake = bool(reuse_fake)
-        self.iteration = 0  # completed iterations; saved in checkpoints
-        self.diverged_at: int | None = None  # set by _diverge only: the iteration NaN/Inf was found at
-        self.divergence: str | None = None  # ...and why, e.g. "non-finite loss at iteration 12"
-        self.interrupted: str | None = None  # set by request_stop only: the signal that asked to stop
-        self.training_started = False  # True from on_train_start: before it, a signal stops at once (signals.py)
-        self.last_logged: dict[str, float] = {}  # the last logged scalars, with their "iteration"
         # EMA of G's weights (Yazıcı et al. 2019; StyleGAN's G_ema): what evaluation, best.ckpt, grids,
         # sample, evaluate and export use; training uses the raw G. Until `ema_start` it copies G.
         self.ema_decay, self.ema_start = float(ema_decay), int(ema_start)
@@ -77,49 +117,219 @@ class GANModule(pl.LightningModule):
         # A fixed latent batch, so image grids show the same z over training.
         self.register_buffer("fixed_z", prior.sample(n_fixed, generator=torch.Generator().manual_seed(seed)))
         # Training's z, instance noise and penalty draws come from a generator of the run's own (seeded from
-        # `seed`, saved in checkpoints): a stacked sweep member (ganexp/stack.py) draws exactly what its
-        # separate run draws. Dropout masks still come from torch's global RNG.
+        # `seed`, saved in checkpoints): a stacked sweep member draws exactly what its separate run draws.
+        # Dropout masks still come from torch's global RNG.
         self.draw_seed = DRAW_SEED + int(seed)
         self._draws: torch.Generator | None = None
+        self._start()
 
+    def _start(self) -> None:
+        """The state of a run (or a stack) before training: counters, outcome, the step's reused tensors."""
+        self.iteration = 0  # completed iterations; saved in checkpoints
+        self.diverged_at: int | None = None  # set by _diverge only: the iteration NaN/Inf was found at
+        self.divergence: str | None = None  # ...and why, e.g. "non-finite loss at iteration 12"
+        self.interrupted: str | None = None  # set by request_stop only: the signal that asked to stop
+        self.stopped = False  # diverged or asked to stop: a member of a stack is then frozen, a run stops
+        self.training_started = False  # True from on_train_start: before it, a signal stops at once (signals.py)
+        self.last_logged: dict[str, float] = {}  # the last logged scalars, with their "iteration"
+        self.running = [True]  # per member: False once it stopped (StackedGAN: it is frozen)
+        self.buffers: dict[str, Tensor] = {}  # the members' z and noise, drawn in place each step (_buffer)
+        self.vectors: dict[str, tuple[list[float], Tensor]] = {}  # per-member numbers as [M] tensors (_vector)
+        self.stack = None  # the StackedGAN training this run as a member, if any (set by it, not a submodule)
+        self._run: Run | None = None  # a stack member's own Run
+
+    # ------------------------------------------------------------------------------------ the members
+    @property
+    def members(self) -> list["GANModule"]:
+        """The runs this module trains: itself (StackedGAN: its M members)."""
+        return [self]
+
+    @property
+    def run(self) -> Run:
+        """This run's folder, logger, data, callbacks and checkpoint writer (callbacks read them here)."""
+        if self._run is not None:
+            return self._run
+        trainer = self.trainer
+        return Run(Path(trainer.default_root_dir), trainer.logger, trainer.datamodule, trainer.callbacks,
+                   trainer.save_checkpoint)
+
+    def optimizers(self, use_pl_optimizer: bool = True):
+        """A stack member's own two optimizers (rebuilt, with its state: ganexp/stack.py); else Lightning's."""
+        if self.stack is not None:
+            return self.stack.member_optimizers(self)
+        return super().optimizers(use_pl_optimizer)
+
+    def configure_optimizers(self):
+        self.G, self.D = Single(self.generator), Single(self.discriminator)
+        return [self.optimizer_g(self.generator.parameters()), self.optimizer_d(self.discriminator.parameters())]
+
+    def step(self, optimizer, side: str) -> None:
+        """One optimizer step of `side` ("g" or "d"); StackedGAN gives each member its own lr."""
+        optimizer.step()
+
+    def learning_rates(self, k: int) -> tuple[float, float]:
+        """Member k's (G's, D's) learning rate now."""
+        opt_g, opt_d = super().optimizers()
+        return opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------------------- the training step
     def forward(self, z: Tensor) -> Tensor:
         return self.generator(z)
 
-    def configure_optimizers(self):
-        return [self.optimizer_g(self.generator.parameters()), self.optimizer_d(self.discriminator.parameters())]
-
     def training_step(self, real: Tensor, batch_idx: int) -> None:
-        opt_g, opt_d = self.optimizers()
-        sigma = self.sigma()
+        opt_g, opt_d = super().optimizers()
+        real = self.per_member(real)  # [M, N, ...]
+        sigmas = [m.sigma() for m in self.members]
         log_now = self.iteration % self.log_every == 0
-        n = len(real)
+        n = real.shape[1]
+        fake = None
 
         for step in range(self.d_steps):  # k discriminator updates (Goodfellow et al. 2014, Alg. 1)
-            # with reuse_fake, the last D step's fake batch keeps G's graph (made before D's toggle turns
-            # G's requires_grad off) and the G step below scores it again with the updated D
-            fake = self.generator(self.prior.sample(n, self.device, self.draws)) \
-                if self.reuse_fake and step == self.d_steps - 1 else None
-            with self.toggled_optimizer(opt_d):
-                d_loss, real_logits, fake_logits = self.discriminator_loss(real, sigma, fake)
-                opt_d.zero_grad(set_to_none=True)
-                self.manual_backward(d_loss)
-                d_norm = _grad_norm(self.discriminator) if log_now else None
-                opt_d.step()
+            # with reuse_fake the last D step's fake batch keeps G's graph, and G's step scores it again
+            keep = self.reuse_fake and step == self.d_steps - 1
+            self.G.train(keep), self.D.train(True), self.D.zero_grad()
+            fake = self.G(self.draw_z(n)) if keep else None
+            d_loss, d_each, real_logits, fake_logits = self.discriminator_loss(real, sigmas, fake, log_now)
+            self.manual_backward(d_loss)  # Σ_k loss_k: member k's gradient is that of its own loss
+            d_norm = self.D.grad_norms() if log_now else None
+            self.step(opt_d, "d")
 
-        with self.toggled_optimizer(opt_g):
-            z = None if self.reuse_fake else self.prior.sample(n, self.device, self.draws)
-            g_loss = self.generator_loss(z, sigma, fake=fake)
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss)
-            g_norm = _grad_norm(self.generator) if log_now else None
-            opt_g.step()
-        if self.generator_ema is not None:
-            self.update_ema()
+        self.D.train(False), self.G.train(True), self.G.zero_grad()
+        fake = self.G(self.draw_z(n)) if fake is None else fake
+        g_loss, g_each = self.losses(self.loss._pair.g, (self.D(self.noised(fake, sigmas, "noise/g", (n,))),),
+                                     (), log_now)
+        self.manual_backward(g_loss)
+        g_norm = self.G.grad_norms() if log_now else None
+        self.step(opt_g, "g")
+        self.D.train(True)  # outside the step every parameter takes gradients (figures step copies of G)
+        for m, running in zip(self.members, self.running):
+            if running and m.generator_ema is not None:
+                m.update_ema()
 
         if log_now:  # the only host-device sync: once every log_every iterations
-            self._log_iteration(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigma)
+            self._log(d_each, g_each, real_logits, fake_logits, d_norm, g_norm, sigmas)
         self.iteration += 1
+        for m, running in zip(self.members, self.running):
+            if m is not self:
+                m.iteration += int(running)
 
+    def per_member(self, batch: Tensor) -> Tensor:
+        """The batch as [M, N, ...]: a plain run's [N, ...] is one member's."""
+        return batch.unsqueeze(0)
+
+    def discriminator_loss(self, real: Tensor, sigmas: list[float], fake: Tensor | None = None, each: bool = False):
+        """(Σ_k of the members' D losses, each member's loss [M] when `each`, D(real) and D(fake) logits
+        [M, N, ...]) on a detached fake batch (`fake`, or a fresh one), both inputs noised; the loss's own
+        regularisers, as stylegan2-ada's loss.py owns R1: the gradient penalty on real/fake interpolates and
+        R1 on real data, γ/2·E‖∇D‖², lazily every `r1_every` iterations and then scaled by it (StyleGAN2)."""
+        n = real.shape[1]
+        if fake is None:
+            with torch.no_grad():
+                fake = self.G(self.draw_z(n))
+        fake = fake.detach()
+        if self.D.joint:  # row-wise D (stacked MLPs): one pass for both; each member noises real, then fake
+            parts = (n, fake.shape[1])
+            noised = self.noised(torch.cat([real, fake], dim=1), sigmas, "noise/d", parts)
+            real_logits, fake_logits = self.D(noised).split(parts, dim=1)
+        else:
+            real_logits = self.D(self.noised(real, sigmas, "noise/real", (n,)))
+            fake_logits = self.D(self.noised(fake, sigmas, "noise/fake", (fake.shape[1],)))
+        losses = [m.loss for m in self.members]
+        targets = (self.vector("smoothing", [loss.label_smoothing for loss in losses]),) \
+            if self.loss._pair.has_targets else ()
+        total, loss = self.losses(self.loss._pair.d, (real_logits, fake_logits), targets, each)
+        gp_weights = [loss.gp_weight for loss in losses]
+        r1_weights = [loss.r1_gamma / 2 * loss.r1_every for loss in losses]
+        penalties = []
+        if any(gp_weights):  # α drawn only for the members that use it, as their runs do
+            shape = (n,) + (1,) * (real.dim() - 2)
+            alpha = torch.stack([torch.rand(shape, device=real.device, dtype=real.dtype, generator=m.draws) if w
+                                 else torch.zeros(shape, device=real.device, dtype=real.dtype)
+                                 for m, w in zip(self.members, gp_weights)])
+            penalties.append(self.vector("gp", gp_weights) * gradient_penalty(self.D, real, fake, alpha))
+        if any(r1_weights) and self.iteration % self.loss.r1_every == 0:
+            penalties.append(self.vector("r1", r1_weights) * r1_penalty(self.D, real))
+        for penalty in penalties:
+            total = total + penalty.sum()
+            loss = None if loss is None else loss + penalty.detach()
+        return total, loss, real_logits, fake_logits
+
+    def losses(self, fn, logits: tuple[Tensor, ...], per_member: tuple[Tensor, ...], each: bool):
+        """Σ_k fn(member k's logits, its values of `per_member`) in fp32 (under bf16 autocast too), and each
+        member's value [M] when `each` (else None). A loss that is a mean over samples (LossPair.sample_mean:
+        the built-in ones) is one call on all members' logits, M·(mean over the M·N samples) = Σ_k (mean over
+        member k's N), with the members' values broadcast over their rows; any other loss runs per member (vmap)."""
+        logits = tuple(t.float() for t in logits)
+        if not self.loss._pair.sample_mean:
+            values = vmap(fn)(*logits, *per_member)
+            return values.sum(), values
+        members = len(logits[0])
+        shape = (-1,) + (1,) * (logits[0].dim() - 1)
+        total = fn(*logits, *(v.view(shape) for v in per_member))
+        if members > 1:
+            total = members * total
+        if not each:
+            return total, None
+        if members == 1:
+            return total, total.detach().view(1)
+        with torch.no_grad():  # only for the logged scalars
+            return total, vmap(fn)(*(t.detach() for t in logits), *per_member)
+
+    def draw_z(self, n: int) -> Tensor:
+        """The members' z [M, n, latent], each from its own draws, into one reused buffer (the graph that saved
+        the last z is gone by the next draw)."""
+        z = self._buffer("z", (len(self.members), n, self.prior.latent_dim))
+        for k, m in enumerate(self.members):
+            m.prior.sample(n, generator=m.draws, out=z[k])
+        return z
+
+    def noised(self, x: Tensor, sigmas: list[float], name: str, parts: tuple[int, ...]) -> Tensor:
+        """Instance noise per member: x_k + σ_k·ε_k, ε_k drawn from member k's draws for each of `parts` (row
+        counts of x_k, in the order its run noises them). ε lives in a reused buffer whose rows of a member
+        with σ_k = 0 are never drawn (they stay zero, or are multiplied by σ_k = 0)."""
+        if not any(s > 0 for s in sigmas):
+            return x
+        eps = self._buffer(name, x.shape, x.dtype)
+        for k, (m, s) in enumerate(zip(self.members, sigmas)):
+            if s > 0:
+                for rows in eps[k].split(parts):
+                    rows.normal_(generator=m.draws)
+        return x + self.vector("sigma", sigmas).view(-1, *([1] * (x.dim() - 1))) * eps
+
+    def vector(self, name: str, values: list[float]) -> Tensor:
+        """`values` (one per member) as an [M] float tensor on the device, made again only when they change."""
+        kept = self.vectors.get(name)
+        if kept is None or kept[0] != values or kept[1].device != self.device:
+            kept = self.vectors[name] = (list(values), torch.tensor(values, dtype=torch.float32, device=self.device))
+        return kept[1]
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        """A tensor the members' draws are written into, kept between steps (zeros when made; made again for a
+        batch of another shape)."""
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype or buffer.device != self.device:
+            buffer = self.buffers[name] = torch.zeros(shape, device=self.device, dtype=dtype)
+        return buffer
+
+    def _log(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigmas) -> None:
+        tensors = scalars(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm)
+        rows = torch.stack(list(tensors.values()), dim=1).tolist()  # one host sync for every member's scalars
+        for k, (m, running) in enumerate(zip(self.members, self.running)):
+            if running:
+                m.record(dict(zip(tensors, rows[k])), sigmas[k], *self.learning_rates(k))
+        self.log_dict({"loss/d": rows[0][0], "loss/g": rows[0][1]}, prog_bar=True, logger=False)
+
+    def record(self, values: dict[str, float], sigma: float, lr_g: float, lr_d: float) -> None:
+        """This iteration's scalars (read from the device once) to the run's logger, `last_logged`, and the
+        divergence check."""
+        values = {**values, "noise/sigma": sigma, "lr/g": lr_g, "lr/d": lr_d}
+        if self.run.logger is not None:
+            self.run.logger.log_metrics(values, step=self.iteration)  # x-axis: iterations, not global_step
+        self.last_logged = {"iteration": self.iteration, **values}
+        if not (math.isfinite(values["loss/d"]) and math.isfinite(values["loss/g"])):
+            self._diverge(self.iteration + 1, "non-finite loss")  # counted in completed iterations
+
+    # ------------------------------------------------------------------------------ what the run reads
     @property
     def draws(self) -> torch.Generator:
         """The generator training draws z and noise from, on this module's device."""
@@ -152,43 +362,12 @@ class GANModule(pl.LightningModule):
             epochs = self.iteration / max(int(self.trainer.num_training_batches), 1)
         return self.instance_noise.sigma(epochs)
 
-    def discriminator_loss(self, real: Tensor, sigma: float, fake: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(D's loss, D(real) logits, D(fake) logits) on a detached fake batch (`fake`, or a fresh one), both
-        inputs noised."""
-        fake = (self.generator(self.prior.sample(len(real), self.device, self.draws)) if fake is None else fake).detach()
-        real_logits = self.discriminator(add_noise(real, sigma, self.draws))
-        fake_logits = self.discriminator(add_noise(fake, sigma, self.draws))
-        loss = self.loss.discriminator_loss(self.discriminator, real, fake, real_logits, fake_logits, self.iteration,
-                                            self.draws)
-        return loss, real_logits, fake_logits
-
-    def generator_loss(self, z: Tensor | None, sigma: float | None = None, generator: nn.Module | None = None,
-                       fake: Tensor | None = None) -> Tensor:
-        """G's loss on G(z) as D sees it (instance noise included); `generator` defaults to this run's G
-        (the D-feature-space figure passes a copy, so its "one G step" is the step training takes);
-        `fake`: a batch G already made with its graph (reuse_fake: the last D step's), scored instead of G(z)."""
-        own = generator is None
-        generator = self.generator if own else generator
-        sigma = self.sigma() if sigma is None else sigma  # a copy's step (figures) leaves training's draws alone
-        fake = generator(z) if fake is None else fake
-        return self.loss.g(self.discriminator(add_noise(fake, sigma, self.draws if own else None)))
-
-    def _log_iteration(self, d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm, sigma) -> None:
-        tensors = scalars(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm)
-        values = dict(zip(tensors, torch.stack(list(tensors.values())).tolist()))
-        opt_g, opt_d = self.optimizers()
-        self.record(values, sigma, opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"])
-        self.log_dict({"loss/d": values["loss/d"], "loss/g": values["loss/g"]}, prog_bar=True, logger=False)
-
-    def record(self, values: dict[str, float], sigma: float, lr_g: float, lr_d: float) -> None:
-        """This iteration's scalars (read from the device once) to the logger, `last_logged`, and the
-        divergence check; a stacked sweep (ganexp/stack.py) calls it for each member."""
-        values = {**values, "noise/sigma": sigma, "lr/g": lr_g, "lr/d": lr_d}
-        if self.logger is not None:
-            self.logger.log_metrics(values, step=self.iteration)  # x-axis: iterations, not global_step
-        self.last_logged = {"iteration": self.iteration, **values}
-        if not (math.isfinite(values["loss/d"]) and math.isfinite(values["loss/g"])):
-            self._diverge(self.iteration + 1, "non-finite loss")  # counted in completed iterations
+    def generator_loss(self, z: Tensor, generator: nn.Module) -> Tensor:
+        """G's loss on generator(z) as D sees it (instance noise included; drawn from torch's RNG): the
+        D-feature-space figure scores its copy of G with it, so its "one G step" is the step training takes."""
+        fake = self.per_member(generator(z))
+        return self.losses(self.loss._pair.g, (self.discriminator(add_noise(fake[0], self.sigma())).unsqueeze(0),),
+                           (), False)[0]
 
     @torch.no_grad()
     def sample(self, z: Tensor) -> Tensor:
@@ -201,6 +380,7 @@ class GANModule(pl.LightningModule):
         finally:
             generator.train(was_training)
 
+    # ------------------------------------------------------------------------------------ the lifecycle
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["iteration"] = self.iteration
         checkpoint["rng"] = {**rng_state(), "draws": self.draws.get_state()}  # a resumed run draws the same z, noise, dropout
@@ -211,7 +391,7 @@ class GANModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:  # known only now (DDP): rank 0 writes TensorBoard's custom-scalars layout
-            write_layout(self.logger)
+            write_layout(self.run.logger)
 
     def on_train_start(self) -> None:
         # Restored here, as late as possible: nothing between this and the first batch draws numbers.
@@ -234,23 +414,30 @@ class GANModule(pl.LightningModule):
         """A signal asked the run to stop (ganexp/signals.py): finish this iteration, checkpoint it, stop."""
         if self.interrupted is None:
             self.interrupted = signal_name
-        if self._trainer is not None:
-            self.trainer.should_stop = True
+        self._stop()
 
     def _diverge(self, iteration: int, what: str) -> None:
         """The one writer of `diverged_at` / `divergence`: the first cause found wins; training stops."""
         if self.diverged_at is None:
             self.diverged_at, self.divergence = iteration, f"{what} at iteration {iteration}"
-        self.trainer.should_stop = True
+        self._stop()
+
+    def _stop(self) -> None:
+        """This run stops: a plain run's trainer stops; a stack member is frozen, the others go on."""
+        self.stopped = True
+        if self.stack is None and self._trainer is not None:
+            self.trainer.should_stop = True
 
 
 def scalars(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm) -> dict[str, Tensor]:
-    """The logged scalars of one iteration, as 0-d float tensors on the device (no sync yet)."""
-    acc_real = (real_logits > 0).float().mean()
-    acc_fake = (fake_logits < 0).float().mean()
+    """The logged scalars of one iteration for each of M members, as [M] float tensors on the device (no sync
+    yet); logits [M, N, ...]."""
+    real, fake = real_logits.detach().float().flatten(1), fake_logits.detach().float().flatten(1)
+    acc_real = (real > 0).float().mean(1)
+    acc_fake = (fake < 0).float().mean(1)
     tensors = {
         "loss/d": d_loss, "loss/g": g_loss,
-        "d/real_score": torch.sigmoid(real_logits).mean(), "d/fake_score": torch.sigmoid(fake_logits).mean(),
+        "d/real_score": torch.sigmoid(real).mean(1), "d/fake_score": torch.sigmoid(fake).mean(1),
         "d/acc_real": acc_real, "d/acc_fake": acc_fake, "d/acc": (acc_real + acc_fake) / 2,
         "grad/d_norm": d_norm, "grad/g_norm": g_norm,
     }
@@ -277,6 +464,3 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
-
-def _grad_norm(module: nn.Module) -> Tensor:
-    return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])

@@ -86,8 +86,8 @@ def test_gradient_penalty_of_a_linear_critic_is_its_weight_norm_minus_one_square
     critic = nn.Linear(3, 1, bias=False)
     with torch.no_grad():
         critic.weight.copy_(torch.tensor([[3.0, 0.0, 4.0]]))  # ‖w‖ = 5 everywhere
-    gp = gradient_penalty(lambda x: critic(x).squeeze(1), torch.randn(8, 3), torch.randn(8, 3))
-    assert gp.item() == pytest.approx((5 - 1) ** 2)
+    gp = gradient_penalty(critic, torch.randn(2, 8, 3), torch.randn(2, 8, 3), torch.rand(2, 8, 1))
+    assert gp.tolist() == pytest.approx([(5 - 1) ** 2] * 2)  # one per member
 
 
 def test_adding_a_loss_is_one_function_pair_and_one_yaml(tmp_path):

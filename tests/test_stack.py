@@ -68,6 +68,60 @@ def test_each_member_of_a_stack_is_its_separate_run_over_20_iterations(tmp_path)
     assert _scalars(tmp_path / "stacked2", "noise/sigma") == [pytest.approx(0.1)] * 20
 
 
+DCGAN = ["model=dcgan", "data=digits", "eval=none", "log_every=1", "image_every=0"]
+DCGAN_GRID = [["optimizer.lr=1e-4", "seed=0"], ["optimizer.lr=2e-4", "loss.label_smoothing=0.1", "seed=1"],
+              ["optimizer.lr=5e-4", "noise.instance_sigma=0.1", "seed=0"]]
+
+
+def test_each_dcgan_member_is_its_separate_run_over_20_iterations(tmp_path):
+    """Batch norm and convolutions stack (FunctionalStacked): each member's batch statistics over its own batch,
+    its running statistics in its own row."""
+    budget = [*DCGAN, "trainer.limit_train_batches=20", "ckpt_every=20"]
+    stacked = [make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(DCGAN_GRID)]
+    assert len({group_key(c) for c in stacked}) == 1 and {why_alone(c) for c in stacked} == {None}
+    records = train_stack(stacked, DCGAN_GRID)
+    assert [r["iteration"] for r in records] == [20] * 3
+    for k, job in enumerate(DCGAN_GRID):
+        train(make_cfg(tmp_path / f"separate{k}", *budget, *job))
+        _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}", atol=1e-4)
+        assert any("running_mean" in name for name in _ckpt(tmp_path / f"stacked{k}")["state_dict"])
+
+
+def test_reuse_fake_stacks_as_its_separate_runs(tmp_path):
+    budget = [*TOY, "trainer.limit_train_batches=10", "ckpt_every=10", "reuse_fake=true", "d_steps=2"]
+    jobs = GRID[:2]
+    train_stack([make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(jobs)], jobs)
+    for k, job in enumerate(jobs):
+        train(make_cfg(tmp_path / f"separate{k}", *budget, *job))
+        _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}")
+
+
+def test_stacked_figures_are_their_separate_runs_figures(tmp_path):
+    """Every hook reaches every member: progression.png has a row per epoch (it had only the first and the last
+    one when members missed on_train_epoch_end), and the toy figures, which step a copy of the member's own
+    optimizer, stack too."""
+    from PIL import Image
+
+    image = ["data=digits", "model=mlp_small", "eval=none", "image_every=0", "callbacks=figures",
+             "trainer.max_epochs=3", "trainer.limit_train_batches=4", "log_every=2"]
+    toy = [*TOY, "callbacks=toy", "trainer.max_epochs=2", "trainer.limit_train_batches=5", "image_every=5"]
+    for name, budget, files in (("image", image, ["progression.png", "curves.png"]),
+                                ("toy", toy, ["scatter.png", "decision_surface.png", "feature_space.png"])):
+        jobs = GRID[:2]
+        train_stack([make_cfg(tmp_path / f"{name}-stacked{k}", *budget, *job) for k, job in enumerate(jobs)], jobs)
+        for k, job in enumerate(jobs):
+            train(make_cfg(tmp_path / f"{name}-separate{k}", *budget, *job))
+            for file in files:
+                a = Image.open(tmp_path / f"{name}-stacked{k}" / file)
+                b = Image.open(tmp_path / f"{name}-separate{k}" / file)
+                assert a.size == b.size, (name, file)
+            if name == "image":  # four rows: the untrained G and one per epoch
+                assert Image.open(tmp_path / f"{name}-stacked{k}" / "progression.png").size[1] > 200
+            cb = "ImageProgression" if name == "image" else "ToyFigures"
+            assert _ckpt(tmp_path / f"{name}-stacked{k}")["callbacks"].keys() == \
+                   _ckpt(tmp_path / f"{name}-separate{k}")["callbacks"].keys(), cb
+
+
 def test_noise_annealed_to_zero_in_one_member_stacks_as_its_separate_runs(tmp_path):
     """σ annealed every iteration reaches 0 in member 0 after one epoch while members 1 and 2 go on drawing
     noise and member 3 never draws any: each member's draws and weights are still its separate run's."""
@@ -228,13 +282,29 @@ def test_what_stacks_with_what(override, stacks, tmp_path):
 
 
 @pytest.mark.parametrize("override, words", [
-    ("model.discriminator.spectral_norm=true", "model.discriminator: it keeps buffers"),
     ("trainer.precision=bf16-mixed", "trainer.precision=bf16-mixed"),
-    ("callbacks=toy", "callbacks.toy (ToyFigures) needs a run of its own"),
-    ("reuse_fake=true", "reuse_fake=true"),
+    ("ckpt_path=x.ckpt", "it starts from a checkpoint"),
+    ("trainer.devices=2", "several devices"),
 ])
 def test_what_runs_alone_says_why(override, words, tmp_path):
     assert words in why_alone(make_cfg(tmp_path, *TOY, override))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.discriminator.spectral_norm=true"], ["callbacks=toy"], ["reuse_fake=true"],
+    ["model=dcgan", "data=digits"], ["model=dcgan", "data=digits", "model.discriminator.spectral_norm=true"],
+])
+def test_every_built_in_model_and_option_stacks(overrides, tmp_path):
+    assert why_alone(make_cfg(tmp_path, *TOY, *overrides)) is None
+
+
+def test_members_get_every_callback_hook_of_lightning():
+    from pytorch_lightning.callbacks import Callback
+    from ganexp.stack import Members
+
+    hooks = [name for name in vars(Callback) if name.startswith("on_") or name in ("setup", "teardown")]
+    assert len(hooks) > 30 and "on_train_epoch_end" in hooks
+    assert all(vars(Members).get(h) is not None for h in hooks if h not in ("on_save_checkpoint", "on_load_checkpoint"))
 
 
 def test_plan_groups_equal_keys_up_to_max_stack_in_sweep_order():

@@ -9,6 +9,7 @@ from ganexp.build import build_module
 from ganexp.losses import GANLoss, r1_penalty
 from ganexp.models.dcgan import DCGANDiscriminator
 from ganexp.models.mlp import MLPDiscriminator
+from ganexp.module import Single
 from tests.helpers import make_cfg, train_module
 
 
@@ -55,20 +56,26 @@ def test_spectral_norm_layers_have_largest_singular_value_one():
     assert not any(nn.utils.parametrize.is_parametrized(m) for m in plain.modules())
 
 
-def test_r1_equals_the_hand_computed_gradient_norm_and_is_lazy():
+def test_r1_equals_the_hand_computed_gradient_norm_and_is_lazy(tmp_path):
     d = nn.Linear(3, 1)
     with torch.no_grad():
         d.weight.copy_(torch.tensor([[1.0, -2.0, 2.0]]))  # ∇ₓD = w, ‖w‖² = 9
-    real = torch.randn(5, 3)
-    assert float(r1_penalty(lambda x: d(x).squeeze(1), real).detach()) == 9.0
-    loss = GANLoss("nonsaturating", r1_gamma=10.0, r1_every=4)
-    logits_r, logits_f = torch.zeros(5), torch.zeros(5)
-    base = float(loss.d(logits_r, logits_f))
-    disc = lambda x: d(x).squeeze(1)  # noqa: E731
-    at = {it: float(loss.discriminator_loss(disc, real, real, logits_r, logits_f, iteration=it).detach())
-          for it in (0, 1, 4)}
-    assert abs(at[0] - (base + 10.0 / 2 * 4 * 9.0)) < 1e-4  # γ/2 · every · ‖w‖²
-    assert at[1] == base and abs(at[4] - at[0]) < 1e-6
+    real = torch.randn(2, 5, 3)  # two members of five samples each
+    assert r1_penalty(d, real).tolist() == [9.0, 9.0]
+    # in the step: γ/2 · every · ‖w‖² added to D's loss at iterations 0, 4, 8, ... only
+    module = build_module(make_cfg(tmp_path, "loss.r1_gamma=10", "loss.r1_every=4", "data=toy", "model=toy_mlp"))
+    module.configure_optimizers()
+    module.D = Single(lambda x: d(x).squeeze(-1))
+    real = torch.randn(1, 5, 2)
+    at = {}
+    for it in (0, 1, 4):
+        module.iteration = it
+        module._draws = torch.Generator().manual_seed(0)  # the same fake batch each time
+        d.weight.data = torch.tensor([[1.0, -2.0]])  # ‖w‖² = 5 on 2-d points
+        d.bias.data.zero_()
+        at[it] = float(module.discriminator_loss(real, [0.0])[0].detach())
+    assert abs(at[0] - (at[1] + 10.0 / 2 * 4 * 5.0)) < 1e-4
+    assert abs(at[4] - at[0]) < 1e-6 and at[1] != at[0]
 
 
 def test_bf16_mixed_on_cpu_keeps_fp32_losses_and_checkpoints(tmp_path):

@@ -45,9 +45,9 @@ class Periodic(Callback):
         self.final(trainer, pl_module)
 
 
-def tb_writer(trainer):
+def tb_writer(pl_module):
     """The TensorBoard SummaryWriter, or None (logger=none or another logger)."""
-    experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
+    experiment = getattr(pl_module.run.logger, "experiment", None) if pl_module.run.logger is not None else None
     return experiment if hasattr(experiment, "add_figure") else None
 
 

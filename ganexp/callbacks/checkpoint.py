@@ -27,7 +27,7 @@ class PeriodicCheckpoint(Periodic):
         return self.dirpath / "last.ckpt"
 
     def periodic(self, trainer: pl.Trainer, pl_module) -> None:
-        self.save(trainer)
+        self.save(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -37,14 +37,13 @@ class PeriodicCheckpoint(Periodic):
     def final(self, trainer: pl.Trainer, pl_module) -> None:
         if pl_module.interrupted is not None and self.ran_at == pl_module.iteration:
             return  # saved mid-epoch when the signal came; a save after Lightning stopped would skip the epoch's rest
-        self.save(trainer)
+        self.save(trainer, pl_module)
 
-    def save(self, trainer: pl.Trainer) -> None:
-        module = trainer.lightning_module
+    def save(self, trainer: pl.Trainer, module) -> None:
         if module.diverged_at is not None or not module.check_parameters():
             return  # keep the last good checkpoint; the module has stopped the run and says why
         if not trainer.is_global_zero:  # collective under DDP: every rank calls it, rank 0 alone writes
-            trainer.save_checkpoint(self.last_path, weights_only=False)
+            module.run.save_checkpoint(self.last_path, weights_only=False)
             return
         with writes.replacing(self.last_path) as tmp:
-            trainer.save_checkpoint(tmp, weights_only=False)
+            module.run.save_checkpoint(tmp, weights_only=False)

@@ -43,7 +43,7 @@ class TrainingCurves(Callback):
         series = {c: [row.get(c, math.nan) for row in self.rows] for c in columns}
         fig = figures.curves_figure(series["epoch"], series)
         figures.save_png(fig, self.dirpath / "curves.png")
-        if (writer := tb_writer(trainer)) is not None:
+        if (writer := tb_writer(pl_module)) is not None:
             writer.add_figure("figures/curves", fig, pl_module.iteration, close=False)
 
     def state_dict(self) -> dict:  # one tensor, not a list of dicts: long runs log 10^5 rows

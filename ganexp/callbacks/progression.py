@@ -25,11 +25,11 @@ class ImageProgression(Callback):
         self.iterations: list[int] = []
 
     @staticmethod
-    def _images(trainer) -> bool:
-        return len(trainer.datamodule.shape) == 3
+    def _images(pl_module) -> bool:
+        return len(pl_module.run.data.shape) == 3
 
     def _add(self, trainer, pl_module) -> None:
-        lo, hi = trainer.datamodule.value_range or (-1.0, 1.0)
+        lo, hi = pl_module.run.data.value_range or (-1.0, 1.0)
         images = pl_module.sample(pl_module.fixed_z[: self.n_cols]).float()
         self.rows.append(((images - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
         self.iterations.append(pl_module.iteration)
@@ -38,15 +38,15 @@ class ImageProgression(Callback):
             self.rows, self.iterations = [self.rows[i] for i in keep], [self.iterations[i] for i in keep]
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self._images(trainer) and not self.rows:  # a resumed run already has its rows
+        if self._images(pl_module) and not self.rows:  # a resumed run already has its rows
             self._add(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._images(trainer) and (not self.iterations or self.iterations[-1] != pl_module.iteration):
+        if self._images(pl_module) and (not self.iterations or self.iterations[-1] != pl_module.iteration):
             self._add(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if not self._images(trainer):
+        if not self._images(pl_module):
             return
         if not self.iterations or self.iterations[-1] != pl_module.iteration:
             self._add(trainer, pl_module)  # a run stopped mid-epoch (max_time, divergence)
@@ -56,7 +56,7 @@ class ImageProgression(Callback):
         labels = [f"epoch {epochs(trainer, self.iterations[i]):.4g}" for i in keep]  # 0.5, 12, 1900
         fig = figures.progression_figure([self.rows[i].numpy() for i in keep], labels)
         figures.save_png(fig, self.dirpath / "progression.png")
-        if (writer := tb_writer(trainer)) is not None:
+        if (writer := tb_writer(pl_module)) is not None:
             writer.add_figure("figures/progression", fig, pl_module.iteration, close=False)
 
     def state_dict(self) -> dict:

@@ -20,17 +20,17 @@ class SampleGrid(Periodic):
         self.scatter: figures.ScatterSnapshots | None = None  # toy data: drawn once, redrawn per snapshot
 
     def on_train_start(self, trainer, pl_module) -> None:
-        real = trainer.datamodule.train_data[: len(pl_module.fixed_z)]
-        if real.dim() == 4 and trainer.is_global_zero and trainer.logger is not None:
-            trainer.logger.experiment.add_image("samples/real", self._grid(real, trainer), pl_module.iteration)
+        real = pl_module.run.data.train_data[: len(pl_module.fixed_z)]
+        if real.dim() == 4 and trainer.is_global_zero and pl_module.run.logger is not None:
+            pl_module.run.logger.experiment.add_image("samples/real", self._grid(real, pl_module), pl_module.iteration)
 
     def periodic(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.logger is None:
+        if not trainer.is_global_zero or pl_module.run.logger is None:
             return
-        writer, step = trainer.logger.experiment, pl_module.iteration
-        real = trainer.datamodule.train_data
+        writer, step = pl_module.run.logger.experiment, pl_module.iteration
+        real = pl_module.run.data.train_data
         if real.dim() == 4:
-            writer.add_image("samples/fake", self._grid(pl_module.sample(pl_module.fixed_z), trainer), step)
+            writer.add_image("samples/fake", self._grid(pl_module.sample(pl_module.fixed_z), pl_module), step)
         else:  # toy 2-D: a fixed, larger latent sample so the scatter shows the distribution
             z = pl_module.prior.sample(self.n_real_points, generator=torch.Generator().manual_seed(0))
             fake = pl_module.sample(z.to(pl_module.device))
@@ -39,7 +39,7 @@ class SampleGrid(Periodic):
             writer.add_image("samples/scatter", self.scatter.image(f"iteration {step}", fake.float().cpu().numpy()), step)
 
     @staticmethod
-    def _grid(images: torch.Tensor, trainer) -> torch.Tensor:
-        value_range = trainer.datamodule.value_range or (-1.0, 1.0)
+    def _grid(images: torch.Tensor, pl_module) -> torch.Tensor:
+        value_range = pl_module.run.data.value_range or (-1.0, 1.0)
         nrow = math.ceil(math.sqrt(len(images)))  # square grids: 64 → 8x8, 16 → 4x4
         return make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True, value_range=value_range)

@@ -41,7 +41,6 @@ class ToyFigures(Periodic):
     a 2-d feature layer is refused at the start with one line (or set feature_space=false).
     """
 
-    stackable = False  # its one-G-step panel steps a copy of the run's own optimizer (ganexp/stack.py)
 
     def __init__(self, dirpath: str, every: int = 1000, n_points: int = 1000, grid: int = 120,
                  max_panels: int = 4, feature_space: bool = True):
@@ -51,7 +50,7 @@ class ToyFigures(Periodic):
         self.snapshots: list[dict] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        shape = tuple(trainer.datamodule.shape)
+        shape = tuple(pl_module.run.data.shape)
         if shape != (2,):
             raise ConfigError(f"callbacks=toy draws 2-d points, but the data is {list(shape)}-shaped; "
                               "use data=toy, or callbacks=figures for images")
@@ -79,7 +78,7 @@ class ToyFigures(Periodic):
 
     @torch.no_grad()
     def snapshot(self, trainer, pl_module) -> None:
-        dm, device = trainer.datamodule, pl_module.device
+        dm, device = pl_module.run.data, pl_module.device
         mean = getattr(dm, "mean", torch.zeros(2)).to(device)
         std = getattr(dm, "std", torch.ones(2)).to(device)
         z = pl_module.prior.sample(self.n_points, generator=torch.Generator().manual_seed(0)).to(device)
@@ -112,7 +111,7 @@ class ToyFigures(Periodic):
         if len(self.snapshots) > 4 * self.max_panels:
             self.snapshots = [self.snapshots[i] for i in pick([s["iteration"] for s in self.snapshots],
                                                                2 * self.max_panels)]
-        if trainer.is_global_zero and (writer := tb_writer(trainer)) is not None:
+        if trainer.is_global_zero and (writer := tb_writer(pl_module)) is not None:
             real = real_data.cpu().numpy()
             writer.add_figure("figures/decision_surface", self._decision_figure(real, snap), snap["iteration"])
             if self.feature_space:
@@ -120,7 +119,7 @@ class ToyFigures(Periodic):
                                   snap["iteration"])
 
     def _real(self, trainer, pl_module, data_units: bool = True) -> torch.Tensor:
-        dm = trainer.datamodule
+        dm = pl_module.run.data
         real = dm.train_data[: self.n_points].to(pl_module.device)
         if not data_units:
             return real

@@ -50,10 +50,10 @@ class EvalCallback(Periodic):
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        if getattr(trainer.datamodule, "metrics_name", None) is None:
-            log.warning("no metrics for %s (no labelled classifier); eval is off", type(trainer.datamodule).__name__)
+        if getattr(pl_module.run.data, "metrics_name", None) is None:
+            log.warning("no metrics for %s (no labelled classifier); eval is off", type(pl_module.run.data).__name__)
             return
-        self.evaluator = Evaluator.for_datamodule(trainer.datamodule, device=pl_module.device, log=log.info)
+        self.evaluator = Evaluator.for_datamodule(pl_module.run.data, device=pl_module.device, log=log.info)
         if self.monitor == "auto":
             self.monitor = self.evaluator.monitor
         protocol = self.evaluator.protocol(n_eval=self.n, n_final=self.n_final, eval_every=self.every,
@@ -68,8 +68,8 @@ class EvalCallback(Periodic):
             return
         scores = self.ready.pop((pl_module.iteration, self.n), None) or self.evaluate(pl_module.eval_generator,
                                                                                        pl_module, self.n)
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({f"metrics/{k}": v for k, v in scores.items()}, step=pl_module.iteration)
+        if pl_module.run.logger is not None:
+            pl_module.run.logger.log_metrics({f"metrics/{k}": v for k, v in scores.items()}, step=pl_module.iteration)
         value = scores.get(self.monitor, math.nan)
         if better(self.monitor, value, self.best_value):
             self.best_value, self.best_iteration = value, pl_module.iteration
@@ -110,7 +110,7 @@ class EvalCallback(Periodic):
                 z = pl_module.prior.sample(n, generator=torch.Generator().manual_seed(EVAL_SEED))
                 samples = torch.cat([generator(c.to(pl_module.device)) for c in z.split(self.batch_size)])
                 if samples.dim() == 4:
-                    samples = quantize(samples, pl_module.trainer.datamodule.value_range)
+                    samples = quantize(samples, pl_module.run.data.value_range)
                 return samples.cpu()
         finally:
             generator.train(was_training)
