@@ -225,7 +225,7 @@ def test_no_path_from_a_file_reaches_instantiate_importlib_eval_or_pickle():
         for n, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#")[0]
             if re.search(r"\binstantiate\(|(?<![.\w])eval\(|(?<![.\w])exec\(|pickle\.loads?\(|weights_only=False\)|allow_pickle=True",
-                         code) and "trainer.save_checkpoint" not in code:
+                         code) and "save_checkpoint(" not in code:  # writing a whole checkpoint, not reading one
                 offenders.append(f"{path.name}:{n}: {line.strip()}")
             if "import_module(" in code and path.name != "registry.py":
                 offenders.append(f"{path.name}:{n}: {line.strip()}")
