@@ -175,7 +175,8 @@ class PlainLoop:
             real_logits, fake_logits = D(add_noise(real, sigma)), D(add_noise(fake, sigma))
             d_loss = loss.d(real_logits, fake_logits)
             if loss.gp_weight:
-                d_loss = d_loss + loss.gp_weight * gradient_penalty(D, real, fake)
+                alpha = torch.rand((len(real),) + (1,) * (real.dim() - 1), device=real.device)
+                d_loss = d_loss + loss.gp_weight * gradient_penalty(D, real[None], fake[None], alpha[None])[0]
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()

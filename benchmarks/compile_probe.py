@@ -31,7 +31,7 @@ WARMUP = 5  # compiled: the first calls compile (forward, then backward graphs)
 
 def step(g, d, opt_g, opt_d, loss, prior, real, draws):
     fake = g(prior.sample(len(real), "cpu", draws))
-    d_loss = loss.discriminator_loss(d, real, fake.detach(), d(real), d(fake.detach()), 0, draws)
+    d_loss = loss.d(d(real), d(fake.detach()))
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()

@@ -12,9 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ganexp.errors import ConfigError
 from ganexp.module import GANModule
 from ganexp.noise import InstanceNoise, LatentPrior
-from ganexp.registry import build
+from ganexp.registry import build, cannot_build
 
 
 def plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -66,10 +67,25 @@ def build_cheap_parts(cfg: DictConfig) -> dict[str, Any]:
     quiet = logging.getLogger("pytorch_lightning")
     level, quiet.level = quiet.level, logging.WARNING  # not its "GPU available" lines, once per job of a sweep
     try:  # its arguments only: no callbacks, logger or folder
-        build(OmegaConf.to_container(OmegaConf.create(trainer), resolve=True), "trainer", key="trainer", logger=False)
+        check_trainer(OmegaConf.to_container(OmegaConf.create(trainer), resolve=True))
     finally:
         quiet.level = level
     return parts
+
+
+def check_trainer(trainer: dict) -> None:
+    """Build the trainer once to check its arguments: they are Lightning's rules, and Lightning says an argument
+    is bad by raising its MisconfigurationException, a ValueError (trainer.precision=foo) or an ImportError (an
+    accelerator whose package is missing), so here those are bad input too (a ConfigError)."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        build(trainer, "trainer", key="trainer", logger=False)
+    except ConfigError:
+        raise
+    except (MisconfigurationException, ValueError, ImportError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise cannot_build("", "trainer", trainer.get("_target_"), first) from None
 
 
 def build_module(cfg: DictConfig) -> GANModule:

@@ -45,11 +45,14 @@ from pathlib import Path
 from ganexp import search, writes
 from ganexp.errors import ConfigError, shown
 from ganexp.files import BadFile, read_json, read_yaml
+from ganexp.keys import PLUMBING, covers, keys_of
 from ganexp.metrics.scores import HIGHER_IS_BETTER, IMAGE_METRICS, METRICS, TOY_METRICS  # the metric registry
 from ganexp.results import METRICS_FILE
 
 LOSS_FALLBACK = "loss/g"
-NOT_OVERRIDES = ("hydra.", "paths.", "ckpt_path", "sweep")  # bookkeeping, not a parameter of the run
+# Bookkeeping, not a parameter of the run: ganexp/keys.py's PLUMBING keys but init_from (the weights a job
+# starts from, a parameter a sweep may vary).
+NOT_OVERRIDES = tuple(k for k in keys_of(PLUMBING) if k != "init_from")
 FILES = ("summary.md", "summary.csv", "summary.png")
 STATUSES = ("finished", "failed", "diverged", "interrupted", "running")  # what train.py and stack.py write
 
@@ -165,7 +168,7 @@ def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
     params = {}
     for line in lines:
         key, _, value = str(line).lstrip("+~").partition("=")
-        if not key.startswith(NOT_OVERRIDES) and key not in ("seed",):
+        if not any(covers(k, key) for k in NOT_OVERRIDES) and key not in ("seed",):
             params[text(key)] = text(value)
     config = read_yaml(run_dir / ".hydra" / "config.yaml", default={}, max_bytes=MAX_YAML_BYTES) or {}
     if not isinstance(config, dict):

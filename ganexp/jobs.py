@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from ganexp.errors import ConfigError, shown
+from ganexp.keys import DISPLAY as _DISPLAY, MACHINE_LOCAL, PLUMBING, is_kind, keys_of
 
 # Not settings of the experiment: where it is written, a resume's source, the grid's name (its
 # values are overrides of their own), launcher and output plumbing.
-IGNORED = ("seed", "sweep", "ckpt_path", "init_from", "paths")
-DISPLAY = ("trainer.enable_progress_bar",)  # how the console looks: neither in the name nor compared
-NOT_COMPARED = ("data.root", "data.download", *DISPLAY)  # where the files are on this machine
+# (ganexp/keys.py's PLUMBING keys; the seed is a subfolder of its own.)
+IGNORED = ("seed", *keys_of(PLUMBING))
+# How this machine's console looks (trainer.enable_progress_bar): neither in the name nor compared.
+DISPLAY = tuple(k for k in keys_of(_DISPLAY) if is_kind(k, MACHINE_LOCAL))
+# Machine-local settings (data.root, data.download and DISPLAY's): where the files are on this machine.
+NOT_COMPARED = tuple(k for k in keys_of(MACHINE_LOCAL) if not is_kind(k, PLUMBING))
 MAX_VALUE, MAX_NAME = 32, 200
 
 

@@ -17,8 +17,10 @@ runs before the build, or name it in the environment:
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
+import inspect
 import os
 import re
 from pathlib import Path
@@ -178,15 +180,100 @@ def _plain(value: Any, where: str, source: str) -> Any:
     raise _refuse(source, where, f"holds a {type(value).__name__}, not plain data")
 
 
-def _misconfiguration() -> type[Exception]:
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
+def cannot_build(source: str, key: str, target: Any, what: str) -> ConfigError:
+    """The one line for a part whose arguments are bad input."""
+    return ConfigError(f"{source + ': ' if source else ''}cannot build {key} ({target}): {what}")
 
-    return MisconfigurationException
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a plain value can be an argument annotated `hint`: only plain annotations (int, float, bool, str,
+    None, sequences and mappings of them, unions) are judged; any other annotation takes anything."""
+    import collections.abc
+    import types
+    import typing
+
+    if hint is inspect.Parameter.empty or hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, int))
+    if hint is int:
+        return isinstance(value, int)
+    if hint is float:
+        return isinstance(value, (int, float))
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return len(set(args)) != 1 or all(_fits(v, args[0]) for v in value)
+    if origin in (dict, collections.abc.Mapping) or hint in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    return True  # a class of its own, a Literal, a callable...: the constructor judges it
+
+
+def _signature(cls: type) -> inspect.Signature | None:
+    for eval_str in (True, False):
+        try:
+            return inspect.signature(cls, eval_str=eval_str)
+        except (NameError, TypeError, ValueError, SyntaxError, AttributeError):
+            continue
+    return None
+
+
+def check_arguments(cls: type, kwargs: dict[str, Any], extra: dict[str, Any], *, key: str, target: str,
+                    source: str = "", partial: bool = False) -> None:
+    """ConfigError (naming the dotted key and what the class takes) when the config's arguments cannot be
+    `cls`'s: an argument it does not take, or a required one missing (not for a partial: the rest comes at
+    the call)."""
+    signature = _signature(cls)
+    if signature is None:
+        return
+    params = signature.parameters
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes = ", ".join(named) or "no arguments"
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in kwargs if k not in named]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], named, n=1)
+            hint = f" (did you mean {key}.{close[0]}?)" if close else ""
+            raise cannot_build(source, key, target, f"{', '.join(f'{key}.{k}' for k in unknown)} is not an argument "
+                                                    f"of {cls.__name__}{hint}; it takes {takes}")
+    if not partial:
+        missing = [n for n in named if params[n].default is inspect.Parameter.empty and n not in kwargs
+                   and n not in extra]
+        if missing:
+            raise cannot_build(source, key, target, f"{', '.join(f'{key}.{n}' for n in missing)} is required "
+                                                    f"(give {key}.{missing[0]}=...); {cls.__name__} takes {takes}")
+
+
+def misfit(cls: type, kwargs: dict[str, Any], *, key: str) -> str | None:
+    """'<key>.<name>=<value> is a str, not int' for the first plain value its annotation cannot hold, or None."""
+    signature = _signature(cls)
+    for name, value in kwargs.items():
+        param = signature.parameters.get(name) if signature is not None else None
+        if param is not None and not isinstance(param.annotation, str) and not _fits(value, param.annotation):
+            return f"{key}.{name}={_short(value)} is a {type(value).__name__}, not {_hint_name(param.annotation)}"
+    return None
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: Any) -> Any:
     """The object `node` describes: `_target_` must be an allowed class of `kind`; every other
-    entry is a plain keyword argument (`extra` adds live objects, e.g. the trainer's callbacks)."""
+    entry is a plain keyword argument (`extra` adds live objects, e.g. the trainer's callbacks).
+
+    Bad input is a ConfigError: the node, its `_target_`, and its arguments against the class's signature
+    (checked before the call, naming the dotted key), whatever ConfigError the constructor raises, and a
+    TypeError it raises where a value does not have its argument's annotated type. Any other exception from
+    the constructor is a bug and propagates as it is."""
     from omegaconf import DictConfig, OmegaConf
 
     source = str(source)
@@ -202,13 +289,14 @@ def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: A
         raise _refuse(source, key, what)
     cls = _resolve(target)
     kwargs = {k: _plain(v, f"{key}.{k}", source) for k, v in node.items() if not SPECIAL.match(k)}
-    if node.get("_partial_"):
+    partial = bool(node.get("_partial_"))
+    check_arguments(cls, kwargs, extra, key=key, target=target, source=source, partial=partial)
+    if partial:
         return functools.partial(cls, **kwargs, **extra)
     try:
-        return cls(**kwargs, **extra)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError, KeyError, IndexError, ImportError,
-            _misconfiguration()) as err:  # what a constructor says about its arguments (Lightning's own kind too)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"{source + ': ' if source else ''}cannot build {key} ({target}): {first}") from None
+        return cls(**kwargs, **extra)  # a ConfigError it raises is bad input
+    except TypeError:  # bad input only where a value is not of its argument's annotated type (latent_dim="x")
+        what = misfit(cls, kwargs, key=key)
+        if what is None:
+            raise  # a bug
+        raise cannot_build(source, key, target, what) from None

@@ -28,16 +28,18 @@ from ganexp import writes
 from ganexp.errors import ConfigError, shown
 from ganexp.files import select
 from ganexp.jobs import job_dir
+from ganexp.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, keys_of
 
 RUN_MARKER = ".ganexp-run"
 # What the experiment is; a resume keeps the checkpoint's values of all of these.
-EXPERIMENT = ("model", "data", "loss", "optimizer", "noise", "seed", "batch_size", "d_steps", "n_fixed", "ema", "reuse_fake")
+EXPERIMENT = keys_of(_EXPERIMENT, top=True)  # model, data, loss, optimizer, noise, seed, batch_size, ...
 # Experiment settings added after the first checkpoints, as every run before them trained: a checkpoint
 # without them resumes with these values (and a re-run of its own command line compares equal). This is
 # history, not a second copy of conf/train.yaml's defaults: it stays as it is if a default changes later.
 ADDED_LATER = {"ema": {"decay": 0.0, "start": 0}, "reuse_fake": False}
-FREE = ("data.root", "data.download")  # where the files are on this machine, not what they are
-NOT_SETTINGS = ("ckpt_path", "init_from", "paths", "hydra")
+# Machine-local keys inside the experiment (data.root, data.download): where the files are, not what they are.
+FREE = tuple(k for k in keys_of(MACHINE_LOCAL) if k.split(".")[0] in EXPERIMENT)
+NOT_SETTINGS = keys_of(PLUMBING)  # ckpt_path, init_from, paths, hydra, sweep
 LOCATIONS = ("dirpath", "save_dir")  # a part's argument that is a folder it writes in: always this run's
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # train.py's config folder (ganexp is installed in place)
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ganexp import lifecycle, writes
 from ganexp.build import build_callbacks, build_datamodule, build_logger, build_module, build_parts, plain
 from ganexp.data.base import EpochBatchSampler
+from ganexp.keys import STACKABLE  # what may differ inside one stack: per-member numbers the step takes as [M] vectors
 from ganexp.lock import folder_lock
 from ganexp.metrics.callback import EVAL_SEED, EvalCallback
 from ganexp.module import GANModule, Run
@@ -43,11 +44,6 @@ from ganexp.validate import check_config
 
 log = logging.getLogger("ganexp")
 
-# What may differ inside one stack: per-member numbers the stacked step takes as vectors (lr per parameter
-# group, smoothing / σ / penalty weights per member, seeds through each member's own draws and data order).
-STACKABLE = ("optimizer.lr", "optimizer.g.lr", "optimizer.d.lr", "loss.label_smoothing", "loss.gp_weight",
-             "loss.r1_gamma", "noise.instance_sigma", "noise.instance_sigma_min", "noise.anneal",
-             "noise.anneal_epochs", "noise.anneal_per", "seed", "data.seed")
 PRECISIONS = ("32-true", "32", 32)
 
 

@@ -16,11 +16,10 @@ from pytorch_lightning.callbacks import Callback
 from ganexp.files import select
 
 GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
-# The GAN hyperparameters every run shows (a key a config does not have is left out).
-KEYS = ("optimizer.g.lr", "optimizer.d.lr", "optimizer.betas", "d_steps", "batch_size", "loss.label_smoothing",
-        "noise.instance_sigma", "noise.instance_sigma_min", "noise.anneal", "noise.anneal_epochs", "noise.prior",
-        "noise.latent_dim", "loss.gp_weight", "loss.r1_gamma", "ema.decay", "seed", "trainer.max_epochs", "trainer.precision")
-PLUMBING = ("hydra", "paths", "ckpt_path", "init_from")
+# The GAN hyperparameters every run shows (a key a config does not have is left out): ganexp/keys.py's HPARAMS.
+from ganexp import keys as _keys  # noqa: E402
+KEYS = _keys.keys_of(_keys.HPARAMS)
+PLUMBING = _keys.keys_of(_keys.PLUMBING)
 
 # One chart per question (TensorBoard's Custom Scalars tab); tags as the module and metrics log them.
 LAYOUT = {
@@ -116,14 +115,14 @@ class HParamsRow(Callback):
         self.overrides, self.written = overrides, False
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        from ganexp.lifecycle import status
         from ganexp.results import read_metrics
 
         if trainer.is_global_zero and pl_module.interrupted is None:
-            status = "diverged" if pl_module.diverged_at is not None else "finished"
-            record = {**read_metrics(trainer.default_root_dir), "status": status, "iteration": pl_module.iteration}
-            write_hparams(trainer.logger, pl_module.hparams, record, self.overrides)
+            record = {**read_metrics(pl_module.run.out), "status": status(pl_module), "iteration": pl_module.iteration}
+            write_hparams(pl_module.run.logger, pl_module.hparams, record, self.overrides)
             self.written = True
 
     def write_after(self, trainer, pl_module, record: dict) -> None:
         if trainer.is_global_zero and not self.written:
-            write_hparams(trainer.logger, pl_module.hparams, record, self.overrides)
+            write_hparams(pl_module.run.logger, pl_module.hparams, record, self.overrides)
