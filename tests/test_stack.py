@@ -353,6 +353,18 @@ def test_the_stacked_launcher_end_to_end(tmp_path):
     assert npz.is_file()
 
 
+@pytest.mark.slow
+def test_a_dcgan_sweep_runs_as_one_stack(tmp_path):
+    result = run_train("-m", "model=dcgan", "data=digits", "optimizer.lr=1e-4,2e-4,5e-4", "loss.label_smoothing=0,0.1",
+                       "hydra/launcher=stacked", "trainer.limit_train_batches=3", "trainer.max_epochs=1", "eval=none",
+                       "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ganexp: stacked launcher: 6 jobs, 6 of them in 1 stack (6)" in result.stdout
+    records = [json.loads(p.read_text()) for p in (tmp_path / "s").glob("*/seed=0/metrics.json")]
+    assert len(records) == 6 and all(r["status"] == "finished" and r["stack"]["size"] == 6 for r in records)
+    assert all(r["iteration"] == 3 for r in records)
+
+
 def test_a_sweep_that_cannot_stack_still_runs_and_says_why(tmp_path):
     result = run_train("-m", *TOY, "trainer.precision=bf16-mixed", "optimizer.lr=1e-4,2e-4",
                        "hydra/launcher=stacked", "trainer.limit_train_batches=3", "trainer.max_epochs=1",
