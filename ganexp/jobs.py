@@ -17,6 +17,8 @@ from typing import Any
 
 from ganexp.errors import ConfigError, shown
 from ganexp.keys import DISPLAY as _DISPLAY, MACHINE_LOCAL, PLUMBING, is_kind, keys_of
+from ganexp.lock import check_free
+from ganexp.results import read_metrics
 
 # Not settings of the experiment: where it is written, a resume's source, the grid's name (its
 # values are overrides of their own), launcher and output plumbing.
@@ -96,3 +98,12 @@ def check_same_job(folder: str | Path, overrides: list[str] | None) -> None:
         raise ConfigError(f"{folder} holds a finished run with other settings ({listed}{more}); give the new run "
                           f"another folder (from that run's weights: init_from={last}), or continue that one "
                           f"with python train.py ckpt_path={last}")
+
+
+def check_folder(folder: Path, overrides: list[str] | None) -> None:
+    """A run or sweep job about to go into `folder`: not while another process writes there, and
+    into a finished run only with the same settings (`overrides`; None: a resume, no comparison)."""
+    record = read_metrics(folder)  # an unreadable record: one line now, before Hydra writes anything there
+    check_free(folder)
+    if record.get("status") == "finished" and overrides is not None:
+        check_same_job(folder, overrides)

@@ -134,3 +134,14 @@ def covers(prefix: str, key: str) -> bool:
 
 # What may differ inside one stack (ganexp/stack.py imports it from here).
 STACKABLE = keys_of(STACKABLE_KIND)
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The config keys (or group names) a list of Hydra overrides sets."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    except Exception:  # noqa: BLE001 - unparsable overrides were already refused by the command-line check
+        return [str(o).lstrip("+~").split("=", 1)[0] for o in overrides]
+    return [o.key_or_group for o in parsed]

@@ -18,19 +18,22 @@ import functools
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ganexp import writes
 from ganexp.errors import ConfigError, shown
-from ganexp.files import select
-from ganexp.jobs import job_dir
-from ganexp.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, keys_of
+from ganexp.files import (
+    EXPORT_SUFFIX, BadFile, load_weights, read_checkpoint, read_export, resolve_checkpoint, resumable, select,
+)
+from ganexp.jobs import check_folder
+from ganexp.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, keys_of, override_keys
+from ganexp.runs import (  # noqa: F401  (re-exported: the run-folder names are importable from here too)
+    RUN_MARKER, hydra_subdir, in_place_run, is_run_folder, mark_run, register_resolvers, run_dir,
+)
+from ganexp.validate import check_config
 
-RUN_MARKER = ".ganexp-run"
 # What the experiment is; a resume keeps the checkpoint's values of all of these.
 EXPERIMENT = keys_of(_EXPERIMENT, top=True)  # model, data, loss, optimizer, noise, seed, batch_size, ...
 # Experiment settings added after the first checkpoints, as every run before them trained: a checkpoint
@@ -42,59 +45,6 @@ FREE = tuple(k for k in keys_of(MACHINE_LOCAL) if k.split(".")[0] in EXPERIMENT)
 NOT_SETTINGS = keys_of(PLUMBING)  # ckpt_path, init_from, paths, hydra, sweep
 LOCATIONS = ("dirpath", "save_dir")  # a part's argument that is a folder it writes in: always this run's
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # train.py's config folder (ganexp is installed in place)
-
-
-def mark_run(run_dir: str | Path) -> None:
-    """Make `run_dir` recognisable as a ganexp run folder (the only thing in-place resume trusts)."""
-    from ganexp import __version__
-
-    path = Path(run_dir) / RUN_MARKER
-    if not path.is_file():
-        writes.replace_text(path, json.dumps({"ganexp": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-
-
-def is_run_folder(path: str | Path) -> bool:
-    return (Path(path) / RUN_MARKER).is_file()
-
-
-def in_place_run(ckpt_path: Any) -> Path | None:
-    """The run folder a checkpoint path resumes in: only `<run>/checkpoints/last.ckpt` of a marked run."""
-    if not ckpt_path:
-        return None
-    path = Path(str(ckpt_path)).expanduser()
-    if path.name == "last.ckpt" and path.parent.name == "checkpoints" and is_run_folder(path.parent.parent):
-        return path.parent.parent.resolve()
-    return None
-
-
-def run_dir(ckpt_path: Any, default: str) -> str:
-    """Hydra's run folder (conf/hydra/default.yaml): the checkpoint's run when it resumes in place."""
-    return str(in_place_run(ckpt_path) or default)
-
-
-def hydra_subdir(output_dir: str) -> str:
-    """`.hydra`, unless the folder already has one: then this attempt's copy goes beside it."""
-    if (Path(output_dir) / ".hydra" / "config.yaml").is_file():
-        return f".hydra/attempts/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
-    return ".hydra"
-
-
-def register_resolvers() -> None:
-    """The resolvers conf/hydra/default.yaml uses (train.py calls this before Hydra composes)."""
-    OmegaConf.register_new_resolver("ganexp_run_dir", run_dir, replace=True)
-    OmegaConf.register_new_resolver("ganexp_hydra_subdir", hydra_subdir, replace=True)
-    OmegaConf.register_new_resolver("ganexp_job_dir", job_dir, replace=True)
-
-
-def override_keys(overrides: list[str]) -> list[str]:
-    """The config keys (or group names) a list of Hydra overrides sets."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
-    except Exception:  # noqa: BLE001 - unparsable overrides were already refused by the command-line check
-        return [str(o).lstrip("+~").split("=", 1)[0] for o in overrides]
-    return [o.key_or_group for o in parsed]
 
 
 def _leaves(node: Any, prefix: str) -> dict[str, Any]:
@@ -144,8 +94,6 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
     ConfigError when the file cannot be resumed from or the overrides change the experiment.
     `overrides=None` (a config composed in code, no command line): every setting as composed,
     the experiment from the checkpoint."""
-    from ganexp.files import read_checkpoint, resolve_checkpoint, resumable
-
     ckpt_path = resolve_checkpoint(cfg.ckpt_path)  # a run folder means its last.ckpt (in a new run folder)
     checkpoint = read_checkpoint(ckpt_path)
     if not resumable(checkpoint):
@@ -180,8 +128,6 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
                         value[sub] = data[sub]
             merged[key] = value
         merged.ckpt_path = str(ckpt_path)
-    from ganexp.validate import check_config
-
     check_config(merged)  # the stored values obey the same rules as the command line's
     return merged, checkpoint
 
@@ -275,25 +221,10 @@ def _sets_any(override: str, keys: list[str]) -> bool:
 
 def check_init_from(path: Any) -> None:
     """init_from must be a readable ganexp checkpoint or export (the weights are loaded at build)."""
-    from ganexp.files import EXPORT_SUFFIX, read_checkpoint, read_export
-
     if Path(str(path)).suffix == EXPORT_SUFFIX:
         read_export(path)
     else:
         read_checkpoint(path)
-
-
-def check_folder(folder: Path, overrides: list[str] | None) -> None:
-    """A run or sweep job about to go into `folder`: not while another process writes there, and
-    into a finished run only with the same settings (`overrides`; None: a resume, no comparison)."""
-    from ganexp.jobs import check_same_job
-    from ganexp.lock import check_free
-    from ganexp.results import read_metrics
-
-    record = read_metrics(folder)  # an unreadable record: one line now, before Hydra writes anything there
-    check_free(folder)
-    if record.get("status") == "finished" and overrides is not None:
-        check_same_job(folder, overrides)
 
 
 def check_run(config: DictConfig) -> None:
@@ -345,8 +276,6 @@ class ResumeCheck(Callback):
 def init_weights(module, path: Any) -> None:
     """A new run that starts from a checkpoint's G and D (or an export's G): weights only, fresh
     optimizers, the experiment as configured now."""
-    from ganexp.files import EXPORT_SUFFIX, load_weights, read_checkpoint, read_export, resolve_checkpoint
-
     if Path(str(path)).suffix == EXPORT_SUFFIX:
         weights, _ = read_export(path)
         load_weights(module.generator, weights, path, "generator")
@@ -366,8 +295,6 @@ def check_training_state(checkpoint: dict, module, source: Any) -> None:
     """What Lightning and the module restore on resume, checked against the model built from the
     stored config: a crafted optimizer state, RNG state or loop record is one line, never a crash."""
     import torch
-
-    from ganexp.files import BadFile
 
     def bad(what: str) -> BadFile:
         return BadFile(f"{source}: {what}; it cannot be resumed (start a new run from its weights with "

@@ -14,6 +14,9 @@ from typing import Any
 from pytorch_lightning.callbacks import Callback
 
 from ganexp.files import select
+from ganexp.keys import override_keys
+from ganexp import lifecycle
+from ganexp.results import read_metrics
 
 GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
 # The GAN hyperparameters every run shows (a key a config does not have is left out): ganexp/keys.py's HPARAMS.
@@ -56,8 +59,6 @@ def choices_now() -> dict[str, str]:
 
 def columns(config: dict, choices: dict[str, str], overrides: list[str] | None, status: str) -> dict[str, Any]:
     """The HParams entry's columns for a run (see the module docstring)."""
-    from ganexp.resume import override_keys
-
     out: dict[str, Any] = {}
     for group in GROUPS:
         name = choices.get(group)
@@ -115,11 +116,8 @@ class HParamsRow(Callback):
         self.overrides, self.written = overrides, False
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        from ganexp.lifecycle import status
-        from ganexp.results import read_metrics
-
         if trainer.is_global_zero and pl_module.interrupted is None:
-            record = {**read_metrics(pl_module.run.out), "status": status(pl_module), "iteration": pl_module.iteration}
+            record = {**read_metrics(pl_module.run.out), "status": lifecycle.status(pl_module), "iteration": pl_module.iteration}
             write_hparams(pl_module.run.logger, pl_module.hparams, record, self.overrides)
             self.written = True
 

@@ -20,6 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ganexp.checks import FLOAT, INT, flag, number
 from ganexp.errors import ConfigError, shown
+from ganexp.jobs import check_folder
+from ganexp.runs import register_resolvers
 
 # The keys no part owns (train.yaml's own, the optimizers' learning rates, eval's sizes): their one home.
 # key, kind, predicate, what is allowed
@@ -286,8 +288,6 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
     """Compose every job of a `train.py` command line and check it; raise ConfigError with one line."""
     from hydra import compose, initialize_config_dir
 
-    from ganexp.resume import register_resolvers
-
     register_resolvers()  # the run and job folders are named by ganexp's resolvers
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if not a.startswith("-")]
@@ -353,7 +353,6 @@ def _job_folder(cfg: DictConfig) -> str | None:
     """A sweep job's folder within its sweep (None: named only at run time): one the file system can make;
     when it exists (a re-run), it must be free and, if finished, hold the same job (ganexp/jobs.py)."""
     from ganexp.files import BadFile
-    from ganexp.resume import check_folder
 
     try:
         sweep_dir, subdir = Path(str(cfg.hydra.sweep.dir)), str(cfg.hydra.sweep.subdir)

@@ -1,0 +1,138 @@
+"""The package's import graph has no cycle, counting every import of a ganexp module (function-level ones
+included: a cycle hidden inside a function is still a cycle), and every module imports on its own."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "ganexp"
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = path
+    return mods
+
+
+def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """The ganexp modules `name` imports anywhere in its file (relative imports resolved; `from ganexp
+    import x` with x a submodule imports ganexp.x)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in mods else base)
+    out = set()
+    for dep in found:  # `import ganexp.a.b` names the deepest module the graph has
+        while dep and dep not in mods:
+            dep = dep.rpartition(".")[0]
+        if dep and dep != name:
+            out.add(dep)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = _modules()
+    return {name: _imports(name, path, mods) for name, path in mods.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Each strongly connected component of more than one module, as one cycle through it (a, b, ..., a)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return [_cycle_through(sorted(c)[0], c, edges) for c in components]
+
+
+def _cycle_through(start: str, component: set[str], edges: dict[str, set[str]]) -> list[str]:
+    """A shortest path start -> ... -> start inside the component (breadth-first)."""
+    paths = {w: [start, w] for w in sorted(edges[start] & component)}
+    queue = list(paths)
+    while queue:
+        v = queue.pop(0)
+        if v == start:
+            return paths[v]
+        for w in sorted(edges[v] & component):
+            if w not in paths:
+                paths[w] = [*paths[v], w]
+                queue.append(w)
+    return [start, start]
+
+
+def test_graph_sees_every_kind_of_import():
+    edges = graph()
+    assert "ganexp.keys" in edges["ganexp.tensorboard"]  # module level
+    assert "ganexp.results" in edges["ganexp.jobs"]
+    assert "ganexp.build" in edges["ganexp.validate"]  # inside a function
+    assert "ganexp.writes" in edges["ganexp.runs"]  # `from ganexp import writes`
+
+
+def test_cycle_detection_spells_the_cycle():
+    found = cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})
+    assert found == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    found = cycles(graph())
+    assert not found, "import cycles in ganexp:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_every_module_imports():
+    """Each module by itself, in a fresh interpreter (one for all of them: each alone would start torch ~40 times)."""
+    script = (
+        "import importlib, sys, traceback\n"
+        "failed = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as err:\n"
+        "        failed.append(f'{name}: {type(err).__name__}: {err}')\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *sorted(_modules())], capture_output=True, text=True,
+                            cwd=ROOT, timeout=600)
+    assert result.returncode == 0, "modules that fail to import:\n" + result.stdout + result.stderr
