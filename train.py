@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ganexp.errors import ConfigError
 
@@ -20,7 +20,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 log = logging.getLogger("ganexp")
 
 
-from ganexp.resume import register_resolvers  # noqa: E402
+from ganexp.run.resume import register_resolvers  # noqa: E402
 
 register_resolvers()  # before @hydra.main composes conf/hydra/default.yaml
 _started: set[str] = set()  # run folders whose metrics.json this process set to "running"
@@ -39,13 +39,13 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
     """Check, build the parts from the composed config, fit, record the outcome in metrics.json.
 
     A resume (ckpt_path, or a last.ckpt already in the run folder) takes the experiment from the
-    checkpoint and refuses overrides that change it (ganexp/resume.py); a finished run in the same
+    checkpoint and refuses overrides that change it (ganexp/run/resume.py); a finished run in the same
     folder is skipped. Returns (the run's metrics.json record, the built objects: cfg, datamodule,
     module, trainer; none when skipped), as lightning-hydra-template's train(cfg) does.
     """
-    from ganexp import writes
-    from ganexp.validate import check_config
-    from ganexp.lock import folder_lock
+    from ganexp.run import writes
+    from ganexp.config.validate import check_config
+    from ganexp.run.lock import folder_lock
 
     check_config(cfg)  # bad values fail here, before anything is built or written
     overrides = _task_overrides() if overrides is None else overrides
@@ -57,12 +57,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict, di
 
 def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dict, dict]:
     import pytorch_lightning as pl
-    from ganexp.build import build_datamodule, build_module, build_trainer
-    from ganexp import lifecycle
-    from ganexp.resume import check_training_state, in_place_run, init_weights, mark_run, resume_config
-    from ganexp.jobs import check_same_job
-    from ganexp.results import read_metrics, update_metrics
-    from ganexp.tensorboard import HParamsRow
+    from ganexp.config.build import build_datamodule, build_module, build_trainer
+    from ganexp.run import lifecycle
+    from ganexp.run.resume import check_training_state, in_place_run, init_weights, mark_run, resume_config
+    from ganexp.run.jobs import check_same_job
+    from ganexp.run.results import read_metrics, update_metrics
+    from ganexp.run.tensorboard import HParamsRow
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # data is already a device tensor
     previous = read_metrics(out)  # unreadable: one line, and the file is left as it is
@@ -128,8 +128,8 @@ def _now() -> str:
 def _record_failure(cfg: DictConfig, status: str, reason: str) -> None:
     """A failed job says why in its folder, unless the folder holds an earlier run this process did
     not start: a refused or failed resume leaves that run's record exactly as it was."""
-    from ganexp.resume import is_run_folder
-    from ganexp.results import update_metrics
+    from ganexp.run.resume import is_run_folder
+    from ganexp.run.results import update_metrics
 
     out = cfg.paths.output_dir
     if not out or not Path(out).is_dir():
@@ -147,10 +147,10 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from ganexp.launch import job_resources
-    from ganexp.lock import FolderInUse
-    from ganexp.results import sweeper_value
-    from ganexp.writes import FolderRefused
+    from ganexp.sweeps.launch import job_resources
+    from ganexp.run.lock import FolderInUse
+    from ganexp.run.results import sweeper_value
+    from ganexp.run.writes import FolderRefused
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     # The pre-run check imported Lightning before Hydra set up logging, so Lightning gave its logger a
@@ -176,8 +176,8 @@ def main(cfg: DictConfig) -> float | None:
     if record.get("status") == "diverged":
         return _fail(multirun, "diverged", divergence_message(record, Path(cfg.paths.output_dir)), 3)
     if record.get("status") == "interrupted":
-        from ganexp.signals import EXIT_CODES
-        from ganexp.sweep import SweepInterrupted
+        from ganexp.run.signals import EXIT_CODES
+        from ganexp.sweeps.summary import SweepInterrupted
 
         last = Path(cfg.paths.output_dir).resolve() / "checkpoints" / "last.ckpt"
         if multirun:  # no further jobs; train.py's __main__ writes the summary of those that ran
@@ -203,9 +203,9 @@ def _fail(multirun: bool, status: str, message: str, code: int) -> None:
 if __name__ == "__main__":
     import os
 
-    from ganexp.launch import check_launcher
-    from ganexp.sweep import SweepInterrupted, ended_without_summary, exit_status, interrupted, with_grid
-    from ganexp.validate import check_command_line
+    from ganexp.sweeps.launch import check_launcher
+    from ganexp.sweeps.summary import SweepInterrupted, ended_without_summary, exit_status, interrupted, with_grid
+    from ganexp.config.validate import check_command_line
 
     args = sys.argv[1:]
     hydra_flags = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]
@@ -223,4 +223,4 @@ if __name__ == "__main__":
     except SystemExit:  # Hydra reported an error and exits 1; a multirun whose jobs ran still gets its summary
         ended_without_summary()
         raise
-    sys.exit(exit_status())  # a multirun with a job that did not finish exits 1 (ganexp/sweep.py)
+    sys.exit(exit_status())  # a multirun with a job that did not finish exits 1 (ganexp/sweeps/summary.py)

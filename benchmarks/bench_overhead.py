@@ -34,15 +34,15 @@ sys.path.insert(0, str(ROOT))
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from ganexp.registry import build  # noqa: E402
+from ganexp.config.registry import build  # noqa: E402
 from pytorch_lightning.profilers import PassThroughProfiler  # noqa: E402
 
 import train  # noqa: E402,F401  (registers the ganexp_run_dir resolver)
-from ganexp.build import build_module, build_prior, build_trainer  # noqa: E402
+from ganexp.config.build import build_module, build_prior, build_trainer  # noqa: E402
 from ganexp.errors import ConfigError  # noqa: E402
-from ganexp.losses import gradient_penalty  # noqa: E402
-from ganexp.module import GANModule  # noqa: E402
-from ganexp.noise import InstanceNoise, add_noise  # noqa: E402
+from ganexp.gan.losses import gradient_penalty  # noqa: E402
+from ganexp.gan.module import GANModule  # noqa: E402
+from ganexp.gan.noise import InstanceNoise, add_noise  # noqa: E402
 
 
 def compose_config(data: str, batch: int, device: str, iterations: int, out: Path, overrides: list[str]):

@@ -30,14 +30,14 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ganexp.stacked_nets import FunctionalStacked  # noqa: E402
+from ganexp.gan.stacked_nets import FunctionalStacked  # noqa: E402
 
 SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 
 
 def build_nets(data: str, members: int) -> tuple[list[nn.Module], list[nn.Module], dict]:
     """`members` generators and discriminators, built from the real config (conf/), seeds 0..M-1."""
-    from ganexp.build import build_parts, plain
+    from ganexp.config.build import build_parts, plain
     from tests.helpers import make_cfg
 
     cfg = plain(make_cfg(Path(tempfile.gettempdir()) / "ganexp-bench", f"data={data}", "model=dcgan", "eval=none"))

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ganexp.compare import markdown_table  # noqa: E402
+from ganexp.sweeps.compare import markdown_table  # noqa: E402
 from ganexp.metrics.scores import IMAGE_METRICS  # noqa: E402
 
 QUIET = ["trainer.enable_progress_bar=false"]

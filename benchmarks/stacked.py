@@ -55,8 +55,9 @@ def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float,
 
     sys.path.insert(0, str(ROOT))
     from tests.helpers import make_cfg  # the real config, composed in code
-    from ganexp.module import GANModule
-    from ganexp.stack import StackedGAN, train_stack
+    from ganexp.gan.module import GANModule
+    from ganexp.gan.stack import StackedGAN
+    from ganexp.sweeps.stacked import train_stack
     from train import train
 
     import torch
@@ -102,7 +103,7 @@ def per_iteration(out: Path, members: int, data: str, gpu: bool) -> tuple[float,
 
 def layer_times(members: int, sizes: tuple[int, int], batch: int = 64, repeat: int = 200) -> tuple[float, float]:
     """Forward + backward of one Linear layer for `members` members: torch.func.vmap over F.linear with the
-    members' weights stacked, against StackedLinear's one baddbmm (what ganexp/stack.py uses); µs each."""
+    members' weights stacked, against StackedLinear's one baddbmm (what ganexp/gan/stack.py uses); µs each."""
     import torch
     import torch.nn.functional as F
     from torch.func import vmap

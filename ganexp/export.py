@@ -18,12 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-from ganexp import writes
+from ganexp.run import writes
 from ganexp.errors import ConfigError, shown
-from ganexp.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, load_generator, resolve_checkpoint
-from ganexp.resume import is_run_folder
-from ganexp.results import read_metrics
-from ganexp.writes import LinkRefused
+from ganexp.run.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, load_generator, resolve_checkpoint
+from ganexp.run.resume import is_run_folder
+from ganexp.run.results import read_metrics
+from ganexp.run.writes import LinkRefused
 
 LOCAL_KEYS = ("root", "path", "download")  # where the data lay on the exporting machine
 
@@ -94,7 +94,7 @@ def _target(link: Path) -> str:
 
 
 def confine_out(out: Path, source: Path) -> None:
-    """Declare the folder --out is written into (ganexp.writes). It is the user's own and may itself be a link
+    """Declare the folder --out is written into (ganexp.run.writes). It is the user's own and may itself be a link
     (`outputs` on a scratch disk), unless --out lies inside the run folder the generator came from: a folder
     someone else may have made, where no link below it is written through."""
     source = Path(os.path.abspath(source))

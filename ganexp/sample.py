@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganexp import writes
-from ganexp.build import build_prior
+from ganexp.run import writes
+from ganexp.config.build import build_prior
 from ganexp.errors import ConfigError
 from ganexp.export import check_out, confine_out
-from ganexp.files import load_generator
-from ganexp.validate import machine_memory
+from ganexp.run.files import load_generator
+from ganexp.config.validate import machine_memory
 
 SUFFIXES = (".png", ".npz")
 FLOAT = 4  # bytes of a float32
@@ -104,7 +104,7 @@ def save(samples: torch.Tensor, config: dict, out: Path) -> None:
             save_image(samples, tmp, format="PNG", nrow=int(np.ceil(np.sqrt(len(samples)))), normalize=True,
                        value_range=value_range(config))
         else:
-            from ganexp.figures import save_png, scatter_panels_figure
+            from ganexp.callbacks.figures import save_png, scatter_panels_figure
 
             points = samples.float().numpy()
             save_png(scatter_panels_figure(points[:0], [(f"{len(points)} samples", points)]), tmp)

@@ -4,7 +4,6 @@ read-only cache with a valid classifier is used as it is, and without one the er
 from __future__ import annotations
 
 import copy
-import io
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 import ganexp
-from ganexp import writes
+from ganexp.run import writes
 from ganexp.metrics import classifier as clf
 from ganexp.metrics.evaluator import Evaluator
 

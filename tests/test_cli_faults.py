@@ -5,7 +5,9 @@ import stat
 
 import pytest
 
-from ganexp import compare, export, sample
+from ganexp.sweeps import compare
+
+from ganexp import export, sample
 from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS
 from tests.test_compare import make_job, table_rows
 
@@ -112,7 +114,7 @@ def test_compare_read_only_sweep_prints_the_leaderboard_and_one_note(image_sweep
     assert [(r[0], r[1], float(r[2])) for r in rows] == [("1", "2e-4", 20.0), ("2", "1e-4", 30.0), ("3", "5e-4", 50.0)]
     assert "all 3 jobs finished" in captured.out
     note = captured.err.strip().splitlines()
-    assert len(note) == 1 and note[0].startswith("ganexp.compare: note: could not write summary.md")
+    assert len(note) == 1 and note[0].startswith("ganexp.sweeps.compare: note: could not write summary.md")
     assert str(image_sweep) in note[0] and "Traceback" not in captured.err
     assert files_under(image_sweep) == before
 

@@ -1,4 +1,4 @@
-"""ganexp.compare on hand-made sweep folders: ranking, direction, seeds, failures, files; the sweep callback."""
+"""ganexp.sweeps.compare on hand-made sweep folders: ranking, direction, seeds, failures, files; the sweep callback."""
 import csv
 import json
 import math
@@ -8,9 +8,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from ganexp import compare, sweep
-
-
+from ganexp.sweeps import compare, summary as sweep
 def make_job(sweep_dir, overrides, seed=0, **record):
     """A job folder as Hydra and train.py leave it: .hydra/overrides.yaml, .hydra/config.yaml, metrics.json."""
     name = ",".join(o for o in overrides if not o.startswith("seed=")) or "."

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from ganexp import compare, search, sweep
+from ganexp.sweeps import compare, search, summary as sweep
 from tests.helpers import ROOT
 from tests.test_compare import make_job, table_rows
 
@@ -48,7 +48,7 @@ def two_studies(tmp_path):
 
 def run_compare(*args, code=None):
     """`python -m ganexp.compare ARGS` as a user runs it (or `code` with the ARGS as sys.argv[1:])."""
-    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "ganexp.compare", *args]
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "ganexp.sweeps.compare", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -175,7 +175,7 @@ def test_a_reason_with_newlines_and_pipes_stays_one_table_row(tmp_path):
 
 
 BIG = """import resource, sys, time
-from ganexp import compare
+from ganexp.sweeps import compare
 def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 assert compare.main([sys.argv[1]]) == 0
 small, start = peak(), time.perf_counter()

@@ -5,7 +5,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +12,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ganexp.metrics.classifier import load_classifier
-from ganexp.results import read_metrics
-from ganexp.writes import replace_json
-from ganexp.files import read_checkpoint
+from ganexp.run.results import read_metrics
+from ganexp.run.writes import replace_json
+from ganexp.run.files import read_checkpoint
 from ganexp.metrics.scores import IMAGE_METRICS
 from tests.helpers import make_cfg
-from ganexp.results import monitored
+from ganexp.run.results import monitored
 from train import train
 
 pytestmark = pytest.mark.slow
@@ -144,7 +143,7 @@ def test_metrics_json_write_is_atomic(tmp_path, monkeypatch):
     def crash(*_):
         raise OSError("killed mid-rename")
 
-    monkeypatch.setattr("ganexp.writes.os.replace", crash)
+    monkeypatch.setattr("ganexp.run.writes.os.replace", crash)
     with pytest.raises(OSError):
         replace_json(path, {"status": "finished"})
     assert json.loads(path.read_text()) == {"status": "running"}  # the old record, whole

@@ -1,4 +1,4 @@
-"""The seed recipes (conf/experiment/) and their figures (ganexp/figures.py, callbacks=figures|toy)."""
+"""The seed recipes (conf/experiment/) and their figures (ganexp/callbacks/figures.py, callbacks=figures|toy)."""
 import csv
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ganexp import figures
+from ganexp.callbacks import figures
 from ganexp.callbacks import ToyFigures
 from ganexp.errors import ConfigError
 from tests.helpers import train_module, CONF, data_dir_with

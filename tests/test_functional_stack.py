@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ganexp.stacked_nets import FunctionalStacked, functional_problem
+from ganexp.gan.stacked_nets import FunctionalStacked, functional_problem
 from ganexp.models.dcgan import DCGANDiscriminator, DCGANGenerator
 
 M, N, LATENT, LR = 3, 6, 16, 0.01

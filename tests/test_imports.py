@@ -103,10 +103,10 @@ def _cycle_through(start: str, component: set[str], edges: dict[str, set[str]]) 
 
 def test_graph_sees_every_kind_of_import():
     edges = graph()
-    assert "ganexp.keys" in edges["ganexp.tensorboard"]  # module level
-    assert "ganexp.results" in edges["ganexp.jobs"]
-    assert "ganexp.build" in edges["ganexp.validate"]  # inside a function
-    assert "ganexp.writes" in edges["ganexp.runs"]  # `from ganexp import writes`
+    assert "ganexp.config.keys" in edges["ganexp.run.tensorboard"]  # module level
+    assert "ganexp.run.results" in edges["ganexp.run.jobs"]
+    assert "ganexp.config.build" in edges["ganexp.config.validate"]  # inside a function
+    assert "ganexp.run.writes" in edges["ganexp.run.folders"]  # `from ganexp import writes`
 
 
 def test_cycle_detection_spells_the_cycle():

@@ -1,13 +1,17 @@
-"""ganexp/keys.py: the one table of what kind each config key is, and the modules that read it."""
+"""ganexp/config/keys.py: the one table of what kind each config key is, and the modules that read it."""
 from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
 
-from ganexp import compare, jobs, keys, resume, tensorboard
+from ganexp.sweeps import compare
+
+from ganexp.run import jobs, resume, tensorboard
+
+from ganexp.config import keys
 from ganexp.errors import ConfigError
-from ganexp.keys import DISPLAY, EXPERIMENT, HPARAMS, MACHINE_LOCAL, PLUMBING, STACKABLE, STACKABLE_KIND
-from ganexp.resume import register_resolvers, resume_config
+from ganexp.config.keys import DISPLAY, EXPERIMENT, HPARAMS, MACHINE_LOCAL, PLUMBING, STACKABLE, STACKABLE_KIND
+from ganexp.run.resume import register_resolvers, resume_config
 from tests.helpers import CONF
 from tests.test_resume_settings import _checkpoint, _compose
 

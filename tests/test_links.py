@@ -1,4 +1,4 @@
-"""A folder from someone else cannot make ganexp write outside it (ganexp/writes.py).
+"""A folder from someone else cannot make ganexp write outside it (ganexp/run/writes.py).
 
 Real run and sweep folders are made once by train.py; then every file and folder in them that ganexp
 or Hydra writes (and the ones they write later: summaries, best.ckpt, .hydra/attempts) is in turn made
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ganexp import writes
+from ganexp.run import writes
 from tests.helpers import make_cfg, run_train
 
 RUN_ARGS = ["data=toy", "model=toy_mlp", "callbacks=toy", "eval=none", "trainer.max_epochs=1",
@@ -99,8 +99,8 @@ def one_line(capsys) -> None:
 
 def commands(run: Path, sweep: Path, out: Path):
     """Each command a user may run over someone else's folders, in this process: name → exit status."""
-    from ganexp import compare, evaluate, export, sample
-
+    from ganexp.sweeps import compare
+    from ganexp import evaluate, export, sample
     def resume() -> int:
         from train import train
 
@@ -193,7 +193,7 @@ def test_appends_and_locks_never_follow_a_link(tmp_path):
     (run / "train.log").symlink_to(victim)
     with pytest.raises(writes.LinkRefused):
         writes.open_append(run / "train.log")
-    from ganexp.lock import folder_lock
+    from ganexp.run.lock import folder_lock
 
     (run / ".ganexp-lock").symlink_to(victim)
     with pytest.raises(writes.LinkRefused):

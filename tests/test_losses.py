@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ganexp.errors import ConfigError
-from ganexp.losses import GANLoss, gradient_penalty
+from ganexp.gan.losses import GANLoss, gradient_penalty
 
 REAL = torch.tensor([2.0, -1.0])
 FAKE = torch.tensor([0.5, -3.0])
@@ -96,8 +96,8 @@ def test_adding_a_loss_is_one_function_pair_and_one_yaml(tmp_path):
 
     from hydra import compose, initialize_config_dir
 
-    from ganexp.losses import LOSSES, register_loss
-    from ganexp.resume import register_resolvers
+    from ganexp.gan.losses import LOSSES, register_loss
+    from ganexp.run.resume import register_resolvers
     from tests.helpers import CONF, FAST, train_module
 
     calls = {"d": 0, "g": 0}
@@ -113,7 +113,7 @@ def test_adding_a_loss_is_one_function_pair_and_one_yaml(tmp_path):
     register_loss("l1", l1_d, l1_g, has_targets=True)
     try:
         conf = Path(shutil.copytree(CONF, tmp_path / "conf"))
-        (conf / "loss" / "l1.yaml").write_text("_target_: ganexp.losses.GANLoss\nname: l1\nlabel_smoothing: 0.1\n"
+        (conf / "loss" / "l1.yaml").write_text("_target_: ganexp.gan.losses.GANLoss\nname: l1\nlabel_smoothing: 0.1\n"
                                                "gp_weight: 0.0\n")
         register_resolvers()
         with initialize_config_dir(str(conf), version_base="1.3"):

@@ -1,5 +1,4 @@
 """The adversarial step, in process, on the real composed config."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -100,16 +99,16 @@ class PoisonAt:
     ("parameters", ["log_every=1000", "ckpt_every=2"], "non-finite parameters at iteration 4"),
 ])
 def test_divergence_has_one_owner_and_says_what_was_not_finite(cause, overrides, reason, cfg_factory, monkeypatch):
-    import ganexp.build
+    import ganexp.config.build
 
     if cause == "parameters":  # NaN weights after iteration 3 (no loss is logged); the checkpoint at 4 finds them
-        build_trainer = ganexp.build.build_trainer
+        build_trainer = ganexp.config.build.build_trainer
 
         def with_poison(cfg):
             trainer = build_trainer(cfg)
             trainer.callbacks.insert(0, PoisonAt(3))
             return trainer
-        monkeypatch.setattr(ganexp.build, "build_trainer", with_poison)
+        monkeypatch.setattr(ganexp.config.build, "build_trainer", with_poison)
     record, objects = train(cfg_factory("model=mlp_small", "eval=none", "trainer.limit_train_batches=8", *overrides))
     module = objects["module"]
     assert record["status"] == "diverged" and record["reason"] == module.divergence
@@ -157,7 +156,7 @@ def test_reuse_fake_g_step_is_the_loss_of_the_updated_d_on_that_very_batch(cfg_f
 
     import pytorch_lightning as pl
 
-    from ganexp.build import build_datamodule, build_module
+    from ganexp.config.build import build_datamodule, build_module
 
     cfg = cfg_factory("trainer.limit_train_batches=1", "reuse_fake=true", "model=mlp_small", "batch_size=32",
                       "eval=none", "image_every=0", "model.discriminator.dropout=0",
@@ -187,7 +186,7 @@ def test_optimizer_steps_skip_lightnings_nvml_cuda_check_where_there_is_no_gpu()
     import sys
 
     code = ("import os, pytorch_lightning, torch; before = os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'); "
-            "import ganexp.module; print(before, os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), "
+            "import ganexp.gan.module; print(before, os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), "
             "torch.cuda.device_count())")
     before, after, gpus = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                          check=True).stdout.split()

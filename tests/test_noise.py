@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ganexp.errors import ConfigError
-from ganexp.noise import InstanceNoise, LatentPrior, add_noise
+from ganexp.gan.noise import InstanceNoise, LatentPrior, add_noise
 
 
 def test_linear_anneal_reproduces_seed_000():

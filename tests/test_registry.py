@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ganexp import registry
+from ganexp.config import registry
 from ganexp.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from ganexp.resume import register_resolvers, resume_config
+from ganexp.run.resume import register_resolvers, resume_config
 from tests.helpers import CONF, FAST, run_train
 
 MACHINE = ("data.root", "data.download", "trainer.devices")  # where the files are, what this machine has

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from ganexp.errors import ConfigError
-from ganexp.jobs import check_same_job, job_dir, settings
-from ganexp.lock import LOCK_FILE, FolderInUse, check_free, folder_lock
+from ganexp.run.jobs import check_same_job, job_dir, settings
+from ganexp.run.lock import LOCK_FILE, FolderInUse, check_free, folder_lock
 from tests.helpers import FAST, ROOT, make_cfg, run_train
 
 PAUSE = {"GANEXP_PARTS": "callback=tests.test_run_folders.PauseAt"}
@@ -268,7 +268,7 @@ def test_a_sweep_whose_jobs_would_share_a_folder_is_refused_before_it_starts(tmp
 
 
 def test_a_job_folder_name_fits_the_file_system_in_bytes_not_characters():
-    from ganexp.jobs import MAX_NAME, job_dir
+    from ganexp.run.jobs import MAX_NAME, job_dir
 
     task = [f'+x{i}="{"ü" * 29}"' for i in range(5)]  # 189 characters, 334 bytes in UTF-8
     name = job_dir(task, 0).split("/")[0]

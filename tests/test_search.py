@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from ganexp import compare, search
+from ganexp.sweeps import compare, search
 from ganexp.errors import ConfigError
-from ganexp.launch import check_launcher
+from ganexp.sweeps.launch import check_launcher
 from tests.helpers import CONF, FAST, run_train
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

@@ -1,4 +1,4 @@
-"""Stacked sweeps (ganexp/stack.py, hydra/launcher=stacked): each member computes what its separate run
+"""Stacked sweeps (ganexp/gan/stack.py, hydra/launcher=stacked): each member computes what its separate run
 computes, writes what a separate run writes, and the launcher groups only what can share a stack."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ganexp.results import read_metrics
-from ganexp.stack import group_key, plan, train_stack, why_alone
-from tests.helpers import ROOT, make_cfg, run_train
+from ganexp.run.results import read_metrics
+from ganexp.sweeps.stacked import group_key, plan, train_stack, why_alone
+from tests.helpers import make_cfg, run_train
 from train import train
 
 TOY = ["data=toy", "model=toy_mlp", "eval=none", "log_every=1", "image_every=0"]
@@ -173,7 +173,7 @@ def _l1_g(fake):
 def test_every_loss_stacks_as_its_separate_runs(loss, tmp_path, monkeypatch):
     """Built-in losses (means over samples: one call on all members' logits), a registered mean over samples,
     and a registered loss that is not one (it must run per member: one call would mix the members' means)."""
-    from ganexp.losses import LOSSES, LossPair
+    from ganexp.gan.losses import LOSSES, LossPair
 
     monkeypatch.setitem(LOSSES, "squared_mean", LossPair(_squared_mean_d, _squared_mean_g, True))
     monkeypatch.setitem(LOSSES, "l1", LossPair(_l1_d, _l1_g, True, sample_mean=True))
@@ -252,8 +252,8 @@ def test_a_stack_scores_its_members_together_as_their_separate_runs_score(tmp_pa
 
 
 def test_members_with_equal_data_hold_one_copy_as_they_are_built(tmp_path):
-    from ganexp.build import build_datamodule
-    from ganexp.stack import share_data
+    from ganexp.config.build import build_datamodule
+    from ganexp.gan.stack import share_data
 
     distinct, datas = [], []
     for k, job in enumerate([["seed=0"], ["seed=1", "data.seed=0", "optimizer.lr=1e-3"], ["data.seed=5"], ["seed=2", "data.seed=5"]]):
@@ -300,7 +300,7 @@ def test_every_built_in_model_and_option_stacks(overrides, tmp_path):
 
 def test_members_get_every_callback_hook_of_lightning():
     from pytorch_lightning.callbacks import Callback
-    from ganexp.stack import Members
+    from ganexp.gan.stack import Members
 
     hooks = [name for name in vars(Callback) if name.startswith("on_") or name in ("setup", "teardown")]
     assert len(hooks) > 30 and "on_train_epoch_end" in hooks

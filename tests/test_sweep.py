@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import Callback
 
-from ganexp.validate import job_overrides
+from ganexp.config.validate import job_overrides
 from tests.helpers import CONF, run_train
 
 NO_EVAL = ["eval=none"] if (CONF / "eval" / "none.yaml").is_file() else []  # metrics cost minutes on 2 cores
@@ -52,7 +52,7 @@ def test_ready_made_sweeps_declare_their_grid(name, keys, jobs):
 
 def test_parallel_launcher_config_runs_one_job_per_gpu_else_per_core():
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    import ganexp.launch  # noqa: F401  (registers ganexp_parallel_jobs)
+    import ganexp.sweeps.launch  # noqa: F401  (registers ganexp_parallel_jobs)
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=parallel"], return_hydra_config=True)
@@ -89,7 +89,7 @@ def test_a_launcher_whose_plugin_is_missing_says_what_to_install(monkeypatch):
     import importlib.util
 
     from ganexp.errors import ConfigError
-    from ganexp.launch import check_launcher
+    from ganexp.sweeps.launch import check_launcher
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ConfigError, match=r"hydra/launcher=parallel needs the hydra-joblib-launcher plugin; "
@@ -211,7 +211,7 @@ def test_parallel_launcher_runs_two_jobs_at_once_with_the_cpu_threads_divided(tm
 def test_gpu_locks_give_each_job_a_gpu_of_its_own_and_wait_when_all_are_taken(tmp_path, monkeypatch):
     import threading
 
-    from ganexp.launch import lock_free_gpu
+    from ganexp.sweeps.launch import lock_free_gpu
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # lock names are physical ids: other masks see the same locks
     first, held_first = lock_free_gpu(2, tmp_path)
@@ -233,7 +233,7 @@ def test_parallel_jobs_on_two_gpus_get_one_each_and_half_the_cpu_threads(tmp_pat
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     from hydra.core.hydra_config import HydraConfig
 
-    import ganexp.launch as launch
+    import ganexp.sweeps.launch as launch
 
     monkeypatch.setattr(launch, "visible_gpus", lambda: 2)
     monkeypatch.setattr(launch, "GPU_LOCKS", tmp_path)
@@ -258,8 +258,8 @@ def test_parallel_jobs_on_two_gpus_get_one_each_and_half_the_cpu_threads(tmp_pat
 
 def test_every_job_of_a_ready_made_grid_is_checked_before_the_sweep_starts():
     from ganexp.errors import ConfigError
-    from ganexp.sweep import with_grid
-    from ganexp.validate import check_command_line
+    from ganexp.sweeps.summary import with_grid
+    from ganexp.config.validate import check_command_line
 
     args = ["-m", f"{SWEEP_GROUP}=lr_smoothing_noise", "seed=0,1", "optimizer.lr=0.1"]
     assert with_grid(args, CONF) == [*args, "loss.label_smoothing=0,0.1", "noise.instance_sigma=0,0.1"]  # CLI wins

@@ -15,8 +15,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ganexp.resume import register_resolvers
-from ganexp.tensorboard import GROUPS, LAYOUT, columns
+from ganexp.run.resume import register_resolvers
+from ganexp.run.tensorboard import GROUPS, LAYOUT, columns
 from tests.helpers import CONF, FAST, run_train
 
 SWEEP = ["optimizer.lr=1e-4,2e-4", "eval_every=0", "eval.n=250", "eval.n_final=500"]
@@ -115,7 +115,7 @@ def test_the_custom_scalars_layout_is_served(server, sweep):
 
 def test_columns_of_a_default_run_composed_in_code_name_the_parts():
     config = {"data": {"_target_": "ganexp.data.digits.DigitsDataModule"}, "model": {"generator": {"_target_": "x.MLPGenerator"}},
-              "loss": {"_target_": "ganexp.losses.GANLoss", "label_smoothing": 0.1}, "seed": 3,
+              "loss": {"_target_": "ganexp.gan.losses.GANLoss", "label_smoothing": 0.1}, "seed": 3,
               "optimizer": {"lr": 1e-3, "g": {"_target_": "torch.optim.Adam", "lr": 1e-3}}, "noise": {"latent_dim": 8}}
     cols = columns(config, {}, ["optimizer.lr=1e-3", "hydra.sweep.dir=x", "loss.label_smoothing=0.1"], "diverged")
     assert cols["data"] == "DigitsDataModule" and cols["model"] == "MLPGenerator" and cols["experiment"] == "none"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganexp.build import build_module
-from ganexp.losses import GANLoss, r1_penalty
+from ganexp.config.build import build_module
+from ganexp.gan.losses import GANLoss, r1_penalty
 from ganexp.models.dcgan import DCGANDiscriminator
 from ganexp.models.mlp import MLPDiscriminator
-from ganexp.module import Single
+from ganexp.gan.module import Single
 from tests.helpers import make_cfg, train_module
 
 

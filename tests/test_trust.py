@@ -16,12 +16,16 @@ import pytest
 import torch
 import yaml
 
-from ganexp import compare, evaluate, export, registry, sample
-from ganexp.build import build_module, plain
+from ganexp.sweeps import compare
+
+from ganexp import evaluate, export, sample
+
+from ganexp.config import registry
+from ganexp.config.build import build_module, plain
 from ganexp.errors import ConfigError
-from ganexp.files import BadFile, read_checkpoint
-from ganexp.registry import build, check_stored
-from ganexp.resume import RUN_MARKER, in_place_run, init_weights, resume_config
+from ganexp.run.files import BadFile, read_checkpoint
+from ganexp.config.registry import build, check_stored
+from ganexp.run.resume import RUN_MARKER, in_place_run, init_weights, resume_config
 from tests.helpers import ROOT, make_cfg, run_train
 
 # A run trained with settings that are NOT the defaults, so a resume that silently fell back to
@@ -80,7 +84,7 @@ CRAFTED = [  # (where, value, the key the refusal must name)
     ("model.generator._target_", "torch.save", "model.generator._target_"),
     ("model.generator._target_", "torch.hub.load", "model.generator._target_"),
     ("model.generator._target_", "torch.nn.Linear", "model.generator._target_"),
-    ("model.generator._target_", "ganexp.files.read_json", "model.generator._target_"),
+    ("model.generator._target_", "ganexp.run.files.read_json", "model.generator._target_"),
     ("model.generator._args_", [VICTIM, "w"], "model.generator._args_"),
     ("model.generator._partial_", True, "model.generator._partial_"),
     ("model.generator._call_", True, "model.generator._call_"),

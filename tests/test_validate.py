@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ganexp.errors import ConfigError
-from ganexp.sweep import with_grid
-from ganexp.validate import check_command_line
+from ganexp.sweeps.summary import with_grid
+from ganexp.config.validate import check_command_line
 from tests.helpers import CONF
 
 BAD_INPUTS = [

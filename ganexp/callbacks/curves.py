@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from ganexp import figures, writes
+from ganexp.callbacks import figures
+
+from ganexp.run import writes
 from ganexp.callbacks.base import epochs, tb_writer
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from ganexp import figures
+from ganexp.callbacks import figures
 from ganexp.callbacks.base import epochs, pick, tb_writer
 
 

@@ -6,7 +6,7 @@ import math
 import torch
 from torchvision.utils import make_grid
 
-from ganexp import figures
+from ganexp.callbacks import figures
 from ganexp.callbacks.base import Periodic
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganexp import figures
+from ganexp.callbacks import figures
 from ganexp.callbacks.base import Periodic, pick, tb_writer
 from ganexp.errors import ConfigError
 from ganexp.metrics.scores import quadratic_residual

@@ -70,7 +70,7 @@ class TensorDataModule(pl.LightningDataModule):
     metrics_name: str | None = None  # which ganexp.metrics evaluator scores samples of this data
 
     def __init__(self, batch_size: int, seed: int = 0, shape: Sequence[int] = (), value_range=(-1, 1)):
-        super().__init__()  # batch_size >= 1 is train.yaml's rule, checked in ganexp/validate.py
+        super().__init__()  # batch_size >= 1 is train.yaml's rule, checked in ganexp/config/validate.py
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.shape = tuple(int(s) for s in shape)
         self.value_range = None if value_range is None else tuple(float(v) for v in value_range)

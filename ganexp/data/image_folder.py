@@ -32,7 +32,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from ganexp.checks import INT, number
+from ganexp.config.checks import INT, number
 from ganexp.data.base import TensorDataModule, scale_unit
 from ganexp.errors import ConfigError
 

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from ganexp import writes
+from ganexp.run import writes
 from ganexp.data.base import TensorDataModule, scale_unit
 from ganexp.errors import ConfigError
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ganexp.data.base import TensorDataModule
-from ganexp.checks import choice
+from ganexp.config.checks import choice
 from ganexp.errors import ConfigError
 
 DISTRIBUTIONS = ("quadratic", "ring", "grid")

@@ -1,6 +1,6 @@
 """Metrics during training: every `every` iterations on `n` samples, at the end on `n_final`.
 
-- TensorBoard: `metrics/<name>` on the iteration axis (the HParams entry: ganexp/tensorboard.py).
+- TensorBoard: `metrics/<name>` on the iteration axis (the HParams entry: ganexp/run/tensorboard.py).
 - `checkpoints/best.ckpt`: the weights with the best `monitor` value seen during training.
 - metrics.json: `final` and `best` (both scored on `n_final` samples, so they compare),
   `best_iteration`, `monitor`, `protocol` (with the real-vs-real floors).
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ganexp import writes
+from ganexp.run import writes
 from ganexp.callbacks.base import Periodic
-from ganexp.files import generator_weights, load_weights, read_checkpoint
+from ganexp.run.files import generator_weights, load_weights, read_checkpoint
 from ganexp.metrics.evaluator import Evaluator, quantize
 from ganexp.metrics.scores import better
-from ganexp.results import update_metrics
+from ganexp.run.results import update_metrics
 
 log = logging.getLogger("ganexp")
 EVAL_SEED = 1234  # the same latent sample at every evaluation, so curves move only with G

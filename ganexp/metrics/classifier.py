@@ -22,11 +22,10 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ganexp import writes
+from ganexp.run import writes
 from ganexp.errors import ConfigError, shown
 
 # dataset → the test accuracy it must reach, and the training that reaches it in minutes on 2 CPU cores

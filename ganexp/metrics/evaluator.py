@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 import ganexp
-from ganexp import writes
+from ganexp.run import writes
 from ganexp.data.toy import mode_centers, sample_toy
 from ganexp.errors import ConfigError
-from ganexp.files import BadFile, read_json
+from ganexp.run.files import BadFile, read_json
 from ganexp.metrics.classifier import LABELLED, cache_dir, load_classifier, load_split
 from ganexp.metrics.scores import (IMAGE_METRICS, image_scores, min_samples, mode_scores, quadratic_residual,
                                    require_samples, sorted_projections)

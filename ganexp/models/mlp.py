@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ganexp.checks import choice, flag
+from ganexp.config.checks import choice, flag
 
 ACTIVATIONS = {
     "leaky_relu": lambda slope: nn.LeakyReLU(slope),
@@ -64,7 +64,7 @@ def spectral_normed(module: nn.Module, on: bool) -> nn.Module:
 class MLPGenerator(nn.Module):
     """z → hidden… → prod(out_shape), reshaped to out_shape ([C, H, W] or [2])."""
 
-    stackable = True  # forward treats each sample on its own: ganexp/stack.py may run members as one batch
+    stackable = True  # forward treats each sample on its own: ganexp/gan/stack.py may run members as one batch
 
     def __init__(self, latent_dim: int, out_shape: Sequence[int], hidden: Sequence[int] = (256, 512, 1024),
                  activation: str = "leaky_relu", slope: float = 0.2, out_range: Sequence[float] | None = (-1, 1),
@@ -91,7 +91,7 @@ class MLPDiscriminator(nn.Module):
     2-unit feature layer is a plain dense layer (`h3 = dense(h2, 2)`).
     """
 
-    stackable = True  # forward treats each sample on its own: ganexp/stack.py may run members as one batch
+    stackable = True  # forward treats each sample on its own: ganexp/gan/stack.py may run members as one batch
 
     def __init__(self, in_shape: Sequence[int], hidden: Sequence[int] = (1024, 512, 256),
                  activation: str = "leaky_relu", slope: float = 0.2, dropout: float = 0.3,

@@ -1,7 +1,7 @@
 """`hydra/launcher=stacked`: a sweep's jobs that differ only in stackable settings run as one stacked model.
 
 The plugin is the Hydra side only (Hydra instantiates launchers from the `hydra_plugins` package); what a
-stack is and how it trains is ganexp/stack.py.
+stack is and how it trains is ganexp/sweeps/stacked.py and ganexp/gan/stack.py.
 """
 from __future__ import annotations
 
@@ -25,6 +25,6 @@ class StackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from ganexp.stack import launch
+        from ganexp.sweeps.stacked import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from ganexp.resume import register_resolvers
+from ganexp.run.resume import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"

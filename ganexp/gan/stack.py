@@ -14,110 +14,32 @@ all members train that long together.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ganexp import lifecycle, writes
-from ganexp.build import build_callbacks, build_datamodule, build_logger, build_module, build_parts, plain
 from ganexp.data.base import EpochBatchSampler
-from ganexp.keys import STACKABLE  # what may differ inside one stack: per-member numbers the step takes as [M] vectors
-from ganexp.lock import folder_lock
 from ganexp.metrics.callback import EVAL_SEED, EvalCallback
-from ganexp.module import GANModule, Run
-from ganexp.registry import _resolve, build, kind_of
-from ganexp.results import update_metrics
-from ganexp.resume import mark_run
-from ganexp.stacked_nets import stack_problem, stacked
-from ganexp.tensorboard import HParamsRow
-from ganexp.validate import check_config
+from ganexp.gan.module import GANModule, Run
+from ganexp.gan.stacked_nets import stacked
 
 log = logging.getLogger("ganexp")
 
-PRECISIONS = ("32-true", "32", 32)
-
-
-# ----------------------------------------------------------------------------------------------- grouping
-def _settings(cfg: DictConfig) -> dict:
-    """A job's resolved settings with its own folder written as "<run>" (paths derived from it compare equal)."""
-    cfg = copy.deepcopy(cfg)
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-        cfg.paths.output_dir = "<run>"
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def group_key(cfg: DictConfig) -> str:
-    """Jobs with equal keys can share a stack: everything but the STACKABLE keys is equal."""
-    settings = _settings(cfg)
-    for dotted in STACKABLE:
-        *parents, last = dotted.split(".")
-        node = settings
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return json.dumps(settings, sort_keys=True, default=str)
-
-
-def why_alone(cfg: DictConfig) -> str | None:
-    """Why this job cannot be a stack member (it then runs as a separate run), or None."""
-    settings = _settings(cfg)
-    trainer = settings.get("trainer") or {}
-    if settings.get("ckpt_path") or settings.get("init_from"):
-        return "it starts from a checkpoint (ckpt_path / init_from)"
-    if trainer.get("devices") not in (1, "1", [0]) or trainer.get("num_nodes", 1) != 1 or \
-            trainer.get("strategy", "auto") not in ("auto", None):
-        return "it runs on several devices (trainer.devices / strategy)"
-    if trainer.get("precision") not in PRECISIONS:
-        return f"trainer.precision={trainer.get('precision')} (stacks train in 32-bit)"
-    for name, callback in (settings.get("callbacks") or {}).items():
-        target = (callback or {}).get("_target_")
-        if kind_of(target) and not getattr(_resolve(target), "stackable", True):
-            return f"callbacks.{name} ({target.rsplit('.', 1)[-1]}) needs a run of its own"
-    with torch.device("meta"):
-        parts = build_parts({k: settings[k] for k in ("model", "data", "loss", "optimizer", "noise")})
-    for side in ("generator", "discriminator"):
-        problem = stack_problem(parts[side])
-        if problem:
-            return f"model.{side}: {problem}"
-    return None
-
-
-def plan(keys: list[str | None], max_stack: int) -> list[list[int]]:
-    """Jobs (by index) in groups: equal keys together, at most `max_stack` per group, in sweep order;
-    a None key (a job that runs alone) is a group of its own."""
-    groups: dict[str, list[list[int]]] = {}
-    order: list[list[int]] = []
-    for i, key in enumerate(keys):
-        if key is None:
-            order.append([i])
-            continue
-        runs = groups.setdefault(key, [])
-        if not runs or len(runs[-1]) >= max_stack:
-            runs.append([])
-            order.append(runs[-1])
-        runs[-1].append(i)
-    return order
 
 
 class StackedGAN(GANModule):
     """M runs trained at once by GANModule.training_step: what is its own is only the stacking proper, the
-    networks run stacked (ganexp/stacked_nets.py), one stock optimizer per side over the stacked weights with
+    networks run stacked (ganexp/gan/stacked_nets.py), one stock optimizer per side over the stacked weights with
     each member's own lr, and the freezing of a member that stopped. Everything else (the step, the losses,
     the penalties, the draws) is GANModule's, over the members' [M] numbers."""
 
-    def __init__(self, members: list["Member"]):
+    def __init__(self, members: list):
         pl.LightningModule.__init__(self)
         self.automatic_optimization = False
         self.runs = members
@@ -243,11 +165,8 @@ class StackedGAN(GANModule):
             cb.on_save_checkpoint(self.trainer, member, checkpoint)
         member.on_save_checkpoint(checkpoint)
 
-    def on_fit_start(self) -> None:
-        pass  # each member's own on_fit_start runs from Members (with its own logger)
-
     def request_stop(self, signal_name: str) -> None:
-        """A signal (ganexp/signals.py): every member finishes this iteration, checkpoints it and stops."""
+        """A signal (ganexp/run/signals.py): every member finishes this iteration, checkpoints it and stops."""
         super().request_stop(signal_name)
         for m in self.members:
             m.request_stop(signal_name)
@@ -302,7 +221,7 @@ def share_data(data, distinct: list[Tensor]) -> None:
 
 
 class StackedData(pl.LightningDataModule):
-    def __init__(self, members: list["Member"]):
+    def __init__(self, members: list):
         super().__init__()
         datas = [m.data for m in members]
         first = datas[0].train_data
@@ -322,23 +241,6 @@ class StackedData(pl.LightningDataModule):
 
 
 # -------------------------------------------------------------------------------------------- the members
-class Member:
-    """One job of a stack, built exactly as train._train builds a separate run: its own module, data,
-    callbacks, logger and folder (its module's `run`); the stack's trainer is its trainer."""
-
-    def __init__(self, cfg: DictConfig, overrides: list[str] | None, index: int):
-        self.cfg, self.overrides, self.index = cfg, overrides, index
-        self.out = Path(cfg.paths.output_dir)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same draws, in the same order, as train._train
-        self.data = build_datamodule(cfg.data)
-        self.data.setup("fit")
-        self.module = build_module(cfg)
-        config = plain(cfg)
-        self.row = HParamsRow(overrides)
-        self.callbacks = [*build_callbacks(config), self.row]
-        self.logger = build_logger(config) or None
-
-
 # Callback hooks Members handles itself; every other hook of Lightning's Callback reaches every running member.
 _OWN_HOOKS = {"setup", "on_fit_start", "on_train_batch_end", "on_train_end", "on_save_checkpoint",
               "on_load_checkpoint", "state_dict", "load_state_dict"}
@@ -355,17 +257,17 @@ class Members(Callback):
     that stopped (diverged, or frozen by a signal) gets its end hooks only. Member things (folder, logger,
     data, checkpoint writer) are the module's `run`."""
 
-    def __init__(self, members: list[Member]):
+    def __init__(self, members: list):
         self.members = members
 
-    def _each(self, hook: str, trainer, *args: Any, members: list[Member] | None = None) -> None:
+    def _each(self, hook: str, trainer, *args: Any, members: list | None = None) -> None:
         for m in self.members if members is None else members:
             if hook in _MODULE_HOOKS:
                 getattr(m.module, hook)()
             for cb in m.callbacks:
                 getattr(cb, hook)(trainer, m.module, *args)
 
-    def _running(self, pl_module) -> list[Member]:
+    def _running(self, pl_module) -> list:
         return [m for m, running in zip(self.members, pl_module.running) if running]
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -394,7 +296,7 @@ class Members(Callback):
         self._each("on_train_end", trainer)
 
     @staticmethod
-    def _score_together(members: list[Member], final: bool) -> None:
+    def _score_together(members: list, final: bool) -> None:
         """The evaluations due now (every `eval.every` iterations; `final`: the last one, on `n_final` samples),
         scored together: each member's samples from its own generator, all of them through the classifier in
         one call (Evaluator.score_many); each EvalCallback then takes its scores from its `ready`."""
@@ -421,173 +323,3 @@ def _forward(hook: str):
 for _hook in [name for name in vars(Callback) if (name.startswith("on_") or name == "teardown")]:
     if _hook not in _OWN_HOOKS:
         setattr(Members, _hook, _forward(_hook))
-
-
-# ------------------------------------------------------------------------------------------------ training
-def train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> list[dict]:
-    """Check every member, lock every member's folder, train them as one; each member's metrics.json record."""
-    for cfg in cfgs:
-        check_config(cfg)
-        writes.confine(cfg.paths.output_dir)
-        writes.check_tree(cfg.paths.output_dir)
-    with contextlib.ExitStack() as held:
-        for cfg in cfgs:
-            held.enter_context(folder_lock(cfg.paths.output_dir))
-        return _train_stack(cfgs, overrides)
-
-
-def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> list[dict]:
-    members, distinct = [], []
-    for k, (cfg, ov) in enumerate(zip(cfgs, overrides)):
-        members.append(Member(cfg, ov, k))
-        share_data(members[-1].data, distinct)  # now, not after all are built: one copy of MNIST, not 16, at a time
-    stack, data = StackedGAN(members), StackedData(members)
-    trainer = build(plain(cfgs[0])["trainer"], "trainer", key="trainer", callbacks=[Members(members)], logger=False)
-    names = [f"{m.out.parent.name}/{m.out.name}" if m.out.name.startswith("seed=") else m.out.name for m in members]
-    for m in members:
-        mark_run(m.out)
-        update_metrics(m.out, status="running", reason=None, diverged_at=None, stacked=True,
-                       stack={"size": len(members), "member": m.index, "members": names})
-    log.info("a stack of %d runs: %s", len(members), ", ".join(names))
-    lifecycle.fit(trainer, stack, data, [(m.row, m.module) for m in members])
-    records = [lifecycle.finish(trainer, m.module, m.row, m.out) for m in members]
-    for m in members:
-        if m.logger is not None:
-            m.logger.finalize("success")
-    return records
-
-
-# ----------------------------------------------------------------------------------------------- launching
-def launch(launcher, job_overrides, initial_job_idx: int) -> list:
-    """StackedLauncher.launch: Hydra's BasicLauncher, with the jobs grouped (`plan`) and each group of two
-    or more trained by `train_stack`; a job that cannot stack runs as a separate run, said in one line."""
-    from hydra.core.utils import configure_log, filter_overrides, run_job, setup_globals
-
-    setup_globals()
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    jobs, keys, alone = [], [], {}
-    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-        config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-        with open_dict(config):
-            config.hydra.job.id = idx
-            config.hydra.job.num = idx
-        reason = _why_alone_here(config)
-        if reason:
-            alone.setdefault(reason, []).append(idx)
-        jobs.append((idx, list(overrides), config))
-        keys.append(None if reason else group_key(config))
-    groups = plan(keys, launcher.max_stack)
-    stacks = [g for g in groups if len(g) > 1]
-    line = (f"stacked launcher: {len(jobs)} jobs, {sum(map(len, stacks))} of them in {len(stacks)} "
-            f"stack{'s' if len(stacks) != 1 else ''} ({', '.join(str(len(g)) for g in stacks) or 'none'})")
-    if alone:
-        line += "; run alone: " + "; ".join(f"{len(ix)} ({reason})" for reason, ix in alone.items())
-    elif len(stacks) < len(groups):
-        line += f"; {len(groups) - len(stacks)} run alone (no other job shares their settings)"
-    print(f"ganexp: {line}", flush=True)
-    log.info(line)
-    results: list = [None] * len(jobs)
-    for group in groups:
-        if len(group) == 1:
-            idx, overrides, config = jobs[group[0]]
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            results[group[0]] = run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function,
-                                        config=config, job_dir_key="hydra.sweep.dir",
-                                        job_subdir_key="hydra.sweep.subdir")
-        else:
-            for i, ret in zip(group, _run_stack(launcher, [jobs[i] for i in group])):
-                results[i] = ret
-        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    return results
-
-
-def _why_alone_here(config: DictConfig) -> str | None:
-    """why_alone, plus the job folder's state: a finished job is skipped and an unfinished one resumed by
-    the separate-run path; a config that does not build is reported by it too."""
-    from ganexp.results import read_metrics
-
-    out = Path(str(config.hydra.sweep.dir)) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
-    try:
-        if read_metrics(out).get("status") == "finished":
-            return "it has finished (skipped)"
-        if (out / "checkpoints" / "last.ckpt").is_file():
-            return "it resumes its last.ckpt"
-        return why_alone(config)
-    except Exception as err:  # the separate run reports it properly
-        return f"{type(err).__name__}: {err}".splitlines()[0][:80]
-
-
-def _prepare(cfg: DictConfig) -> dict:
-    """The task function of a stack member inside Hydra's run_job: Hydra has made the job's folder, written
-    its .hydra/ and opened its train.log; what the member needs from Hydra is taken now, while it is set."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra = HydraConfig.get()
-    with open_dict(cfg):
-        cfg.paths.output_dir = hydra.runtime.output_dir
-    logs = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    return {"cfg": cfg, "overrides": list(hydra.overrides.task), "logs": logs}
-
-
-def _run_stack(launcher, jobs: list) -> list:
-    from hydra.core.utils import JobStatus, configure_log, filter_overrides, run_job
-
-    from ganexp.errors import ConfigError
-    from ganexp.lock import FolderInUse
-    from ganexp.results import sweeper_value, update_metrics
-    from ganexp.sweep import SweepInterrupted
-
-    returns = []
-    for idx, overrides, config in jobs:
-        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # not into the last job's log
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} (stacked)")
-        returns.append(run_job(hydra_context=launcher.hydra_context, task_function=_prepare, config=config,
-                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
-    ready = [r for r in returns if r.status == JobStatus.COMPLETED]
-    for r in returns:
-        if r.status != JobStatus.COMPLETED:
-            log.error("job failed before training: %s", r._return_value)
-    prepared = [r.return_value for r in ready]
-    _log_to_every(sum((p["logs"] for p in prepared), []))
-    for r in ready:
-        r.return_value = None
-    try:
-        records = train_stack([p["cfg"] for p in prepared], [p["overrides"] for p in prepared])
-    except (FolderInUse, writes.FolderRefused) as err:  # the folder's record belongs to the run that holds it
-        log.error("stack refused: %s", err)
-        return returns
-    except Exception as err:
-        reason = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}".splitlines()[0]
-        log.error("stack failed: %s", reason, exc_info=not isinstance(err, ConfigError))
-        for p in prepared:
-            update_metrics(p["cfg"].paths.output_dir, status="failed", reason=reason)
-        return returns
-    stopped = None
-    for r, p, record in zip(ready, prepared, records):
-        r.return_value = sweeper_value(record)
-        if record.get("status") != "finished":
-            log.error("job %s: %s (%s)", record.get("status"), record.get("reason"), p["cfg"].paths.output_dir)
-        if record.get("status") == "interrupted":
-            stopped = record.get("signal")
-    if stopped:
-        raise SweepInterrupted(stopped)
-    return returns
-
-
-def _log_to_every(files: list[str]) -> None:
-    """The stack's log lines go into every member's train.log (Hydra opened only the last member's)."""
-    root = logging.getLogger()
-    handlers = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
-    formatter = handlers[0].formatter if handlers else None
-    for h in handlers:
-        root.removeHandler(h)
-        h.close()
-    for path in dict.fromkeys(files):
-        handler = logging.StreamHandler(writes.open_append(path))  # as Hydra's FileHandler, never through a link
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
-        logger = logging.getLogger(name)  # as train.main: Lightning's lines to these handlers
-        logger.handlers.clear()
-        logger.propagate = True

@@ -1,4 +1,4 @@
-"""Composed config → built parts, every one through ganexp.registry.build (no `instantiate`).
+"""Composed config → built parts, every one through ganexp.config.registry.build (no `instantiate`).
 
 This is where the parts are built. The config layout is also read, each for its own keys, by
 validate.py (train.yaml's top-level rules), resume.py (which keys are the experiment),
@@ -13,9 +13,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ganexp.errors import ConfigError
-from ganexp.module import GANModule
-from ganexp.noise import InstanceNoise, LatentPrior
-from ganexp.registry import build, cannot_build
+from ganexp.gan.module import GANModule
+from ganexp.gan.noise import InstanceNoise, LatentPrior
+from ganexp.config.registry import build, cannot_build
 
 
 def plain(cfg: DictConfig | dict) -> dict[str, Any]:

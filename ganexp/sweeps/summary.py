@@ -43,7 +43,7 @@ class SweepSummary(Callback):
 
 def report(sweep_dir: Path, metric: str | None) -> None:
     """The leaderboard printed, summary files written, and the count of jobs that did not finish."""
-    from ganexp.compare import summarize, write
+    from ganexp.sweeps.compare import summarize, write
     from ganexp.errors import ConfigError
 
     global _unfinished
@@ -112,7 +112,7 @@ def with_grid(args: list[str], conf_dir: Path, config_name: str = "train") -> li
 def exit_status() -> int:
     """0 unless the last multirun in this process had a job that did not finish (then 1), or was
     interrupted (then 128 + the signal: 129 SIGHUP, 130 SIGINT, 143 SIGTERM)."""
-    from ganexp.signals import EXIT_CODES
+    from ganexp.run.signals import EXIT_CODES
 
     if _interrupted_by:
         return EXIT_CODES[_interrupted_by]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ganexp.errors import ConfigError
-from ganexp.registry import build, check_stored
+from ganexp.config.registry import build, check_stored
 
 EXPORT_SUFFIX = ".safetensors"
 EXPORT_FORMAT = "ganexp-generator/1"
@@ -156,7 +156,7 @@ def generator_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def _check_generator_io(generator: torch.nn.Module, config: dict, source: Path | str) -> None:
     """The stored noise.latent_dim goes into the generator, and what comes out has data.shape (meta tensors)."""
-    from ganexp.checks import INT, number
+    from ganexp.config.checks import INT, number
 
     noise, data = config.get("noise"), config.get("data")
     try:

@@ -1,4 +1,4 @@
-"""One run's lifecycle, for a plain run (train.py) and for each member of a stack (ganexp/stack.py): fit under
+"""One run's lifecycle, for a plain run (train.py) and for each member of a stack (ganexp/gan/stack.py): fit under
 the signal handlers, then the outcome (the final status, derived here only), written to metrics.json and to
 the run's TensorBoard HParams row."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ganexp.results import update_metrics
-from ganexp.signals import StoppedBeforeTraining, stop_on_signals, stop_reason
+from ganexp.run.results import update_metrics
+from ganexp.run.signals import StoppedBeforeTraining, stop_on_signals, stop_reason
 
 
 def status(module) -> str:

@@ -1,4 +1,4 @@
-"""A searched sweep (`sweep=search`, Hydra's Optuna sweeper), as `ganexp.compare` reports it.
+"""A searched sweep (`sweep=search`, Hydra's Optuna sweeper), as `ganexp.sweeps.compare` reports it.
 
 Optuna writes `optimization_results.yaml` (its best trial) into the sweep folder; each trial is a
 job folder like a grid's, numbered by Hydra (`.hydra/hydra.yaml`, `hydra.job.num`). This adds to the
@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ganexp import writes
-from ganexp.files import BadFile, read_yaml
+from ganexp.run import writes
+from ganexp.run.files import BadFile, read_yaml
 
 RESULTS = "optimization_results.yaml"
 PLOT = "trials.png"

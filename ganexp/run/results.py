@@ -1,4 +1,4 @@
-"""metrics.json: one record per run, always written whole (ganexp/writes.py: temp file, fsync, rename).
+"""metrics.json: one record per run, always written whole (ganexp/run/writes.py: temp file, fsync, rename).
 
 Fields every writer may merge in: `status` (running | finished | failed | diverged),
 `reason`, `iteration`, `final` / `best` metric dicts, `protocol`. Readers (compare,
@@ -10,14 +10,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ganexp import writes
-
+from ganexp.run import writes
 METRICS_FILE = "metrics.json"
 
 
 def read_metrics(run_dir: str | Path) -> dict:
     """The run's record ({} when there is none); BadFile (one line) when it is not a JSON object."""
-    from ganexp.files import BadFile, read_json
+    from ganexp.run.files import BadFile, read_json
 
     path = Path(run_dir) / METRICS_FILE
     record = read_json(path, default={})

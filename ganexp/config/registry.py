@@ -10,7 +10,7 @@ that does not name an allowed ganexp class, and any `${…}` interpolation. Noth
 file reaches `hydra.utils.instantiate`, `importlib` or `eval`.
 
 Your own parts (a model in your package) are declared, never inferred from what is
-importable: decorate the class with `@ganexp.registry.register("generator")` in code that
+importable: decorate the class with `@ganexp.config.registry.register("generator")` in code that
 runs before the build, or name it in the environment:
 
     GANEXP_PARTS="generator=mypkg.models.BigGen,discriminator=mypkg.models.BigD"
@@ -42,7 +42,7 @@ KNOWN: dict[str, str] = {
     "ganexp.data.mnist.FashionMNISTDataModule": "data",
     "ganexp.data.toy.ToyDataModule": "data",
     "ganexp.data.image_folder.ImageFolderDataModule": "data",
-    "ganexp.losses.GANLoss": "loss",
+    "ganexp.gan.losses.GANLoss": "loss",
     "torch.optim.Adam": "optimizer",
     "torch.optim.AdamW": "optimizer",
     "torch.optim.RMSprop": "optimizer",
@@ -62,6 +62,8 @@ KNOWN: dict[str, str] = {
     "ganexp.callbacks.ToyFigures": "callback",
     "ganexp.metrics.callback.EvalCallback": "callback",
 }
+# Names that checkpoints, exports and run folders made before ganexp/ had subpackages store: the same classes.
+MOVED: dict[str, str] = {"ganexp.losses.GANLoss": "ganexp.gan.losses.GANLoss"}
 _REGISTERED: dict[str, tuple[str, type]] = {}  # parts declared in code with @register
 ENV = "GANEXP_PARTS"
 SPECIAL = re.compile(r"^_.*_$")  # Hydra's instantiate keys and anything shaped like them
@@ -99,12 +101,14 @@ def kind_of(target: Any) -> str | None:
     """The kind of an allowed `_target_`, or None when it is not allowed."""
     if not isinstance(target, str):
         return None
+    target = MOVED.get(target, target)
     if target in _REGISTERED:
         return _REGISTERED[target][0]
     return KNOWN.get(target) or _declared().get(target)
 
 
 def _resolve(target: str) -> type:
+    target = MOVED.get(target, target)
     if target in _REGISTERED:
         return _REGISTERED[target][1]
     module, _, name = target.rpartition(".")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ganexp.checks import FLOAT, INT, choice, number
+from ganexp.config.checks import FLOAT, INT, choice, number
 
 PRIORS = ("normal", "uniform")
 ANNEALS = ("none", "linear")

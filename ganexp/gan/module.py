@@ -21,9 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from ganexp.losses import GANLoss, gradient_penalty, r1_penalty
-from ganexp.noise import InstanceNoise, LatentPrior, add_noise
-from ganexp.tensorboard import write_layout
+from ganexp.gan.losses import GANLoss, gradient_penalty, r1_penalty
+from ganexp.gan.noise import InstanceNoise, LatentPrior, add_noise
 
 # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported (a CUDA check that never initializes CUDA, so
 # forked processes stay usable), and torch's optimizers make that check at every step() (their graph-capture
@@ -40,7 +39,7 @@ DRAW_SEED = 1 << 40  # training's draws: a stream of their own, apart from the f
 class Run:
     """What a callback needs of the run it serves, beyond Lightning's trainer (`pl_module.run`): its folder,
     logger, data, callbacks and how to write its checkpoint. A plain run's come from its trainer; a stacked
-    sweep's member (ganexp/stack.py) has its own, while every member shares the stack's trainer (epoch,
+    sweep's member (ganexp/gan/stack.py) has its own, while every member shares the stack's trainer (epoch,
     progress, device, budget). Callbacks read these here, never from the trainer."""
 
     out: Path
@@ -52,7 +51,7 @@ class Run:
 
 class Single:
     """A plain run's network as a stack of one member: [1, N, ...] in and out, its own parameters and
-    optimizer (ganexp/stack.py's Stacked runs M networks the same way)."""
+    optimizer (ganexp/gan/stack.py's Stacked runs M networks the same way)."""
 
     joint = False  # D scores real and fake in passes of their own (batch norm's statistics stay per batch)
 
@@ -76,7 +75,7 @@ class Single:
 
 
 class GANModule(pl.LightningModule):
-    """One run, or (ganexp/stack.py's StackedGAN) M runs at once: `training_step` is written over a member
+    """One run, or (ganexp/gan/stack.py's StackedGAN) M runs at once: `training_step` is written over a member
     dimension, every batch and draw [M, N, ...], every per-member number (σ, smoothing, penalty weights) an
     [M] vector; a plain run is M = 1 (`members` is [self]) with its own plain networks."""
 
@@ -154,7 +153,7 @@ class GANModule(pl.LightningModule):
                    trainer.save_checkpoint)
 
     def optimizers(self, use_pl_optimizer: bool = True):
-        """A stack member's own two optimizers (rebuilt, with its state: ganexp/stack.py); else Lightning's."""
+        """A stack member's own two optimizers (rebuilt, with its state: ganexp/gan/stack.py); else Lightning's."""
         if self.stack is not None:
             return self.stack.member_optimizers(self)
         return super().optimizers(use_pl_optimizer)
@@ -389,10 +388,6 @@ class GANModule(pl.LightningModule):
         self.iteration = int(checkpoint.get("iteration", 0))
         self._rng_to_restore = checkpoint.get("rng")
 
-    def on_fit_start(self) -> None:
-        if self.trainer.is_global_zero:  # known only now (DDP): rank 0 writes TensorBoard's custom-scalars layout
-            write_layout(self.run.logger)
-
     def on_train_start(self) -> None:
         # Restored here, as late as possible: nothing between this and the first batch draws numbers.
         if getattr(self, "_rng_to_restore", None):
@@ -411,7 +406,7 @@ class GANModule(pl.LightningModule):
         return finite
 
     def request_stop(self, signal_name: str) -> None:
-        """A signal asked the run to stop (ganexp/signals.py): finish this iteration, checkpoint it, stop."""
+        """A signal asked the run to stop (ganexp/run/signals.py): finish this iteration, checkpoint it, stop."""
         if self.interrupted is None:
             self.interrupted = signal_name
         self._stop()

@@ -13,14 +13,14 @@ from typing import Any
 
 from pytorch_lightning.callbacks import Callback
 
-from ganexp.files import select
-from ganexp.keys import override_keys
-from ganexp import lifecycle
-from ganexp.results import read_metrics
+from ganexp.run.files import select
+from ganexp.config.keys import override_keys
+from ganexp.run import lifecycle
+from ganexp.run.results import read_metrics
 
 GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
-# The GAN hyperparameters every run shows (a key a config does not have is left out): ganexp/keys.py's HPARAMS.
-from ganexp import keys as _keys  # noqa: E402
+# The GAN hyperparameters every run shows (a key a config does not have is left out): ganexp/config/keys.py's HPARAMS.
+from ganexp.config import keys as _keys  # noqa: E402
 KEYS = _keys.keys_of(_keys.HPARAMS)
 PLUMBING = _keys.keys_of(_keys.PLUMBING)
 
@@ -114,6 +114,10 @@ class HParamsRow(Callback):
 
     def __init__(self, overrides: list[str] | None):
         self.overrides, self.written = overrides, False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:  # known only now (DDP): rank 0 writes TensorBoard's custom-scalars layout
+            write_layout(pl_module.run.logger)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and pl_module.interrupted is None:

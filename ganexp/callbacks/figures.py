@@ -26,8 +26,7 @@ PROGRESSION_CELL = 0.5        # inches per sample in the progression strip
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write `fig` at its own size: width x height inches x DPI pixels."""
-    from ganexp import writes
-
+    from ganexp.run import writes
     return writes.replace_with(path, lambda tmp: fig.savefig(tmp, dpi=fig.dpi))
 
 

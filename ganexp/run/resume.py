@@ -24,15 +24,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ganexp.errors import ConfigError, shown
-from ganexp.files import (
+from ganexp.run.files import (
     EXPORT_SUFFIX, BadFile, load_weights, read_checkpoint, read_export, resolve_checkpoint, resumable, select,
 )
-from ganexp.jobs import check_folder
-from ganexp.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, keys_of, override_keys
-from ganexp.runs import (  # noqa: F401  (re-exported: the run-folder names are importable from here too)
+from ganexp.run.jobs import check_folder
+from ganexp.config.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, keys_of, override_keys
+from ganexp.run.folders import (  # noqa: F401  (re-exported: the run-folder names are importable from here too)
     RUN_MARKER, hydra_subdir, in_place_run, is_run_folder, mark_run, register_resolvers, run_dir,
 )
-from ganexp.validate import check_config
+from ganexp.config.validate import check_config
 
 # What the experiment is; a resume keeps the checkpoint's values of all of these.
 EXPERIMENT = keys_of(_EXPERIMENT, top=True)  # model, data, loss, optimizer, noise, seed, batch_size, ...
@@ -44,7 +44,7 @@ ADDED_LATER = {"ema": {"decay": 0.0, "start": 0}, "reuse_fake": False}
 FREE = tuple(k for k in keys_of(MACHINE_LOCAL) if k.split(".")[0] in EXPERIMENT)
 NOT_SETTINGS = keys_of(PLUMBING)  # ckpt_path, init_from, paths, hydra, sweep
 LOCATIONS = ("dirpath", "save_dir")  # a part's argument that is a folder it writes in: always this run's
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # train.py's config folder (ganexp is installed in place)
+from ganexp.config import CONF_DIR  # noqa: E402
 
 
 def _leaves(node: Any, prefix: str) -> dict[str, Any]:

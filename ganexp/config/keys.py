@@ -10,9 +10,9 @@ Kinds:
 - MACHINE_LOCAL: where the files are on this machine and how its console looks, not what is trained: a
   resume may change it, and a finished run is not a different job for it.
 - DISPLAY: how often and how a run shows itself (scalars, image grids, the progress bar).
-- STACKABLE: may differ between the members of one stack (ganexp/stack.py): per-member numbers the stacked
+- STACKABLE: may differ between the members of one stack (ganexp/gan/stack.py): per-member numbers the stacked
   step takes as vectors. Every one is an experiment key.
-- HPARAMS: a column of every run's TensorBoard HParams entry (ganexp/tensorboard.py), at its `column`.
+- HPARAMS: a column of every run's TensorBoard HParams entry (ganexp/run/tensorboard.py), at its `column`.
 - PLUMBING: not a setting of the run: where it is written, a resume's or a new run's source checkpoint,
   the grid's name, Hydra's own settings.
 
@@ -132,7 +132,7 @@ def covers(prefix: str, key: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
 
 
-# What may differ inside one stack (ganexp/stack.py imports it from here).
+# What may differ inside one stack (ganexp/gan/stack.py imports it from here).
 STACKABLE = keys_of(STACKABLE_KIND)
 
 

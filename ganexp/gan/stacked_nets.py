@@ -1,4 +1,4 @@
-"""Networks run stacked: M networks of one architecture as one, for a stacked sweep (ganexp/stack.py).
+"""Networks run stacked: M networks of one architecture as one, for a stacked sweep (ganexp/gan/stack.py).
 
 Both forms keep all M members' weights in one flat tensor (`flat`, the optimizer's one parameter) and all
 gradients in another (`flat.grad`), one leaf [M, ...] per parameter position viewing its slice of both, and

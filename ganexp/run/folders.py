@@ -10,8 +10,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ganexp import __version__, writes
-from ganexp.jobs import job_dir
+from ganexp import __version__
+
+from ganexp.run import writes
+from ganexp.run.jobs import job_dir
 
 RUN_MARKER = ".ganexp-run"
 
