@@ -584,7 +584,7 @@ def write_or_say(summary: Summary) -> str:
         write(summary)
     except OSError as err:
         why = err.strerror or type(err).__name__
-        return (f"ganexp.sweeps.compare: note: could not write {', '.join(FILES)} into {summary.sweep_dir} ({why}); "
+        return (f"ganexp.compare: note: could not write {', '.join(FILES)} into {summary.sweep_dir} ({why}); "
                 "the table above is the whole summary")
     return ""
 
@@ -606,13 +606,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.metric is not None:
             check_reported(summary)
     except ConfigError as err:
-        print(f"ganexp.sweeps.compare: error: {err}", file=sys.stderr)
+        print(f"ganexp.compare: error: {err}", file=sys.stderr)
         return 2
     print(summary.markdown, flush=True)  # first: the table is the answer, whether or not the files can be written
     try:
         note = write_or_say(summary)
     except ConfigError as err:
-        print(f"ganexp.sweeps.compare: error: {err}", file=sys.stderr)
+        print(f"ganexp.compare: error: {err}", file=sys.stderr)
         return 2
     if note:
         print(note, file=sys.stderr)
