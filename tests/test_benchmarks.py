@@ -70,7 +70,7 @@ def test_host_reads_counts_reads_per_iteration_by_call_site():
     sites = [float(n) for n in re.findall(rf"^  {NUMBER}/iteration  \S+ at \S+:\d+$", out, re.MULTILINE)]
     assert sites and sum(sites) == pytest.approx(per_iteration, abs=0.002)
     # GANModule's own read: one .tolist() every log_every iterations, 2 of the 20 counted
-    assert re.search(r"^  0\.100/iteration  tolist at .*ganexp/module\.py:\d+$", out, re.MULTILINE), out
+    assert re.search(r"^  0\.100/iteration  tolist at .*ganexp/gan/module\.py:\d+$", out, re.MULTILINE), out
 
 
 def _fake_run(folder, rows, final, floor=None, wall=None):
