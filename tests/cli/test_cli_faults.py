@@ -9,7 +9,7 @@ from ganexp.sweeps import compare
 
 from ganexp import export, sample
 from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS
-from tests.test_compare import make_job, table_rows
+from tests.sweeps.test_compare import make_job, table_rows
 
 FIDS = {"1e-4": 30.0, "2e-4": 20.0, "5e-4": 50.0}
 

@@ -102,7 +102,7 @@ BAD_INPUTS = [
     ([f"hydra.run.dir='outputs/{'é' * 150}'"], ["a folder name of 300 bytes"]),  # bytes, not characters
     ([f"hydra.run.dir={'/'.join(['y' * 200] * 25)}"], ["hydra.run.dir=", "bytes long", "(PATH_MAX)"]),
     (["-m", f"hydra.sweep.dir=sweeps/{'z' * 256}", "seed=0,1"], ["hydra.sweep.dir=", "a folder name of 256 bytes"]),
-    # (a sweep job's own folder name is cut to fit NAME_MAX in bytes: tests/test_run_folders.py)
+    # (a sweep job's own folder name is cut to fit NAME_MAX in bytes: tests/run/test_run_folders.py)
     (["trainer.max_time=5"], ["trainer.max_time=5 is not a time budget", "DD:HH:MM:SS"]),
     (["trainer.max_time=00:00:00:00"], ["trainer.max_time=00:00:00:00 is no time to train"]),
     (["trainer.max_time={seconds:-5}"], ["is no time to train"]),

@@ -55,9 +55,9 @@ def run_ddp(cwd, port: int, timeout: int) -> subprocess.CompletedProcess | None:
     (then the whole session, rank 1 included, is killed: a rank left behind would hold the port)."""
     args = [sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
             "trainer.max_epochs=1", f"trainer.limit_train_batches={ITERATIONS}", "trainer.enable_progress_bar=false",
-            "log_every=1", "ckpt_every=2", "+callbacks.digest._target_=tests.test_ddp.RankDigest", *NO_EVAL]
+            "log_every=1", "ckpt_every=2", "+callbacks.digest._target_=tests.gan.test_ddp.RankDigest", *NO_EVAL]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHED and not k.startswith(("SLURM_", "TORCHELASTIC_"))}
-    env.update(GANEXP_PARTS="callback=tests.test_ddp.RankDigest", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env.update(GANEXP_PARTS="callback=tests.gan.test_ddp.RankDigest", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:

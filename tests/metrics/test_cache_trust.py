@@ -21,7 +21,7 @@ from ganexp.metrics import classifier as clf
 from ganexp.metrics.evaluator import Evaluator
 
 FLOOR_N = 300
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

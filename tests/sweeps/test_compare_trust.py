@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from ganexp.sweeps import compare, search, summary as sweep
 from tests.helpers import ROOT
-from tests.test_compare import make_job, table_rows
+from tests.sweeps.test_compare import make_job, table_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

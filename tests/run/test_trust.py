@@ -553,7 +553,7 @@ def test_debug_gives_the_traceback(tmp_path):
 
 
 def test_compare_marks_an_unreadable_job_and_goes_on(tmp_path, capsys):
-    from tests.test_compare import make_job
+    from tests.sweeps.test_compare import make_job
 
     make_job(tmp_path, ["optimizer.lr=1e-4"], status="finished", monitor="fid", best={"fid": 30.0}, iteration=10)
     make_job(tmp_path, ["optimizer.lr=2e-4"], status="finished", monitor="fid", best={"fid": 20.0}, iteration=10)

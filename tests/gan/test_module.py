@@ -140,10 +140,10 @@ class CountGenerator(Callback):
 @pytest.mark.parametrize("reuse, d_steps, per_iteration", [(False, 1, 2), (True, 1, 1), (False, 3, 4), (True, 3, 3)])
 def test_reuse_fake_scores_the_last_d_steps_batch_with_one_generator_forward_fewer(reuse, d_steps, per_iteration,
                                                                                   cfg_factory, monkeypatch):
-    monkeypatch.setenv("GANEXP_PARTS", "callback=tests.test_module.CountGenerator")
+    monkeypatch.setenv("GANEXP_PARTS", "callback=tests.gan.test_module.CountGenerator")
     cfg = cfg_factory("trainer.limit_train_batches=3", f"d_steps={d_steps}", f"reuse_fake={str(reuse).lower()}",
                       "model=mlp_small", "batch_size=32", "eval=none", "image_every=0",
-                      "+callbacks.count._target_=tests.test_module.CountGenerator")
+                      "+callbacks.count._target_=tests.gan.test_module.CountGenerator")
     module = train_module(cfg)
     assert module.g_forwards == [per_iteration] * 3  # d_steps fresh batches (+ one for G unless reused)
     assert module.iteration == 3 and all(p.grad is not None for p in module.generator.parameters())  # G did learn

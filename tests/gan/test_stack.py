@@ -402,10 +402,10 @@ class SignalOnce:
 
 
 def test_a_signal_during_the_stacks_setup_stops_every_member_at_once(tmp_path):
-    sweep, parts = tmp_path / "sweep", {"GANEXP_PARTS": "callback=tests.test_stack.SignalOnce"}
+    sweep, parts = tmp_path / "sweep", {"GANEXP_PARTS": "callback=tests.gan.test_stack.SignalOnce"}
     args = ["-m", *TOY, "optimizer.lr=1e-4,5e-4", "hydra/launcher=stacked", "trainer.limit_train_batches=10",
             "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-            "+callbacks.signal._target_=tests.test_stack.SignalOnce", f"hydra.sweep.dir={sweep}"]
+            "+callbacks.signal._target_=tests.gan.test_stack.SignalOnce", f"hydra.sweep.dir={sweep}"]
     first = run_train(*args, cwd=tmp_path, env={**parts, "GANEXP_TEST_SIGNAL_AT": "setup"}, timeout=100)
     assert first.returncode == 143, first.stderr[-2000:]
     folders = sorted(p.parent for p in sweep.glob("*/seed=0/metrics.json"))
@@ -418,10 +418,10 @@ def test_a_signal_during_the_stacks_setup_stops_every_member_at_once(tmp_path):
 
 
 def test_a_signal_stops_every_member_at_one_iteration_and_the_same_command_resumes_them(tmp_path):
-    sweep, parts = tmp_path / "sweep", {"GANEXP_PARTS": "callback=tests.test_stack.SignalOnce"}
+    sweep, parts = tmp_path / "sweep", {"GANEXP_PARTS": "callback=tests.gan.test_stack.SignalOnce"}
     args = ["-m", *TOY, "optimizer.lr=1e-4,5e-4", "hydra/launcher=stacked", "trainer.limit_train_batches=10",
             "trainer.max_epochs=2", "ckpt_every=100", "trainer.enable_progress_bar=false",
-            "+callbacks.signal._target_=tests.test_stack.SignalOnce", f"hydra.sweep.dir={sweep}"]
+            "+callbacks.signal._target_=tests.gan.test_stack.SignalOnce", f"hydra.sweep.dir={sweep}"]
     first = run_train(*args, cwd=tmp_path, env={**parts, "GANEXP_TEST_SIGNAL_AT": "7"})
     assert first.returncode == 143, first.stderr[-2000:]
     folders = sorted(p.parent for p in sweep.glob("*/seed=0/metrics.json"))

@@ -13,7 +13,7 @@ from ganexp.errors import ConfigError
 from ganexp.config.keys import DISPLAY, EXPERIMENT, HPARAMS, MACHINE_LOCAL, PLUMBING, STACKABLE, STACKABLE_KIND
 from ganexp.run.resume import register_resolvers, resume_config
 from tests.helpers import CONF
-from tests.test_resume_settings import _checkpoint, _compose
+from tests.run.test_resume_settings import _checkpoint, _compose
 
 
 def test_each_kind_has_its_members():

@@ -113,7 +113,7 @@ def test_digits_classifier_meets_its_bar_and_is_cached(monkeypatch, tmp_path):
     _, again = clf.load_classifier("digits", log=lambda *_: None)  # from the cache: same hash, no retraining
     assert again["sha256"] == info["sha256"] and again["train_seconds"] == info["train_seconds"]
 
-    # a cached file that fails its checks is retrained, never trusted: tests/test_cache_trust.py
+    # a cached file that fails its checks is retrained, never trusted: tests/metrics/test_cache_trust.py
 
 
 def test_classifier_refuses_unlabelled_data():

@@ -14,7 +14,7 @@ from tests.helpers import ROOT, run_train
 pytestmark = pytest.mark.slow
 
 # Command-line smoke tests of the exit code and "nothing written"; the whole catalogue of bad values
-# runs in-process against the check itself (tests/test_validate.py).
+# runs in-process against the check itself (tests/config/test_validate.py).
 BAD_INPUTS = [
     (["loss=nonsaturatingg"], ["loss=nonsaturatingg", "choose one of", "nonsaturating, wgan_gp"]),
     (["optimizer.lr=inf"], ["optimizer.lr=inf is not finite"]),
@@ -148,9 +148,9 @@ class SignalSelf:
 def test_a_signal_during_setup_stops_at_once_and_marks_the_run_interrupted(name, code, tmp_path):
     # Before the first iteration there is nothing to finish or checkpoint: waiting for it (the classifier's
     # first training took 132 s after a SIGTERM) would outlast a cluster's or docker's grace period.
-    env = {"GANEXP_PARTS": "callback=tests.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL_AT": "setup",
+    env = {"GANEXP_PARTS": "callback=tests.run.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL_AT": "setup",
            "GANEXP_TEST_SIGNAL": name}
-    result = run_train(*RESUME_ARGS, "+callbacks.signal._target_=tests.test_faults.SignalSelf", cwd=tmp_path, env=env,
+    result = run_train(*RESUME_ARGS, "+callbacks.signal._target_=tests.run.test_faults.SignalSelf", cwd=tmp_path, env=env,
                        timeout=100)  # the setup sleeps 120 s: a deferred stop runs past this
     assert result.returncode == code, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
@@ -163,9 +163,9 @@ def test_a_signal_during_setup_stops_at_once_and_marks_the_run_interrupted(name,
 
 
 def test_a_signal_during_a_resumes_setup_keeps_its_checkpoint_and_iteration(tmp_path):
-    env = {"GANEXP_PARTS": "callback=tests.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL_AT": "setup",
+    env = {"GANEXP_PARTS": "callback=tests.run.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL_AT": "setup",
            "GANEXP_TEST_SIGNAL": "SIGTERM"}
-    args = [*RESUME_ARGS, "trainer.max_epochs=1", "+callbacks.signal._target_=tests.test_faults.SignalSelf"]
+    args = [*RESUME_ARGS, "trainer.max_epochs=1", "+callbacks.signal._target_=tests.run.test_faults.SignalSelf"]
     assert run_train(*args, cwd=tmp_path, env={**env, "GANEXP_TEST_SIGNAL_AT": "-1"}).returncode == 0
     run = next(tmp_path.glob("outputs/*/*"))
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -187,9 +187,9 @@ def test_a_signal_checkpoints_the_iteration_marks_interrupted_and_the_resume_is_
     assert run_train(*RESUME_ARGS, cwd=straight).returncode == 0
     reference = _generator_state(next(straight.glob("outputs/*/*/checkpoints/last.ckpt")))
 
-    env = {"GANEXP_PARTS": "callback=tests.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL_AT": "31",
+    env = {"GANEXP_PARTS": "callback=tests.run.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL_AT": "31",
            "GANEXP_TEST_SIGNAL": name}
-    first = run_train(*RESUME_ARGS, "+callbacks.signal._target_=tests.test_faults.SignalSelf", cwd=stopped, env=env)
+    first = run_train(*RESUME_ARGS, "+callbacks.signal._target_=tests.run.test_faults.SignalSelf", cwd=stopped, env=env)
     assert first.returncode == code, first.stderr[-2000:]
     assert f"interrupted by {name} at iteration 31" in first.stderr.strip().splitlines()[-1]
     run = next(stopped.glob("outputs/*/*"))

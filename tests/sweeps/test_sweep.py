@@ -120,8 +120,8 @@ class KillJob(Callback):
 def test_interrupted_sweep_of_4_jobs_reruns_into_4_finished_jobs_and_a_4_row_summary(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "optimizer.lr=1e-4,2e-4", "seed=0,1", *FAST, f"hydra.sweep.dir={sweep_dir}",
-            "+callbacks.kill._target_=tests.test_sweep.KillJob"]
-    env = {"GANEXP_TEST_KILL_MARKER": str(tmp_path / "killed"), "GANEXP_PARTS": "callback=tests.test_sweep.KillJob"}
+            "+callbacks.kill._target_=tests.sweeps.test_sweep.KillJob"]
+    env = {"GANEXP_TEST_KILL_MARKER": str(tmp_path / "killed"), "GANEXP_PARTS": "callback=tests.sweeps.test_sweep.KillJob"}
     first = run_train(*args, cwd=tmp_path, env=env)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     before = statuses(sweep_dir)
@@ -196,9 +196,9 @@ def test_parallel_launcher_runs_two_jobs_at_once_with_the_cpu_threads_divided(tm
     meeting.mkdir()
     sweep_dir = tmp_path / "sweep"
     result = run_train("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-4,2e-4", *FAST,
-                       "+callbacks.meet._target_=tests.test_sweep.Rendezvous", f"hydra.sweep.dir={sweep_dir}",
+                       "+callbacks.meet._target_=tests.sweeps.test_sweep.Rendezvous", f"hydra.sweep.dir={sweep_dir}",
                        cwd=tmp_path, env={"GANEXP_TEST_RENDEZVOUS": str(meeting),
-                                                     "GANEXP_PARTS": "callback=tests.test_sweep.Rendezvous"})
+                                                     "GANEXP_PARTS": "callback=tests.sweeps.test_sweep.Rendezvous"})
     assert result.returncode == 0, result.stderr[-3000:]
     arrivals = [json.loads(p.read_text()) for p in meeting.glob("*.json")]
     assert len({a["pid"] for a in arrivals}) == 2  # two worker processes, both inside training at once

@@ -20,8 +20,8 @@ from ganexp.run.jobs import check_same_job, job_dir, settings
 from ganexp.run.lock import LOCK_FILE, FolderInUse, check_free, folder_lock
 from tests.helpers import FAST, ROOT, make_cfg, run_train
 
-PAUSE = {"GANEXP_PARTS": "callback=tests.test_run_folders.PauseAt"}
-PAUSED = ["+callbacks.pause._target_=tests.test_run_folders.PauseAt", "eval=none", *FAST]
+PAUSE = {"GANEXP_PARTS": "callback=tests.run.test_run_folders.PauseAt"}
+PAUSED = ["+callbacks.pause._target_=tests.run.test_run_folders.PauseAt", "eval=none", *FAST]
 
 
 class PauseAt:
