@@ -15,8 +15,7 @@ from pytorch_lightning.callbacks import Callback
 
 from ganexp.run.files import select
 from ganexp.config.keys import override_keys
-from ganexp.run import lifecycle
-from ganexp.run.results import read_metrics
+from ganexp.run.results import read_metrics, status
 
 GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
 # The GAN hyperparameters every run shows (a key a config does not have is left out): ganexp/config/keys.py's HPARAMS.
@@ -121,7 +120,7 @@ class HParamsRow(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and pl_module.interrupted is None:
-            record = {**read_metrics(pl_module.run.out), "status": lifecycle.status(pl_module), "iteration": pl_module.iteration}
+            record = {**read_metrics(pl_module.run.out), "status": status(pl_module), "iteration": pl_module.iteration}
             write_hparams(pl_module.run.logger, pl_module.hparams, record, self.overrides)
             self.written = True
 

@@ -27,7 +27,6 @@ from ganexp.gan.stacked_nets import stack_problem
 from ganexp.run import lifecycle, writes
 from ganexp.run.lock import folder_lock
 from ganexp.run.results import update_metrics
-from ganexp.run.resume import mark_run
 from ganexp.run.tensorboard import HParamsRow
 
 log = logging.getLogger("ganexp")
@@ -36,13 +35,13 @@ PRECISIONS = ("32-true", "32", 32)
 
 
 class Member:
-    """One job of a stack, built exactly as train._train builds a separate run: its own module, data,
+    """One job of a stack, built exactly as lifecycle.train builds a separate run: its own module, data,
     callbacks, logger and folder (its module's `run`); the stack's trainer is its trainer."""
 
     def __init__(self, cfg: DictConfig, overrides: list[str] | None, index: int):
         self.cfg, self.overrides, self.index = cfg, overrides, index
         self.out = Path(cfg.paths.output_dir)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same draws, in the same order, as train._train
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same draws, in the same order, as lifecycle.train
         self.data = build_datamodule(cfg.data)
         self.data.setup("fit")
         self.module = build_module(cfg)
@@ -138,9 +137,7 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
     trainer = build(plain(cfgs[0])["trainer"], "trainer", key="trainer", callbacks=[Members(members)], logger=False)
     names = [f"{m.out.parent.name}/{m.out.name}" if m.out.name.startswith("seed=") else m.out.name for m in members]
     for m in members:
-        mark_run(m.out)
-        update_metrics(m.out, status="running", reason=None, diverged_at=None, stacked=True,
-                       stack={"size": len(members), "member": m.index, "members": names})
+        lifecycle.start(m.out, stacked=True, stack={"size": len(members), "member": m.index, "members": names})
     log.info("a stack of %d runs: %s", len(members), ", ".join(names))
     lifecycle.fit(trainer, stack, data, [(m.row, m.module) for m in members])
     records = [lifecycle.finish(trainer, m.module, m.row, m.out) for m in members]
@@ -228,7 +225,7 @@ def _run_stack(launcher, jobs: list) -> list:
 
     from ganexp.errors import ConfigError
     from ganexp.run.lock import FolderInUse
-    from ganexp.run.results import sweeper_value, update_metrics
+    from ganexp.run.results import sweeper_value
     from ganexp.sweeps.summary import SweepInterrupted
 
     returns = []
@@ -280,7 +277,4 @@ def _log_to_every(files: list[str]) -> None:
         handler = logging.StreamHandler(writes.open_append(path))  # as Hydra's FileHandler, never through a link
         handler.setFormatter(formatter)
         root.addHandler(handler)
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
-        logger = logging.getLogger(name)  # as train.main: Lightning's lines to these handlers
-        logger.handlers.clear()
-        logger.propagate = True
+    lifecycle.lightning_logs_to_hydra()
