@@ -55,7 +55,7 @@ def compose_job(config_name: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-@functools.lru_cache(maxsize=4)  # with_grid and check_command_line ask for the same command line
+@functools.lru_cache(maxsize=4)  # with_grid's, for check_command_line of the same command line (which clears it)
 def hydra_config(conf_dir: str, config_name: str, single: tuple[str, ...]) -> DictConfig:
     """The hydra node of the command line's single-valued overrides (hydra.sweeper.params: the grid of a
     conf/sweep/ file; hydra.mode)."""

@@ -346,9 +346,11 @@ def _hydra_jobs(overrides: list[str], jobs: list[list[str]], conf_dir: Path, con
 
     try:
         single = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
-        hydra_cfg = store.hydra_config(str(Path(conf_dir).resolve()), config_name, tuple(single))
+        hydra_cfg = store.hydra_config(str(Path(conf_dir).resolve()), config_name, tuple(single))  # with_grid's
     except Exception:  # noqa: BLE001 - a command line that does not compose: said job by job below
         return [None] * len(jobs)
+    finally:
+        store.hydra_config.cache_clear()  # kept from with_grid to this check only: the next command line reads conf/ again
     return store.sweep_jobs(overrides, jobs, hydra_cfg)
 
 
