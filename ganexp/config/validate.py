@@ -284,9 +284,15 @@ def job_overrides(args: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
-def check_command_line(args: list[str], conf_dir: Path, config_name: str = "train", max_jobs: int = 256) -> None:
-    """Compose every job of a `train.py` command line and check it; raise ConfigError with one line."""
+def check_command_line(args: list[str], conf_dir: Path, config_name: str = "train", max_jobs: int = 256,
+                       job_name: str = "train") -> None:
+    """Compose every job of a `train.py` command line and check it; raise ConfigError with one line.
+
+    A sweep's jobs are composed as Hydra's launcher will compose them (config/compose.py keeps them for it:
+    each job is composed once); `job_name` is hydra.job.name as hydra.main sets it (the script's name)."""
     from hydra import compose, initialize_config_dir
+
+    from ganexp.config import compose as store
 
     register_resolvers()  # the run and job folders are named by ganexp's resolvers
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -298,14 +304,25 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
         jobs = job_overrides(overrides)
     except Exception as err:  # noqa: BLE001 - a syntax error in an override
         raise ConfigError(f"cannot parse the overrides: {str(err).strip().splitlines()[0]}") from None
-    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
+    jobs = jobs[:max_jobs]
+    store.forget()
+    hydra_jobs = _hydra_jobs(overrides, jobs, conf_dir, config_name) if multirun else [None] * len(jobs)
+    with initialize_config_dir(str(Path(conf_dir).resolve()), job_name=job_name, version_base="1.3"):
         def compose_job(job: list[str]) -> DictConfig:
             return compose(config_name, overrides=job)
 
+        def compose_with_hydra(job: list[str], hydra_job: list[str] | None) -> DictConfig:
+            if hydra_job is not None:
+                try:  # as the launcher composes it, kept for it
+                    return store.compose_job(config_name, hydra_job)
+                except Exception:  # noqa: BLE001 - the error as the command line's order gives it, below
+                    pass
+            return compose(config_name, overrides=job, return_hydra_config=True)
+
         folders: dict[str | None, list[str]] = {}
-        for job in jobs[:max_jobs]:
+        for job, hydra_job in zip(jobs, hydra_jobs):
             try:  # once per job: with Hydra's part for a sweep (its folder), then checked without it
-                cfg = compose(config_name, overrides=job, return_hydra_config=True)
+                cfg = compose_with_hydra(job, hydra_job)
             except Exception as err:  # noqa: BLE001 - every composition error becomes one line
                 raise ConfigError(_one_line(err, job, conf_dir, compose_job)) from None
             folder = _job_folder(cfg) if multirun else _run_folder(cfg)
@@ -319,6 +336,22 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
                                       f"and {' '.join(job)}; drop the hydra.sweep.subdir override (ganexp names each "
                                       "job's folder after its overrides)")
                 folders[folder] = job
+
+
+def _hydra_jobs(overrides: list[str], jobs: list[list[str]], conf_dir: Path, config_name: str) -> list:
+    """Each job's overrides as Hydra's sweeper and launcher compose it (config/compose.py), or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ganexp.config import compose as store
+
+    try:
+        single = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
+        hydra_cfg = store.hydra_config(str(Path(conf_dir).resolve()), config_name, tuple(single))  # with_grid's
+    except Exception:  # noqa: BLE001 - a command line that does not compose: said job by job below
+        return [None] * len(jobs)
+    finally:
+        store.hydra_config.cache_clear()  # kept from with_grid to this check only: the next command line reads conf/ again
+    return store.sweep_jobs(overrides, jobs, hydra_cfg)
 
 
 def check_folder_name(folder: Path, what: str, fix: str) -> None:

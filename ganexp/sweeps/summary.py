@@ -93,16 +93,16 @@ def ended_without_summary() -> None:
 def with_grid(args: list[str], conf_dir: Path, config_name: str = "train") -> list[str]:
     """A multirun command line plus the grid its config declares (hydra.sweeper.params, e.g. from a
     conf/sweep/ file) as sweep overrides, so that every job of a ready-made sweep is checked up front."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ganexp.config.compose import hydra_config
 
     overrides = [a for a in args if not a.startswith("-")]
     if not any(a in ("-m", "--multirun") for a in args):
         return args
     try:
         single = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
-        with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
-            params = compose(config_name, overrides=single, return_hydra_config=True).hydra.sweeper.get("params")
+        params = hydra_config(str(Path(conf_dir).resolve()), config_name, tuple(single)).sweeper.get("params")
     except Exception:  # noqa: BLE001 - a bad command line: check_command_line says what is wrong with it
         return args
     given = {a.split("=", 1)[0].lstrip("+~") for a in overrides}  # the command line wins, as in Hydra

@@ -22,7 +22,10 @@ class StackedLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from ganexp.config.compose import install
+
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        install(hydra_context.config_loader)  # each job composed once: the pre-run check's configs (config/compose.py)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from ganexp.sweeps.stacked import launch

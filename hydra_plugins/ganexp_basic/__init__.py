@@ -1,0 +1,1 @@
+"""ganexp's default Hydra launcher, `hydra/launcher=sequential` (conf/hydra/launcher/sequential.yaml)."""
