@@ -45,7 +45,9 @@ class EpochBatchSampler(Sampler[Tensor]):
             yield order[start:start + self.batch_size]
 
 
-class _IndexedTensor(Dataset):
+class IndexedTensor(Dataset):
+    """The rows `index` of one tensor, on its device (a whole batch an item: no collate)."""
+
     def __init__(self, data: Tensor):
         self.data = data
 
@@ -112,7 +114,7 @@ class TensorDataModule(pl.LightningDataModule):
         sampler = EpochBatchSampler(len(self.train_data), self.batch_size, self.seed, rank, world)
         sampler.resume_at, self._resume_at = self._resume_at, None
         # Its own generator: the loader must not draw from the global RNG (resumed runs replay it).
-        return DataLoader(_IndexedTensor(self.train_data.to(device)), sampler=sampler, batch_size=None,
+        return DataLoader(IndexedTensor(self.train_data.to(device)), sampler=sampler, batch_size=None,
                           generator=torch.Generator())
 
     # Saved in checkpoints by Lightning: where in which epoch the run stopped, so that a
