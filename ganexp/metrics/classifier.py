@@ -58,9 +58,6 @@ class DomainClassifier(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(self.num_features, n_classes))
 
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
 
@@ -102,10 +99,7 @@ def load_split(name: str, train: bool, root: str | Path | None = None) -> tuple[
 
         cls = MNISTDataModule if name == "mnist" else FashionMNISTDataModule
         root = root or os.environ.get("GANEXP_DATA_DIR", "./data")
-        module = cls(root=str(root), batch_size=1)
-        module.ensure_files()
-        ds = module.dataset_cls(str(module.root), train=train, download=False)
-        return ds.data.unsqueeze(1).clone(), ds.targets.clone()
+        return cls(root=str(root), batch_size=1).split(train)
     raise ConfigError(f"no domain classifier for data '{name}'; metrics need one of {', '.join(LABELLED)}")
 
 
@@ -136,11 +130,6 @@ def _locked(path: Path, problem: str):
         os.close(fd)  # releases the lock
 
 
-def accuracy(model: DomainClassifier, images: Tensor, labels: Tensor) -> float:
-    _, logits = model.embed(images)
-    return float((logits.argmax(1) == labels).float().mean())
-
-
 def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
     """Train on the train split, measure on the test split; returns the record that gets cached."""
     x, y = load_split(name, train=True, root=root)
@@ -166,7 +155,7 @@ def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
                 sched.step()
             log(f"classifier[{name}] epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    acc = accuracy(model, x_test, y_test)
+    acc = float((model.embed(x_test)[1].argmax(1) == y_test).float().mean())
     record = {
         "dataset": name, "arch": ARCH, "recipe": RECIPE[name], "shape": list(x.shape[1:]), "state_dict": state,
         "sha256": state_hash(state), "test_accuracy": acc, "quality_bar": QUALITY_BAR[name],
