@@ -4,11 +4,9 @@
     python -m ganexp.export outputs/<date>/<time> --best --out g.safetensors   # best.ckpt's G
     python -m ganexp.sample g.safetensors --n 64 --out grid.png                 # read like a .ckpt
 
-Share `.safetensors`, resume from `.ckpt`: loading a safetensors file cannot run code, and its
-JSON description (model name and sizes, latent size and prior, image shape, dataset, metrics
-with the classifier hash) is checked against ganexp's registry of parts like any stored config.
-No path of the exporting machine goes into the file. An existing --out is replaced only with --force,
-and never when it is a symbolic link; the file gets the user's normal mode (0666 & ~umask).
+Share `.safetensors`, resume from `.ckpt`: loading a safetensors file cannot run code, and its JSON
+description is checked against ganexp's registry of parts like any stored config; no path of the exporting
+machine goes into it. An existing --out is replaced only with --force, never when it is a symbolic link.
 """
 from __future__ import annotations
 
@@ -130,6 +128,14 @@ def export(path: str | Path, out: str | Path, best: bool = False, force: bool = 
     return about
 
 
+def failed(prog: str, err: ConfigError, debug: bool) -> int:
+    """A CLI's one-line error and exit status 2 (the traceback with --debug or HYDRA_FULL_ERROR=1)."""
+    if debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.export", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="a run folder (its checkpoints/last.ckpt) or a .ckpt file")
@@ -141,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         about = export(args.path, args.out, args.best, args.force)
     except ConfigError as err:
-        if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"ganexp.export: error: {err}", file=sys.stderr)
-        return 2
+        return failed("ganexp.export", err, args.debug)
     generator = about["model"]["generator"]["_target_"].rpartition(".")[2]
     print(f"wrote {args.out}: {generator}, z {about['noise']['latent_dim']} ({about['noise']['prior']}), "
           f"{about['dataset']} {about['image_shape']}, iteration {about['iteration']}")
