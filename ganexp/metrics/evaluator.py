@@ -1,19 +1,10 @@
 """Evaluator: scores generated samples against one dataset's test split, with the protocol recorded.
 
-Images: the domain classifier's features of generated images (quantized to uint8 like
-the real ones) against the whole test split. Toy 2-D data: exact scores against fresh
-samples of the true distribution, in the standardized space the model sees (`swd`) and
-in data units (`modes`, `hq` for ring / grid; `residual` for quadratic).
-
-The real-vs-real floor scores n real *train* images (or fresh toy points) exactly as a
-generator's n samples are scored: the value a perfect generator would get.
-
-One Evaluator serves every run of a process on the same data (`for_datamodule`): a sweep's jobs and a
-stack's members load the classifier, embed the test split and compute floors once; `score_many` puts
-several generators' samples through the classifier in one call.
-
-Both refuse fewer samples than the data's metrics need (`min_samples` in the registry of
-ganexp.metrics.scores): a ConfigError naming each metric that cannot be carried and the count to give.
+Images: the domain classifier's features of generated images (quantized to uint8 like the real ones) against
+the whole test split. Toy 2-D data: scores against fresh samples of the true distribution, in the standardized
+space (`swd`) and in data units (`modes`, `hq`; `residual` for quadratic). The real-vs-real floor scores n real
+*train* images (or fresh toy points) as a generator's n samples are scored. One Evaluator serves every run of
+a process on the same data (`for_datamodule`); fewer samples than the metrics need are a ConfigError.
 """
 from __future__ import annotations
 
@@ -59,7 +50,7 @@ class Evaluator:
                               f"({', '.join(LABELLED)}) or toy data; set eval=none")
         self.monitor, self.unit, self.metrics = "fid", "images", list(IMAGE_METRICS)
         self.root = root
-        test_images, self.test_labels = load_split(dataset, train=False, root=root)
+        test_images, _ = load_split(dataset, train=False, root=root)
         unusable = None
         for _ in range(2):  # weights that pass every check of the file can still overflow; FID's eig then crashes
             self.classifier, clf = load_classifier(dataset, root=root, log=log, unusable=unusable)
