@@ -57,9 +57,8 @@ def _scores(value) -> dict | None:
 
 
 def check_out(out: Path, suffixes: tuple[str, ...], force: bool = False, flag: str = "--out") -> None:
-    """ConfigError unless `out` can be written as given, checked before any work is done: not a link (whatever
-    it points to), not a folder, one of `suffixes`, an existing plain file only with `force` and not read-only,
-    and its folder exists and is writable or can be created (the nearest existing parent is a writable folder)."""
+    """ConfigError unless `out` can be written as given, before any work is done: not a link, not a folder, one
+    of `suffixes`, an existing plain file only with `force`, and its folder writable or creatable."""
     names = " or ".join(suffixes)
     if out.is_symlink():
         raise LinkRefused(f"{flag} {out} is a symbolic link (to {shown(_target(out), 1000)}); ganexp never writes "
@@ -92,9 +91,8 @@ def _target(link: Path) -> str:
 
 
 def confine_out(out: Path, source: Path) -> None:
-    """Declare the folder --out is written into (ganexp.run.writes). It is the user's own and may itself be a link
-    (`outputs` on a scratch disk), unless --out lies inside the run folder the generator came from: a folder
-    someone else may have made, where no link below it is written through."""
+    """Declare the folder --out is written into (ganexp.run.writes): the user's own, unless --out lies inside
+    the run folder the generator came from (someone else's, where no link below it is written through)."""
     source = Path(os.path.abspath(source))
     run = source if source.is_dir() else source.parents[1] if source.parent.name == "checkpoints" else None
     inside = run is not None and os.path.abspath(out).startswith(str(run).rstrip(os.sep) + os.sep)

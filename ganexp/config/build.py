@@ -21,10 +21,6 @@ def build_prior(noise: Any) -> LatentPrior:
     return LatentPrior(noise["prior"], noise["latent_dim"])
 
 
-def build_generator(config: dict, source: str = "the config"):
-    return build(config["model"]["generator"], "generator", key="model.generator", source=source)
-
-
 def build_datamodule(data: Any, source: str = "the config", **extra: Any):
     return build(data, "data", key="data", source=source, **extra)
 
@@ -37,7 +33,7 @@ def build_parts(config: dict) -> dict[str, Any]:
         "prior": build_prior(noise),
         "instance_noise": InstanceNoise(noise["instance_sigma"], noise["instance_sigma_min"], noise["anneal"],
                                         noise["anneal_epochs"], noise.get("anneal_per", "epoch")),
-        "generator": build_generator(config),
+        "generator": build(config["model"]["generator"], "generator", key="model.generator"),
         "discriminator": build(config["model"]["discriminator"], "discriminator", key="model.discriminator"),
         "optimizer_g": build(config["optimizer"]["g"], "optimizer", key="optimizer.g"),
         "optimizer_d": build(config["optimizer"]["d"], "optimizer", key="optimizer.d"),

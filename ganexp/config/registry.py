@@ -249,13 +249,11 @@ def misfit(cls: type, kwargs: dict[str, Any], *, key: str) -> str | None:
     signature = _signature(cls)
     for name, value in kwargs.items():
         param = signature.parameters.get(name) if signature is not None else None
-        if param is not None and not isinstance(param.annotation, str) and not _fits(value, param.annotation):
-            return f"{key}.{name}={_short(value)} is a {type(value).__name__}, not {_hint_name(param.annotation)}"
+        hint = param.annotation if param is not None else ""  # a string annotation (or none) is not judged
+        if not isinstance(hint, str) and not _fits(value, hint):
+            wanted = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            return f"{key}.{name}={_short(value)} is a {type(value).__name__}, not {wanted}"
     return None
-
-
-def _hint_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: Any) -> Any:

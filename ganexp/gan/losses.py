@@ -1,12 +1,9 @@
 """GAN losses as pure functions of discriminator logits.
 
-Every function takes logits shaped [B] or [B, 1] and returns a scalar. The
-discriminator loss is the *sum* of its real and fake terms (Goodfellow et al.
-2014, Alg. 1; the vanilla_gan recipe), not their mean. Binary cross-entropy is written with
-softplus, the stable form of -log(sigmoid(x)) = softplus(-x).
-
-`label_smoothing` s is one-sided (Salimans et al. 2016): the real target becomes
-1 - s, the fake target stays 0.
+Every function takes logits shaped [B] or [B, 1] and returns a scalar. The discriminator loss is the *sum*
+of its real and fake terms (Goodfellow et al. 2014, Alg. 1), not their mean; binary cross-entropy is written
+with softplus, -log σ(x) = softplus(-x). `label_smoothing` s is one-sided (Salimans et al. 2016): the real
+target becomes 1 - s, the fake target stays 0.
 """
 from __future__ import annotations
 

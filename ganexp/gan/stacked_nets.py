@@ -131,9 +131,7 @@ class Stacked:
 
 class _StackedSpectralNorm(_SpectralNorm):
     """torch's spectral norm parametrization with a power iteration vmap can batch: the same arithmetic, u and v
-    written in place by copy_ (vmap has no batching rule for F.normalize's `out=`), so each member's power
-    iteration updates its own row of the stacked u, v buffers. Set as the class of the running copy's
-    parametrizations only; the members' own modules stay torch's."""
+    written by copy_ (vmap cannot batch F.normalize's `out=`). The class of the running copy's only."""
 
     @torch.no_grad()
     def _power_method(self, weight_mat: Tensor, n_power_iterations: int) -> None:
@@ -143,12 +141,9 @@ class _StackedSpectralNorm(_SpectralNorm):
 
 
 def functional_problem(net: nn.Module) -> str | None:
-    """Why `net` cannot run as a FunctionalStacked member, or None.
-
-    Handled: parameters, buffers (batch norm running stats and num_batches_tracked, spectral norm's u and v,
-    see torch.nn.utils.parametrizations.spectral_norm), dropout (each member its own mask). Refused: the old
-    hook-based torch.nn.utils.spectral_norm (it writes module attributes in a forward pre-hook, not buffers
-    in place), batch norm without running stats on a batch of 1, and lazy modules (no shapes yet)."""
+    """Why `net` cannot run as a FunctionalStacked member, or None: parameters, buffers (batch norm, the
+    parametrized spectral norm) and dropout are handled; the old hook-based spectral_norm (it writes module
+    attributes in a pre-hook) and lazy modules (no shapes yet) are refused."""
     for module in net.modules():
         if isinstance(module, nn.modules.lazy.LazyModuleMixin):
             return f"it has a lazy {type(module).__name__} (no shapes before its first forward)"

@@ -1,9 +1,8 @@
 """The domain classifier whose feature space every ganexp metric is computed in.
 
-Inception weights come from a download (none offline) and were never meant for 28×28
-grey digits, so ganexp trains one small CNN per labelled dataset itself, on the
-train split, caches it, and records its SHA-256: two numbers are comparable only when
-their classifier hashes match.
+Inception weights need a download and were never meant for 28×28 grey digits, so ganexp trains one small CNN
+per labelled dataset on its train split, caches it, and records its SHA-256: two numbers are comparable only
+when their classifier hashes match.
 
     python -m ganexp.metrics.classifier data=mnist     # train (or load) and print its accuracy
 """
@@ -85,10 +84,7 @@ def state_hash(state: dict[str, Tensor]) -> str:
 
 
 def load_split(name: str, train: bool, root: str | Path | None = None) -> tuple[Tensor, Tensor]:
-    """(uint8 images [N, 1, H, W], int64 labels) of a labelled dataset's train or test split.
-
-    digits has no official split: ganexp.data.digits.digits_split is the one both sides use.
-    """
+    """(uint8 images [N, 1, H, W], int64 labels) of a labelled dataset's train or test split."""
     if name == "digits":
         from ganexp.data.digits import digits_split
 
@@ -147,7 +143,10 @@ def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
         for epoch in range(epochs):
             model.train()
             for idx in torch.randperm(len(x)).split(batch):
-                images = _augment(x[idx].float() / 255.0, shift)
+                images = x[idx].float() / 255.0
+                if shift:  # the whole batch rolled by up to `shift` pixels (MNIST's borders are empty)
+                    dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,)))
+                    images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
                 loss = nn.functional.cross_entropy(model(images), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -165,14 +164,6 @@ def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
     log(f"classifier[{name}]: test accuracy {acc:.2%} ({verdict} the bar of {QUALITY_BAR[name]:.0%}), "
         f"{record['train_seconds']:.0f} s, sha256 {record['sha256'][:12]}")
     return record
-
-
-def _augment(images: Tensor, shift: int) -> Tensor:
-    """The whole batch shifted by up to `shift` pixels (MNIST's borders are empty: rolling is shifting)."""
-    if not shift:
-        return images
-    dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,)))
-    return torch.roll(images, shifts=(dy, dx), dims=(2, 3))
 
 
 def load_classifier(name: str, root=None, log=print,

@@ -24,12 +24,6 @@ MAX_FLOOR_BYTES = 64 << 10  # a cached floor is ~200 bytes of JSON
 _SHARED: dict[tuple, Evaluator] = {}  # one per data and device in a process: a sweep's jobs, a stack's members
 
 
-def _is_floor(value, metrics) -> bool:
-    """A floor record: each metric a number >= 0 (the bound keeps out NaN, inf and ints too big for a float)."""
-    return isinstance(value, dict) and set(value) == set(metrics) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e12 for v in value.values())
-
-
 def quantize(images: Tensor, value_range) -> Tensor:
     """Generator output in `value_range` → uint8 [N, C, H, W], as real images are stored."""
     lo, hi = value_range or (-1.0, 1.0)
@@ -96,9 +90,8 @@ class Evaluator:
         return self.score_many([samples])[0]
 
     def score_many(self, samples: list[Tensor], seed: int | None = None) -> list[dict[str, float]]:
-        """score() of several generators' samples (a stack's members), images through the classifier in one call.
-        `seed`: the CPU generator seeded with it before each set's scores (KID's subsets, IS's splits), as
-        EvalCallback.evaluate scores one set, under a forked RNG that leaves the caller's untouched."""
+        """score() of several generators' samples (a stack's members), images through the classifier in one call;
+        `seed` seeds the CPU generator before each set's scores, under a forked RNG."""
         for s in samples:
             if self.dataset != "toy" and s.dtype != torch.uint8:
                 raise ConfigError("images to score must be uint8 (use quantize())")
@@ -119,10 +112,8 @@ class Evaluator:
         return scores
 
     def floor(self, n: int) -> dict[str, float]:
-        """The real-vs-real floor: n real samples not in the reference, scored like generated ones
-        (digits has 1,437 train images: its floor uses at most that many). Images: cached beside the
-        classifier, keyed by its hash and n (MNIST's 10,000-image floor takes seconds at every start).
-        ConfigError for n below `min_samples`, as score() (a too-small n fails at a run's start)."""
+        """The real-vs-real floor: n real samples not in the reference, scored like generated ones. Images: cached
+        beside the classifier, keyed by its hash and n. ConfigError for n below `min_samples`, as score()."""
         require_samples(n, self.metrics, self.unit)
         if n not in self._floors:
             self._floors[n] = self._floor(n) if self.dataset == "toy" else self._cached_floor(n)
@@ -136,7 +127,8 @@ class Evaluator:
         except BadFile as err:
             cached, problem = None, str(err)
         if cached is not None:
-            if _is_floor(cached, self.metrics):
+            if isinstance(cached, dict) and set(cached) == set(self.metrics) and all(  # (the bound keeps out NaN, inf)
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e12 for v in cached.values()):
                 return cached
             problem = f"{path} is not a floor of {', '.join(self.metrics)} (finite numbers >= 0)"
         if problem:  # a shared cache: a damaged or crafted file is never used, only replaced

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -79,12 +78,9 @@ class _Given(nn.Module):
         return x
 
 
-@contextmanager
-def _quiet():
+def _quiet() -> warnings.catch_warnings:
     """torchmetrics warns that KID / IS "will save all extracted features": they are in memory already."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        yield
+    return warnings.catch_warnings(action="ignore", category=UserWarning)
 
 
 def fid(real: Tensor, fake: Tensor) -> float:

@@ -108,11 +108,6 @@ def possible(metric: str, value) -> bool:
         return False
 
 
-def _range(metric: str) -> str:
-    low, high = METRICS[metric].possible
-    return f"a number >= {low:g}" if high == math.inf else f"a number in [{low:g}, {high:g}]"
-
-
 def _metrics(record: dict, part: str) -> dict[str, float]:
     """record[part] ("best" / "final"): the registry's metrics only, each a possible value (BadFile if not)."""
     values = record.get(part)
@@ -122,7 +117,9 @@ def _metrics(record: dict, part: str) -> dict[str, float]:
         raise BadFile(f"{METRICS_FILE}: {part} is not a mapping of metric names to numbers")
     for metric in METRICS:
         if metric in values and not possible(metric, values[metric]):
-            raise _bad(f"{part}.{metric}", values[metric], f"not a possible {metric} ({_range(metric)})")
+            low, high = METRICS[metric].possible
+            wanted = f"a number >= {low:g}" if high == math.inf else f"a number in [{low:g}, {high:g}]"
+            raise _bad(f"{part}.{metric}", values[metric], f"not a possible {metric} ({wanted})")
     return {m: float(values[m]) for m in METRICS if m in values}
 
 
@@ -323,13 +320,6 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else "—"
 
 
-def _status(job: Job) -> str:
-    if job.finished:
-        return "finished"
-    reason = shown(job.reason, 120)
-    return f"**{job.status}**" + (f": {reason}" if reason else "")
-
-
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     def cell(value) -> str:
         return str(value).replace("|", "\\|")
@@ -349,9 +339,11 @@ def job_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
     rows = []
     for i, job in enumerate(by_rank(jobs, metric), 1):
         rank = str(i) if job.finished and math.isfinite(job.value) else "—"
+        reason = shown(job.reason, 120)
+        status = "finished" if job.finished else f"**{job.status}**" + (f": {reason}" if reason else "")
         rows.append([rank, *(job.params.get(k, "") for k in keys), *([job.seed] if show_seed else []),
                      *([] if keys else [job.run]), _fmt(job.value), job.iteration if job.iteration is not None else "—",
-                     _status(job)])
+                     status])
     return markdown_table(header, rows)
 
 
@@ -554,9 +546,7 @@ def write(summary: Summary) -> list[Path]:
 
 
 def write_or_say(summary: Summary) -> str:
-    """`write`, for the CLI after the table is printed: the one line to print instead of a traceback
-    when the sweep folder cannot take the files (read-only, full disk), else "". A link the writer
-    refuses is a ConfigError, for main to report."""
+    """`write`, for the CLI: the one line to print when the sweep folder cannot take the files, else ""."""
     try:
         write(summary)
     except OSError as err:
