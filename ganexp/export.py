@@ -4,11 +4,9 @@
     python -m ganexp.export outputs/<date>/<time> --best --out g.safetensors   # best.ckpt's G
     python -m ganexp.sample g.safetensors --n 64 --out grid.png                 # read like a .ckpt
 
-Share `.safetensors`, resume from `.ckpt`: loading a safetensors file cannot run code, and its
-JSON description (model name and sizes, latent size and prior, image shape, dataset, metrics
-with the classifier hash) is checked against ganexp's registry of parts like any stored config.
-No path of the exporting machine goes into the file. An existing --out is replaced only with --force,
-and never when it is a symbolic link; the file gets the user's normal mode (0666 & ~umask).
+Share `.safetensors`, resume from `.ckpt`: loading a safetensors file cannot run code, and its JSON
+description is checked against ganexp's registry of parts like any stored config; no path of the exporting
+machine goes into it. An existing --out is replaced only with --force, never when it is a symbolic link.
 """
 from __future__ import annotations
 
@@ -59,9 +57,8 @@ def _scores(value) -> dict | None:
 
 
 def check_out(out: Path, suffixes: tuple[str, ...], force: bool = False, flag: str = "--out") -> None:
-    """ConfigError unless `out` can be written as given, checked before any work is done: not a link (whatever
-    it points to), not a folder, one of `suffixes`, an existing plain file only with `force` and not read-only,
-    and its folder exists and is writable or can be created (the nearest existing parent is a writable folder)."""
+    """ConfigError unless `out` can be written as given, before any work is done: not a link, not a folder, one
+    of `suffixes`, an existing plain file only with `force`, and its folder writable or creatable."""
     names = " or ".join(suffixes)
     if out.is_symlink():
         raise LinkRefused(f"{flag} {out} is a symbolic link (to {shown(_target(out), 1000)}); ganexp never writes "
@@ -94,9 +91,8 @@ def _target(link: Path) -> str:
 
 
 def confine_out(out: Path, source: Path) -> None:
-    """Declare the folder --out is written into (ganexp.run.writes). It is the user's own and may itself be a link
-    (`outputs` on a scratch disk), unless --out lies inside the run folder the generator came from: a folder
-    someone else may have made, where no link below it is written through."""
+    """Declare the folder --out is written into (ganexp.run.writes): the user's own, unless --out lies inside
+    the run folder the generator came from (someone else's, where no link below it is written through)."""
     source = Path(os.path.abspath(source))
     run = source if source.is_dir() else source.parents[1] if source.parent.name == "checkpoints" else None
     inside = run is not None and os.path.abspath(out).startswith(str(run).rstrip(os.sep) + os.sep)
@@ -130,6 +126,14 @@ def export(path: str | Path, out: str | Path, best: bool = False, force: bool = 
     return about
 
 
+def failed(prog: str, err: ConfigError, debug: bool) -> int:
+    """A CLI's one-line error and exit status 2 (the traceback with --debug or HYDRA_FULL_ERROR=1)."""
+    if debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.export", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="a run folder (its checkpoints/last.ckpt) or a .ckpt file")
@@ -141,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         about = export(args.path, args.out, args.best, args.force)
     except ConfigError as err:
-        if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"ganexp.export: error: {err}", file=sys.stderr)
-        return 2
+        return failed("ganexp.export", err, args.debug)
     generator = about["model"]["generator"]["_target_"].rpartition(".")[2]
     print(f"wrote {args.out}: {generator}, z {about['noise']['latent_dim']} ({about['noise']['prior']}), "
           f"{about['dataset']} {about['image_shape']}, iteration {about['iteration']}")

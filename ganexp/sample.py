@@ -3,17 +3,14 @@
     python -m ganexp.sample RUN_DIR_OR_CKPT --n 64 --out grid.png
     python -m ganexp.sample RUN_DIR_OR_CKPT --n 1000 --out samples.npz
 
-PATH may also be a generator export (`python -m ganexp.export`, .safetensors).
-`.png`: an image grid (toy 2-D data: a scatter plot). `.npz`: key `images`, uint8,
-[N, H, W] for grey and [N, C, H, W] for colour (toy data: key `points`, float32 [N, 2]).
-An existing --out is replaced only with --force, and never when it is a symbolic link; --n is sized
-against this machine's memory before anything is drawn.
+PATH may also be a generator export (.safetensors). `.png`: an image grid (toy 2-D data: a scatter plot).
+`.npz`: key `images`, uint8, [N, H, W] grey or [N, C, H, W] colour (toy data: `points`, float32 [N, 2]).
+--out is replaced only with --force, never through a link; --n is sized against this machine's memory.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import torch
 from ganexp.run import writes
 from ganexp.config.build import build_prior
 from ganexp.errors import ConfigError
-from ganexp.export import check_out, confine_out
+from ganexp.export import check_out, confine_out, failed
 from ganexp.run.files import load_generator
 from ganexp.config.validate import machine_memory
 
@@ -132,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         confine_out(args.out, Path(args.path).expanduser())
         save(samples, config, args.out)
     except ConfigError as err:
-        if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"ganexp.sample: error: {err}", file=sys.stderr)
-        return 2
+        return failed("ganexp.sample", err, args.debug)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 

@@ -9,11 +9,9 @@ from pytorch_lightning.callbacks import Callback
 
 
 class Periodic(Callback):
-    """`periodic()` every `every` iterations (0: never during training), and `final()` at the end of
-    training; by default `final()` runs `periodic()` once more unless it already ran at that iteration.
-    A diverged run ends without `final()` (NaN weights draw and score nothing), and so does an
-    interrupted one (a signal asked to stop soon), unless `final_when_diverged` /
-    `final_when_interrupted` say otherwise."""
+    """`periodic()` every `every` iterations (0: never during training), and `final()` at the end (by default
+    `periodic()` once more unless it ran at that iteration). A diverged or interrupted run ends without
+    `final()`, unless `final_when_diverged` / `final_when_interrupted` say otherwise."""
 
     final_when_diverged = False
     final_when_interrupted = False

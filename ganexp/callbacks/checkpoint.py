@@ -10,10 +10,8 @@ from ganexp.callbacks.base import Periodic
 
 
 class PeriodicCheckpoint(Periodic):
-    """Lightning's ModelCheckpoint counts global_step (d_steps + 1 per iteration) and writes in
-    place; this saves to a temporary file and renames it, so a kill during a save never leaves a
-    broken checkpoint. It runs after every other callback (build.py), so last.ckpt holds what they
-    did in the same iteration, and saves again at the end for the same reason."""
+    """Unlike Lightning's ModelCheckpoint, counts iterations and writes whole (a kill during a save never
+    leaves a broken checkpoint); runs after every other callback, so last.ckpt holds what they did."""
 
     final_when_diverged = True  # save() itself keeps the last good checkpoint
     final_when_interrupted = True

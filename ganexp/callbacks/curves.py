@@ -15,13 +15,8 @@ from ganexp.callbacks.base import epochs, tb_writer
 
 
 class TrainingCurves(Callback):
-    """The instance_noise recipe's curves: every scalar GANModule logs (every `log_every` iterations), over epochs.
-
-    At the end, into `dirpath`: `curves.csv` (iteration, epoch, one column per logged tag) and
-    `curves.png` (losses; D accuracy on real, fake and both; G and D gradient norms on a log
-    scale), also as TensorBoard figure `figures/curves`. The history is kept in checkpoints, so
-    a resumed run draws all of it.
-    """
+    """The instance_noise recipe's curves, at the end into `dirpath`: curves.csv (iteration, epoch, one column
+    per logged tag) and curves.png (also TensorBoard `figures/curves`); the history is kept in checkpoints."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)

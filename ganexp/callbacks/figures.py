@@ -1,9 +1,7 @@
 """Pure plotting functions: numpy arrays in, a matplotlib Figure out.
 
-No training state, no file or TensorBoard I/O (ganexp/callbacks.py does that), no pyplot:
-figures are built with `matplotlib.figure.Figure`, so nothing accumulates in a global
-figure manager over a long run. Every figure has a fixed size in inches at `DPI`, so a
-saved PNG has a predictable size in pixels (`save_png` keeps it: no tight bounding box).
+No training state, no pyplot (`matplotlib.figure.Figure`: nothing accumulates over a long run). Every
+figure has a fixed size in inches at `DPI`, so a saved PNG has a predictable size in pixels.
 """
 from __future__ import annotations
 
@@ -31,11 +29,8 @@ def save_png(fig: Figure, path: str | Path) -> Path:
 
 
 def curves_figure(epochs: Sequence[float], series: Mapping[str, Sequence[float]]) -> Figure:
-    """The instance_noise recipe's training curves: losses, D accuracy (real / fake / total) and gradient norms.
-
-    `epochs[i]` is the x value (epochs, fractional) of `series[tag][i]` for every tag; tags
-    missing from `series` are left out of their panel.
-    """
+    """The instance_noise recipe's training curves: losses, D accuracy and gradient norms; `epochs[i]` is the
+    x value of `series[tag][i]`, and tags missing from `series` are left out."""
     fig = Figure(figsize=CURVES_SIZE, dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(CURVE_PANELS))
     x = np.asarray(epochs, dtype=float)
@@ -56,11 +51,8 @@ def curves_figure(epochs: Sequence[float], series: Mapping[str, Sequence[float]]
 
 
 def progression_figure(rows: Sequence[np.ndarray], labels: Sequence[str]) -> Figure:
-    """The instance_noise recipe's image progression: row i shows `rows[i]` (uint8 [n, C, H, W]) labelled `labels[i]`.
-
-    Every row holds the generator's output on the same latent vectors, so a column follows one
-    z through training. Size: (n + 1.5) x (rows + 0.5) x PROGRESSION_CELL inches.
-    """
+    """The instance_noise recipe's image progression: row i shows `rows[i]` (uint8 [n, C, H, W]) labelled `labels[i]`;
+    a column follows one z through training."""
     if not rows:
         raise ValueError("progression_figure needs at least one row of samples")
     if len(rows) != len(labels):
@@ -103,12 +95,9 @@ def scatter_panels_figure(real: np.ndarray, snapshots: Sequence[tuple[str, np.nd
 
 
 class ScatterSnapshots:
-    """scatter_panels_figure's one-panel form for a run's periodic snapshots. The axes keep their limits while
-    every point lies inside them and the points (with bounds' margin) fill at least half of each axis, so
-    snapshots compare at one scale, as the sample grids keep one value range. The frame, ticks, real points and
-    the legend (above the axes, beside the title, so that it covers no point) are drawn once per limits; each
-    snapshot draws only the generated points and the title over that background (blitting).
-    `image()` is the RGB picture TensorBoard's add_image takes (CHW)."""
+    """scatter_panels_figure's one-panel form for a run's periodic snapshots, as CHW RGB (`image()`). The axes
+    keep their limits while the points fit them and fill half of each axis, so snapshots compare at one scale;
+    the background (frame, real points, legend) is drawn once per limits, each snapshot blitted over it."""
 
     def __init__(self, real: np.ndarray):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -172,27 +161,19 @@ def decision_surface_figure(xs: np.ndarray, ys: np.ndarray, prob: np.ndarray, re
     return fig
 
 
-def _check_features(name: str, features: np.ndarray) -> None:
-    if features.ndim != 2 or features.shape[1] != 2:
-        dims = "x".join(map(str, features.shape[1:])) or "0"
-        raise ValueError(f"the feature-space figure needs 2-d discriminator features, but {name} is {dims}-d: "
-                         f"use a discriminator whose last hidden layer has 2 units (model=toy_mlp)")
-
-
 def feature_space_figure(panels: Sequence[dict]) -> Figure:
-    """The toy_quadratic recipe's "effect of one generator update" in D's 2-d feature space, one panel per dict.
-
-    Each panel: `real`, `fake_before`, `fake_after` (features [n, 2] of real points and of the same
-    generated points before and after one generator update; D is unchanged by it, so the real
-    features are too), `title`, and optionally `surface` = (xs, ys, prob): σ(head(f)) on the grid
-    xs × ys of feature space, drawn as a heatmap under the points. Centroids are the big markers;
-    the arrow shows how the generated centroid moved.
-    """
+    """The toy_quadratic recipe's "effect of one generator update" in D's 2-d feature space, one panel per dict:
+    `real`, `fake_before`, `fake_after` (features [n, 2]), `title`, and optionally `surface` = (xs, ys, prob),
+    σ(head(f)) on a grid of feature space. The arrow shows how the generated centroid moved."""
     if not panels:
         raise ValueError("feature_space_figure needs at least one panel")
     for panel in panels:
         for name in ("real", "fake_before", "fake_after"):
-            _check_features(name, np.asarray(panel[name]))
+            features = np.asarray(panel[name])
+            if features.ndim != 2 or features.shape[1] != 2:
+                dims = "x".join(map(str, features.shape[1:])) or "0"
+                raise ValueError(f"the feature-space figure needs 2-d discriminator features, but {name} is {dims}-d: "
+                                 f"use a discriminator whose last hidden layer has 2 units (model=toy_mlp)")
     fig = Figure(figsize=(SQUARE_PANEL * len(panels), SQUARE_PANEL), dpi=DPI, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, panel in zip(axes, panels):

@@ -8,16 +8,13 @@ from pytorch_lightning.callbacks import Callback
 
 from ganexp.callbacks import figures
 from ganexp.callbacks.base import epochs, pick, tb_writer
+from ganexp.metrics.evaluator import quantize
 
 
 class ImageProgression(Callback):
-    """The instance_noise recipe's progression strip: G on the first `n_cols` fixed latent vectors, one row per epoch.
-
-    Rows at the start (the untrained generator), after every epoch and at the end; at most
-    `max_rows` evenly spaced ones are drawn into `progression.png` (and TensorBoard
-    `figures/progression`). Rows are kept as uint8 in checkpoints, thinned past 4 x max_rows.
-    Image data only; 2-d toy data draws nothing here (callbacks=toy has its scatter).
-    """
+    """The instance_noise recipe's progression strip: G on the first `n_cols` fixed latent vectors at the start,
+    after every epoch and at the end; at most `max_rows` evenly spaced rows go into progression.png (and
+    TensorBoard `figures/progression`). Image data only."""
 
     def __init__(self, dirpath: str, n_cols: int = 8, max_rows: int = 20):
         self.dirpath, self.n_cols, self.max_rows = Path(dirpath), int(n_cols), int(max_rows)
@@ -29,9 +26,8 @@ class ImageProgression(Callback):
         return len(pl_module.run.data.shape) == 3
 
     def _add(self, trainer, pl_module) -> None:
-        lo, hi = pl_module.run.data.value_range or (-1.0, 1.0)
-        images = pl_module.sample(pl_module.fixed_z[: self.n_cols]).float()
-        self.rows.append(((images - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
+        images = pl_module.sample(pl_module.fixed_z[: self.n_cols])
+        self.rows.append(quantize(images, pl_module.run.data.value_range).cpu())
         self.iterations.append(pl_module.iteration)
         if len(self.rows) > 4 * self.max_rows:
             keep = pick(self.iterations, 2 * self.max_rows)

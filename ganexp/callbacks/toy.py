@@ -10,6 +10,7 @@ import torch
 from ganexp.callbacks import figures
 from ganexp.callbacks.base import Periodic, pick, tb_writer
 from ganexp.errors import ConfigError
+from ganexp.gan.module import eval_mode
 from ganexp.metrics.scores import quadratic_residual
 
 
@@ -29,18 +30,12 @@ def feature_layer_problem(discriminator: torch.nn.Module, in_shape) -> str | Non
 class ToyFigures(Periodic):
     """The toy_quadratic recipe's figures for 2-d data (data=toy), every `every` iterations and at the end.
 
-    Each snapshot draws the generator on `n_points` fixed latent vectors and logs to TensorBoard
-    `figures/decision_surface` (σ(D(x)) as a heatmap under real and generated points, in data
-    units) and `figures/feature_space` (D's 2-d feature layer for real points and for the same
-    generated points before and after one generator update, with the centroids; the update is
-    done on a copy of G and its optimizer state, so training is untouched). The numbers (swd,
-    modes, the quadratic's residual) are the eval callback's `metrics/*`.
-
-    At the end, into `dirpath`: `scatter.png` and `feature_space.png` (up to `max_panels`
-    snapshots over training) and `decision_surface.png` (the last one). A discriminator without
-    a 2-d feature layer is refused at the start with one line (or set feature_space=false).
+    Each snapshot draws G on `n_points` fixed latent vectors and logs to TensorBoard `figures/decision_surface`
+    (σ(D(x)) under real and generated points, in data units) and `figures/feature_space` (D's 2-d features of
+    real points and of the generated ones before and after one G update, made on copies: training is untouched).
+    At the end, into `dirpath`: scatter.png and feature_space.png (up to `max_panels` snapshots) and
+    decision_surface.png (the last one).
     """
-
 
     def __init__(self, dirpath: str, every: int = 1000, n_points: int = 1000, grid: int = 120,
                  max_panels: int = 4, feature_space: bool = True):
@@ -83,9 +78,7 @@ class ToyFigures(Periodic):
         std = getattr(dm, "std", torch.ones(2)).to(device)
         z = pl_module.prior.sample(self.n_points, generator=torch.Generator().manual_seed(0)).to(device)
         discriminator = pl_module.discriminator
-        was_training = discriminator.training
-        discriminator.eval()
-        try:
+        with eval_mode(discriminator):
             fake = pl_module.sample(z).float()
             real_data, fake_data = self._real(trainer, pl_module), fake * std + mean
             snap = {"iteration": pl_module.iteration, "fake": fake_data.cpu(), "title": f"iteration {pl_module.iteration}"}
@@ -105,8 +98,6 @@ class ToyFigures(Periodic):
                                                     snap["after_f"].numpy())
                     fx, fy = np.linspace(f0, f1, self.grid), np.linspace(g0, g1, self.grid)
                     snap["feature_surface"] = self._surface(lambda f: head(f).squeeze(-1), fx, fy, device)
-        finally:
-            discriminator.train(was_training)
         self.snapshots.append(snap)
         if len(self.snapshots) > 4 * self.max_panels:
             self.snapshots = [self.snapshots[i] for i in pick([s["iteration"] for s in self.snapshots],

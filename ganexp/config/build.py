@@ -1,10 +1,4 @@
-"""Composed config → built parts, every one through ganexp.config.registry.build (no `instantiate`).
-
-This is where the parts are built. The config layout is also read, each for its own keys, by
-validate.py (train.yaml's top-level rules), resume.py (which keys are the experiment),
-sample.py / files.py / export.py (model.generator, noise, data of a stored config) and
-metrics/callback.py (the HParams entry).
-"""
+"""Composed config → built parts, every one through ganexp.config.registry.build (no `instantiate`)."""
 from __future__ import annotations
 
 import logging
@@ -27,26 +21,19 @@ def build_prior(noise: Any) -> LatentPrior:
     return LatentPrior(noise["prior"], noise["latent_dim"])
 
 
-def build_generator(config: dict, source: str = "the config"):
-    return build(config["model"]["generator"], "generator", key="model.generator", source=source)
-
-
 def build_datamodule(data: Any, source: str = "the config", **extra: Any):
     return build(data, "data", key="data", source=source, **extra)
 
 
-def build_instance_noise(noise: Any) -> InstanceNoise:
-    return InstanceNoise(noise["instance_sigma"], noise["instance_sigma_min"], noise["anneal"], noise["anneal_epochs"],
-                         noise.get("anneal_per", "epoch"))
-
-
 def build_parts(config: dict) -> dict[str, Any]:
     """Every part of a GANModule but the optimizers' parameters; each constructor checks its own values."""
+    noise = config["noise"]
     return {
         "loss": build(config["loss"], "loss", key="loss"),
-        "prior": build_prior(config["noise"]),
-        "instance_noise": build_instance_noise(config["noise"]),
-        "generator": build_generator(config),
+        "prior": build_prior(noise),
+        "instance_noise": InstanceNoise(noise["instance_sigma"], noise["instance_sigma_min"], noise["anneal"],
+                                        noise["anneal_epochs"], noise.get("anneal_per", "epoch")),
+        "generator": build(config["model"]["generator"], "generator", key="model.generator"),
         "discriminator": build(config["model"]["discriminator"], "discriminator", key="model.discriminator"),
         "optimizer_g": build(config["optimizer"]["g"], "optimizer", key="optimizer.g"),
         "optimizer_d": build(config["optimizer"]["d"], "optimizer", key="optimizer.d"),

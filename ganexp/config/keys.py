@@ -5,19 +5,13 @@ most specific entry wins (`data.root` is machine-local, not experiment). Each en
 a key below an experiment group that is also experiment says so.
 
 Kinds:
-- EXPERIMENT: what is trained. A resume keeps the checkpoint's value (a command line that changes it is
-  refused); two finished jobs that differ in it are different jobs.
-- MACHINE_LOCAL: where the files are on this machine and how its console looks, not what is trained: a
-  resume may change it, and a finished run is not a different job for it.
+- EXPERIMENT: what is trained: a resume keeps the checkpoint's value; jobs that differ in it are different jobs.
+- MACHINE_LOCAL: where the files are on this machine and how its console looks: a resume may change it.
 - DISPLAY: how often and how a run shows itself (scalars, image grids, the progress bar).
-- STACKABLE: may differ between the members of one stack (ganexp/gan/stack.py): per-member numbers the stacked
-  step takes as vectors. Every one is an experiment key.
+- STACKABLE: may differ between the members of one stack (ganexp/gan/stack.py); every one is experiment.
 - HPARAMS: a column of every run's TensorBoard HParams entry (ganexp/run/tensorboard.py), at its `column`.
-- PLUMBING: not a setting of the run: where it is written, a resume's or a new run's source checkpoint,
-  the grid's name, Hydra's own settings.
-
-A key without an entry (trainer.max_time, eval.n, callbacks...) is a setting that extends or observes the
-run: a resume applies it, jobs compare it.
+- PLUMBING: not a setting of the run: where it is written, source checkpoints, Hydra's own settings.
+A key without an entry (trainer.max_time, eval.n, ...) extends or observes the run: a resume applies it.
 """
 from __future__ import annotations
 
@@ -96,20 +90,15 @@ TABLE: dict[str, Entry] = {
 }
 
 
-def entry(key: str) -> str | None:
-    """The table's entry that covers `key` (itself or its nearest dotted parent), or None."""
+def kind(key: str) -> frozenset[str]:
+    """The kinds of a dotted config key, from the entry of itself or its nearest dotted parent (empty: a setting
+    that only extends or observes the run)."""
     key = key.replace("/", ".")  # a config group as Hydra names it (hydra/launcher)
     while key:
         if key in TABLE:
-            return key
+            return TABLE[key].kinds
         key = key.rpartition(".")[0]
-    return None
-
-
-def kind(key: str) -> frozenset[str]:
-    """The kinds of a dotted config key (empty: a setting that only extends or observes the run)."""
-    found = entry(key)
-    return TABLE[found].kinds if found is not None else frozenset()
+    return frozenset()
 
 
 def is_kind(key: str, what: str) -> bool:

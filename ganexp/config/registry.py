@@ -1,17 +1,13 @@
 """The parts ganexp builds by name: the one boundary between a config and code.
 
-Every object ganexp makes from a config (the command line's, or one read back from a
-checkpoint, an export or a run folder) is made here, by `build`: the node's `_target_`
-must name a registered class of the expected kind, and its arguments must be plain data
-(None, bool, int, float, str and lists / dicts of them). A config read from a file goes
-through `check_stored` first, which walks it whole, at any depth, and refuses any Hydra
-special key (`_target_`, `_args_`, `_partial_`, `_call_`, `_recursive_`, `_convert_`, …)
-that does not name an allowed ganexp class, and any `${…}` interpolation. Nothing from a
-file reaches `hydra.utils.instantiate`, `importlib` or `eval`.
+Every object ganexp makes from a config (the command line's, or one read back from a file) is made by
+`build`: `_target_` must name a registered class of the expected kind, and the arguments must be plain data.
+A stored config goes through `check_stored` first, which refuses any Hydra special key that does not name
+an allowed ganexp class, and any `${…}` interpolation, at any depth. Nothing from a file reaches
+`hydra.utils.instantiate`, `importlib` or `eval`.
 
-Your own parts (a model in your package) are declared, never inferred from what is
-importable: decorate the class with `@ganexp.config.registry.register("generator")` in code that
-runs before the build, or name it in the environment:
+Your own parts are declared, never inferred from what is importable: decorate the class with
+`@ganexp.config.registry.register("generator")`, or name it in the environment:
 
     GANEXP_PARTS="generator=mypkg.models.BigGen,discriminator=mypkg.models.BigD"
 """
@@ -174,19 +170,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _plain(value: Any, where: str, source: str) -> Any:
+def _plain(value: Any) -> Any:
+    """A copy of a value check_stored passed (plain data), tuples as lists."""
     if isinstance(value, dict):
-        return {k: _plain(v, f"{where}.{k}", source) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]", source) for i, v in enumerate(value)]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise _refuse(source, where, f"holds a {type(value).__name__}, not plain data")
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def cannot_build(source: str, key: str, target: Any, what: str) -> ConfigError:
     """The one line for a part whose arguments are bad input."""
     return ConfigError(f"{source + ': ' if source else ''}cannot build {key} ({target}): {what}")
+
+
+_SCALARS = {type(None): type(None), bool: (bool, int), int: int, float: (int, float), str: str}  # hint → what fits
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -201,16 +197,8 @@ def _fits(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, (bool, int))
-    if hint is int:
-        return isinstance(value, int)
-    if hint is float:
-        return isinstance(value, (int, float))
-    if hint is str:
-        return isinstance(value, str)
+    if isinstance(hint, type) and hint in _SCALARS:
+        return isinstance(value, _SCALARS[hint])
     if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             return False
@@ -261,23 +249,18 @@ def misfit(cls: type, kwargs: dict[str, Any], *, key: str) -> str | None:
     signature = _signature(cls)
     for name, value in kwargs.items():
         param = signature.parameters.get(name) if signature is not None else None
-        if param is not None and not isinstance(param.annotation, str) and not _fits(value, param.annotation):
-            return f"{key}.{name}={_short(value)} is a {type(value).__name__}, not {_hint_name(param.annotation)}"
+        hint = param.annotation if param is not None else ""  # a string annotation (or none) is not judged
+        if not isinstance(hint, str) and not _fits(value, hint):
+            wanted = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            return f"{key}.{name}={_short(value)} is a {type(value).__name__}, not {wanted}"
     return None
 
 
-def _hint_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
-
-
 def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: Any) -> Any:
-    """The object `node` describes: `_target_` must be an allowed class of `kind`; every other
-    entry is a plain keyword argument (`extra` adds live objects, e.g. the trainer's callbacks).
-
-    Bad input is a ConfigError: the node, its `_target_`, and its arguments against the class's signature
-    (checked before the call, naming the dotted key), whatever ConfigError the constructor raises, and a
-    TypeError it raises where a value does not have its argument's annotated type. Any other exception from
-    the constructor is a bug and propagates as it is."""
+    """The object `node` describes: `_target_` must be an allowed class of `kind`; every other entry is a plain
+    keyword argument (`extra` adds live objects, e.g. the trainer's callbacks). Bad input is a ConfigError:
+    the node, its arguments against the class's signature, a ConfigError of the constructor, and a TypeError
+    where a value does not have its argument's annotated type; any other exception is a bug and propagates."""
     from omegaconf import DictConfig, OmegaConf
 
     source = str(source)
@@ -292,7 +275,7 @@ def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: A
         what = "has no _target_" if target is None else f"._target_={target!r} is a {found}, not a {kind}"
         raise _refuse(source, key, what)
     cls = _resolve(target)
-    kwargs = {k: _plain(v, f"{key}.{k}", source) for k, v in node.items() if not SPECIAL.match(k)}
+    kwargs = {k: _plain(v) for k, v in node.items() if not SPECIAL.match(k)}
     partial = bool(node.get("_partial_"))
     check_arguments(cls, kwargs, extra, key=key, target=target, source=source, partial=partial)
     if partial:

@@ -1,9 +1,8 @@
 """The one mechanism every datamodule shares.
 
-Small datasets (MNIST is 188 MB as float32) are kept as a single tensor on the
-training device and indexed by a shuffled batch of indices each iteration: no
-per-item transforms, no collate, no worker processes in the hot path. The order
-is a pure function of (seed, epoch, rank), so a resumed run sees the same batches.
+Small datasets (MNIST is 188 MB as float32) are kept as one tensor on the training device and indexed by a
+shuffled batch of indices each iteration: no per-item transforms, collate or workers. The order is a pure
+function of (seed, epoch, rank), so a resumed run sees the same batches.
 """
 from __future__ import annotations
 
@@ -45,7 +44,9 @@ class EpochBatchSampler(Sampler[Tensor]):
             yield order[start:start + self.batch_size]
 
 
-class _IndexedTensor(Dataset):
+class IndexedTensor(Dataset):
+    """The rows `index` of one tensor, on its device (a whole batch an item: no collate)."""
+
     def __init__(self, data: Tensor):
         self.data = data
 
@@ -93,10 +94,8 @@ class TensorDataModule(pl.LightningDataModule):
         self.train_data, self.labels = data.float().contiguous(), labels
 
     def check_range(self, data: Tensor, tolerance: float = 1e-4) -> None:
-        """Refuse images outside `value_range`: the generator's last activation cannot reach them,
-        and D would tell real from fake by range alone. Checked once, on the whole set, so every
-        batch lies in range. Only image tensors [N, C, H, W]: `value_range` is a pixel range, and
-        other data (toy points) keep their own scale."""
+        """Refuse images [N, C, H, W] outside `value_range` (checked once, on the whole set): the generator's
+        last activation cannot reach them, and D would tell real from fake by range alone."""
         if self.value_range is None or data.dim() != 4 or data.numel() == 0:
             return
         lo, hi = self.value_range
@@ -112,7 +111,7 @@ class TensorDataModule(pl.LightningDataModule):
         sampler = EpochBatchSampler(len(self.train_data), self.batch_size, self.seed, rank, world)
         sampler.resume_at, self._resume_at = self._resume_at, None
         # Its own generator: the loader must not draw from the global RNG (resumed runs replay it).
-        return DataLoader(_IndexedTensor(self.train_data.to(device)), sampler=sampler, batch_size=None,
+        return DataLoader(IndexedTensor(self.train_data.to(device)), sampler=sampler, batch_size=None,
                           generator=torch.Generator())
 
     # Saved in checkpoints by Lightning: where in which epoch the run stopped, so that a

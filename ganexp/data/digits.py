@@ -1,9 +1,8 @@
 """scikit-learn's bundled 8×8 digits: trains with no network and no files.
 
-digits has no official split. `digits_split` is the one split: a fixed permutation keeps 360 of
-its 1,797 images for testing. The GAN trains on the other 1,437 and the metrics score against the
-360 (and the domain classifier trains on the 1,437 too), so a generator that memorized its
-training images cannot reach the real-vs-real floor by copying them.
+digits has no official split: `digits_split` keeps a fixed 360 of its 1,797 images for testing. The GAN and
+the domain classifier train on the other 1,437, so a generator that memorized them cannot reach the
+real-vs-real floor by copying them.
 """
 from __future__ import annotations
 

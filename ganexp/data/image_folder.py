@@ -1,24 +1,13 @@
 """Any folder of images (searched recursively), resized and center-cropped to `size`.
 
-Each file is scaled to [0, 1] by its own bit depth, so a folder reaches the model in
-`value_range` whatever it holds:
-- 8-bit files (grey, RGB, palette, with alpha: PNG, JPEG, BMP, GIF, WebP, TIFF): / 255, converted
-  to grey or RGB by PIL (alpha is dropped, not blended).
-- 16-bit grey (PIL modes "I;16…"): / 65535.
-- 32-bit integer (mode "I": 16-bit PNGs in older Pillow, integer TIFFs): / 65535 when every value
-  lies in 0..65535 (16-bit data held in 32 bits); refused otherwise, as it has no known full scale.
-- 32-bit float (mode "F", TIFF): used as is when every value lies in [0, 1]; refused otherwise, as
-  a float image has no full scale to divide by.
-Grey files are repeated to 3 channels for data.channels=3.
+Each file is scaled to [0, 1] by its own bit depth: 8-bit files / 255 (converted to grey or RGB by PIL,
+alpha dropped), 16-bit grey / 65535, 32-bit integer / 65535 when every value lies in 0..65535, 32-bit float
+as is when in [0, 1]; other integer or float images are refused, having no known full scale.
 
-Skipped on purpose, counted in one log line: hidden files and everything under hidden folders
-(names starting with "."), such as the "._name.png" AppleDouble files macOS writes beside copied
-images (metadata, not images) and ".thumbnails/". Animated files (GIF, APNG, WebP, multi-page TIFF)
-give their first frame only, counted in the same line (only that frame is decoded, and the frames
-are not counted: a file of a million tiny frames costs nothing). Any other file that cannot be
-decoded is refused in one line naming it, and so is one larger than MAX_PIXELS: each file's header
-is read (size, format) when the datamodule is built, before any run folder, and again right before
-it is decoded, so a 20 KB PNG that declares 13000x13000 pixels is never decoded.
+Skipped, counted in one log line: hidden files and folders (names starting with ".", e.g. macOS's
+"._name.png"); animated files give their first frame only. A file that cannot be decoded, or one larger
+than MAX_PIXELS, is refused in one line naming it: each header is read when the datamodule is built and
+again before decoding, so a small PNG that declares 13000x13000 pixels is never decoded.
 """
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
 """MNIST and Fashion-MNIST through torchvision, read from `data.root`.
 
-`data.root` defaults to $GANEXP_DATA_DIR, else ./data. torchvision reads the
-uncompressed IDX files under <root>/<Name>/raw/. Offline, a missing file fails at
-once with one line naming the files and the fixes, instead of torchvision's long
-download retries. A damaged file (empty, truncated, another IDX file, wrong counts or
-sizes in its header, labels outside 0..9) is refused in one line naming it, from its
-header, size and labels alone, when the datamodule is built: before any run folder,
-as torchvision would fail with a traceback or train on it.
+`data.root` defaults to $GANEXP_DATA_DIR, else ./data; torchvision reads the IDX files under
+<root>/<Name>/raw/. Offline, a missing file fails at once in one line, not after download retries. A damaged
+file (from its header, size and labels) is refused in one line naming it when the datamodule is built.
 """
 from __future__ import annotations
 
@@ -121,17 +117,15 @@ class MNISTDataModule(TensorDataModule):
             f"point to a folder holding {name}/raw/ with GANEXP_DATA_DIR=/path/to/data or data.root=/path/to/data"
         )
 
-    def load(self):
+    def split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images [N, 1, 28, 28] and labels of the train or test split (the metrics read both)."""
         self.ensure_files()
-        ds = self.dataset_cls(str(self.root), train=True, download=False)
-        images = ds.data.unsqueeze(1).float() / 255.0
-        return scale_unit(images, self.value_range), ds.targets.clone()
+        ds = self.dataset_cls(str(self.root), train=train, download=False)
+        return ds.data.unsqueeze(1).clone(), ds.targets.clone()
 
-    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The 10,000 test images (uint8 [N, 1, 28, 28]) and labels, for metrics."""
-        self.ensure_files()
-        ds = self.dataset_cls(str(self.root), train=False, download=False)
-        return ds.data.unsqueeze(1), ds.targets.clone()
+    def load(self):
+        images, labels = self.split(train=True)
+        return scale_unit(images.float() / 255.0, self.value_range), labels
 
 
 class FashionMNISTDataModule(MNISTDataModule):

@@ -1,12 +1,9 @@
 """GAN losses as pure functions of discriminator logits.
 
-Every function takes logits shaped [B] or [B, 1] and returns a scalar. The
-discriminator loss is the *sum* of its real and fake terms (Goodfellow et al.
-2014, Alg. 1; the vanilla_gan recipe), not their mean. Binary cross-entropy is written with
-softplus, the stable form of -log(sigmoid(x)) = softplus(-x).
-
-`label_smoothing` s is one-sided (Salimans et al. 2016): the real target becomes
-1 - s, the fake target stays 0.
+Every function takes logits shaped [B] or [B, 1] and returns a scalar. The discriminator loss is the *sum*
+of its real and fake terms (Goodfellow et al. 2014, Alg. 1), not their mean; binary cross-entropy is written
+with softplus, -log σ(x) = softplus(-x). `label_smoothing` s is one-sided (Salimans et al. 2016): the real
+target becomes 1 - s, the fake target stays 0.
 """
 from __future__ import annotations
 
@@ -81,8 +78,7 @@ def r1_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor) -> Tenso
 @dataclass(frozen=True)
 class LossPair:
     """One loss: D's and G's functions of logits, whether it has targets (label smoothing), and whether both
-    are means over samples of a term of each sample's own logit (then a stack scores all members' logits in
-    one call: ganexp/gan/stack.py)."""
+    are means over samples of a term of each sample's own logit (GANModule.losses)."""
 
     d: Callable[..., Tensor]
     g: Callable[[Tensor], Tensor]
@@ -102,10 +98,9 @@ LOSSES: dict[str, LossPair] = {
 
 def register_loss(name: str, d: Callable[..., Tensor], g: Callable[[Tensor], Tensor], has_targets: bool,
                   sample_mean: bool = False) -> None:
-    """Add a loss: `d(real_logits, fake_logits[, label_smoothing])` and `g(fake_logits)`, scalars.
-    With conf/loss/<name>.yaml (`_target_: ganexp.gan.losses.GANLoss`, `name: <name>`) it is `loss=<name>`.
-    `sample_mean=True` promises that d and g are means over samples of terms of each sample's own logit (and,
-    for d, a label_smoothing that broadcasts against the logits): stacked sweeps then skip a per-member vmap."""
+    """Add a loss: `d(real_logits, fake_logits[, label_smoothing])` and `g(fake_logits)`, scalars; with
+    conf/loss/<name>.yaml (`_target_: ganexp.gan.losses.GANLoss`, `name: <name>`) it is `loss=<name>`.
+    `sample_mean=True` promises LossPair.sample_mean (and a label_smoothing that broadcasts against the logits)."""
     LOSSES[name] = LossPair(d, g, has_targets, sample_mean)
 
 

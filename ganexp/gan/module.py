@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +25,8 @@ from torch.func import vmap
 from ganexp.gan.losses import GANLoss, gradient_penalty, r1_penalty
 from ganexp.gan.noise import InstanceNoise, LatentPrior, add_noise
 
-# Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported (a CUDA check that never initializes CUDA, so
-# forked processes stay usable), and torch's optimizers make that check at every step() (their graph-capture
-# health check). Where NVML finds no GPU it costs ~80 µs a call against ~2 µs for torch's own check: 2 calls
-# per iteration, 3-6 % of a stacked toy step (py-spy). With no GPU there is no CUDA to keep uninitialized.
+# Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, and torch's optimizers make that check at every step(): with
+# no GPU it costs ~80 µs a call (3-6 % of a stacked toy step), and there is no CUDA to keep uninitialized.
 if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
@@ -37,10 +36,8 @@ DRAW_SEED = 1 << 40  # training's draws: a stream of their own, apart from the f
 
 @dataclass
 class Run:
-    """What a callback needs of the run it serves, beyond Lightning's trainer (`pl_module.run`): its folder,
-    logger, data, callbacks and how to write its checkpoint. A plain run's come from its trainer; a stacked
-    sweep's member (ganexp/gan/stack.py) has its own, while every member shares the stack's trainer (epoch,
-    progress, device, budget). Callbacks read these here, never from the trainer."""
+    """What a callback needs of the run it serves (`pl_module.run`), never read from the trainer: a plain run's
+    come from its trainer, a stack member (ganexp/gan/stack.py) has its own while sharing the stack's trainer."""
 
     out: Path
     logger: Any
@@ -50,8 +47,7 @@ class Run:
 
 
 class Single:
-    """A plain run's network as a stack of one member: [1, N, ...] in and out, its own parameters and
-    optimizer (ganexp/gan/stack.py's Stacked runs M networks the same way)."""
+    """A plain run's network as a stack of one member: [1, N, ...] in and out (as stacked_nets.Stacked)."""
 
     joint = False  # D scores real and fake in passes of their own (batch norm's statistics stay per batch)
 
@@ -62,7 +58,7 @@ class Single:
         return self.net(x[0]).unsqueeze(0)
 
     def train(self, on: bool) -> None:
-        """Gradients for this network in this phase (D's step or G's), or none (Lightning's toggle_optimizer)."""
+        """Gradients for this network in this phase (D's step or G's), or none."""
         for p in self.net.parameters():
             p.requires_grad_(on)
 
@@ -99,25 +95,21 @@ class GANModule(pl.LightningModule):
     ):
         super().__init__()
         self.automatic_optimization = False
-        # The whole resolved config as a plain dict: checkpoints stay loadable with
-        # torch.load(weights_only=True), and sample.py rebuilds the generator from it.
+        # The resolved config as a plain dict: weights_only-loadable; sample.py rebuilds the generator from it.
         self.save_hyperparameters(config or {}, logger=False)
         self.generator, self.discriminator = generator, discriminator
         self.loss, self.prior, self.instance_noise = loss, prior, instance_noise
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.d_steps, self.log_every = int(d_steps), int(log_every)
-        # reuse_fake: G's step scores the fake batch of the last D step (one G forward per iteration, as the
-        # seeds 002/003 do) instead of drawing a fresh one.
+        # reuse_fake: G's step scores the last D step's fake batch (one G forward per iteration) instead of a fresh one
         self.reuse_fake = bool(reuse_fake)
-        # EMA of G's weights (Yazıcı et al. 2019; StyleGAN's G_ema): what evaluation, best.ckpt, grids,
-        # sample, evaluate and export use; training uses the raw G. Until `ema_start` it copies G.
+        # EMA of G's weights (Yazıcı et al. 2019): what is scored, sampled and exported; training uses the raw G.
         self.ema_decay, self.ema_start = float(ema_decay), int(ema_start)
         self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if self.ema_decay > 0 else None
         # A fixed latent batch, so image grids show the same z over training.
         self.register_buffer("fixed_z", prior.sample(n_fixed, generator=torch.Generator().manual_seed(seed)))
-        # Training's z, instance noise and penalty draws come from a generator of the run's own (seeded from
-        # `seed`, saved in checkpoints): a stacked sweep member draws exactly what its separate run draws.
-        # Dropout masks still come from torch's global RNG.
+        # Training's z, noise and penalty draws come from the run's own generator (saved in checkpoints): a stack
+        # member draws exactly what its separate run draws. Dropout masks come from torch's global RNG.
         self.draw_seed = DRAW_SEED + int(seed)
         self._draws: torch.Generator | None = None
         self._start()
@@ -217,10 +209,9 @@ class GANModule(pl.LightningModule):
         return batch.unsqueeze(0)
 
     def discriminator_loss(self, real: Tensor, sigmas: list[float], fake: Tensor | None = None, each: bool = False):
-        """(Σ_k of the members' D losses, each member's loss [M] when `each`, D(real) and D(fake) logits
-        [M, N, ...]) on a detached fake batch (`fake`, or a fresh one), both inputs noised; the loss's own
-        regularisers, as stylegan2-ada's loss.py owns R1: the gradient penalty on real/fake interpolates and
-        R1 on real data, γ/2·E‖∇D‖², lazily every `r1_every` iterations and then scaled by it (StyleGAN2)."""
+        """(Σ_k of the members' D losses, each member's loss [M] when `each`, D(real) and D(fake) logits) on a
+        detached fake batch (`fake`, or a fresh one), both noised; with the gradient penalty and R1, γ/2·E‖∇D‖²,
+        lazily every `r1_every` iterations and then scaled by it (StyleGAN2)."""
         n = real.shape[1]
         if fake is None:
             with torch.no_grad():
@@ -254,10 +245,9 @@ class GANModule(pl.LightningModule):
         return total, loss, real_logits, fake_logits
 
     def losses(self, fn, logits: tuple[Tensor, ...], per_member: tuple[Tensor, ...], each: bool):
-        """Σ_k fn(member k's logits, its values of `per_member`) in fp32 (under bf16 autocast too), and each
-        member's value [M] when `each` (else None). A loss that is a mean over samples (LossPair.sample_mean:
-        the built-in ones) is one call on all members' logits, M·(mean over the M·N samples) = Σ_k (mean over
-        member k's N), with the members' values broadcast over their rows; any other loss runs per member (vmap)."""
+        """Σ_k fn(member k's logits, its values of `per_member`) in fp32, and each member's value [M] when `each`.
+        A LossPair.sample_mean loss is one call on all members' logits (M·mean over M·N = Σ_k mean over N); any
+        other runs per member (vmap)."""
         logits = tuple(t.float() for t in logits)
         if not self.loss._pair.sample_mean:
             values = vmap(fn)(*logits, *per_member)
@@ -275,8 +265,7 @@ class GANModule(pl.LightningModule):
             return total, vmap(fn)(*(t.detach() for t in logits), *per_member)
 
     def draw_z(self, n: int) -> Tensor:
-        """The members' z [M, n, latent], each from its own draws, into one reused buffer (the graph that saved
-        the last z is gone by the next draw)."""
+        """The members' z [M, n, latent], each from its own draws, into one reused buffer."""
         z = self._buffer("z", (len(self.members), n, self.prior.latent_dim))
         for k, m in enumerate(self.members):
             m.prior.sample(n, generator=m.draws, out=z[k])
@@ -284,8 +273,7 @@ class GANModule(pl.LightningModule):
 
     def noised(self, x: Tensor, sigmas: list[float], name: str, parts: tuple[int, ...]) -> Tensor:
         """Instance noise per member: x_k + σ_k·ε_k, ε_k drawn from member k's draws for each of `parts` (row
-        counts of x_k, in the order its run noises them). ε lives in a reused buffer whose rows of a member
-        with σ_k = 0 are never drawn (they stay zero, or are multiplied by σ_k = 0)."""
+        counts of x_k, in the order its run noises them); a member with σ_k = 0 draws nothing."""
         if not any(s > 0 for s in sigmas):
             return x
         eps = self._buffer(name, x.shape, x.dtype)
@@ -303,8 +291,7 @@ class GANModule(pl.LightningModule):
         return kept[1]
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
-        """A tensor the members' draws are written into, kept between steps (zeros when made; made again for a
-        batch of another shape)."""
+        """A zeroed tensor the members' draws are written into, kept between steps of one shape."""
         buffer = self.buffers.get(name)
         if buffer is None or buffer.shape != shape or buffer.dtype != dtype or buffer.device != self.device:
             buffer = self.buffers[name] = torch.zeros(shape, device=self.device, dtype=dtype)
@@ -319,8 +306,7 @@ class GANModule(pl.LightningModule):
         self.log_dict({"loss/d": rows[0][0], "loss/g": rows[0][1]}, prog_bar=True, logger=False)
 
     def record(self, values: dict[str, float], sigma: float, lr_g: float, lr_d: float) -> None:
-        """This iteration's scalars (read from the device once) to the run's logger, `last_logged`, and the
-        divergence check."""
+        """This iteration's scalars to the run's logger, `last_logged`, and the divergence check."""
         values = {**values, "noise/sigma": sigma, "lr/g": lr_g, "lr/d": lr_d}
         if self.run.logger is not None:
             self.run.logger.log_metrics(values, step=self.iteration)  # x-axis: iterations, not global_step
@@ -343,8 +329,7 @@ class GANModule(pl.LightningModule):
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """ema ← decay·ema + (1 - decay)·G after each G step (a copy up to iteration `ema_start`): two
-        multi-tensor kernels, no host sync. Buffers (batch-norm statistics) are copied."""
+        """ema ← decay·ema + (1 - decay)·G after each G step (a copy up to iteration `ema_start`); buffers copied."""
         ema, raw = list(self.generator_ema.parameters()), list(self.generator.parameters())
         if self.iteration <= self.ema_start:
             torch._foreach_copy_(ema, raw)
@@ -362,8 +347,7 @@ class GANModule(pl.LightningModule):
         return self.instance_noise.sigma(epochs)
 
     def generator_loss(self, z: Tensor, generator: nn.Module) -> Tensor:
-        """G's loss on generator(z) as D sees it (instance noise included; drawn from torch's RNG): the
-        D-feature-space figure scores its copy of G with it, so its "one G step" is the step training takes."""
+        """G's loss on generator(z) as D sees it, noise from torch's RNG (the feature-space figure's G step)."""
         fake = self.per_member(generator(z))
         return self.losses(self.loss._pair.g, (self.discriminator(add_noise(fake[0], self.sigma())).unsqueeze(0),),
                            (), False)[0]
@@ -371,13 +355,8 @@ class GANModule(pl.LightningModule):
     @torch.no_grad()
     def sample(self, z: Tensor) -> Tensor:
         """G(z) in eval mode (batch norm running stats, no dropout), as sample.py draws it."""
-        generator = self.eval_generator
-        was_training = generator.training
-        generator.eval()
-        try:
+        with eval_mode(self.eval_generator) as generator:
             return generator(z)
-        finally:
-            generator.train(was_training)
 
     # ------------------------------------------------------------------------------------ the lifecycle
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -398,8 +377,7 @@ class GANModule(pl.LightningModule):
         self.training_started = True
 
     def check_parameters(self) -> bool:
-        """Whether every parameter is finite (one sync, only before a checkpoint is written); a run whose
-        parameters are not is marked diverged here and stops."""
+        """Whether every parameter is finite (one sync, before a checkpoint is written); else the run diverged."""
         finite = bool(torch.stack([p.detach().isfinite().all() for p in self.parameters()]).all())
         if not finite:
             self._diverge(self.iteration, "non-finite parameters")
@@ -424,9 +402,19 @@ class GANModule(pl.LightningModule):
             self.trainer.should_stop = True
 
 
+@contextmanager
+def eval_mode(net: nn.Module):
+    """`net` in eval mode inside the block; its own mode is restored after it."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
 def scalars(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm) -> dict[str, Tensor]:
-    """The logged scalars of one iteration for each of M members, as [M] float tensors on the device (no sync
-    yet); logits [M, N, ...]."""
+    """The logged scalars of one iteration, each an [M] float tensor on the device (no sync yet)."""
     real, fake = real_logits.detach().float().flatten(1), fake_logits.detach().float().flatten(1)
     acc_real = (real > 0).float().mean(1)
     acc_fake = (fake < 0).float().mean(1)

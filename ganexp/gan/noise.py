@@ -28,12 +28,9 @@ class LatentPrior:
 
 
 class InstanceNoise:
-    """σ of the Gaussian noise added to D's real and fake inputs, as a function of the epoch.
-
-    `linear`: σ(e) = max(σ₀·(E - e)/E, σ_min) with E = anneal_epochs, e the completed epochs
-    (`anneal_per=epoch`) or the fractional epoch (`anneal_per=iteration`, as the instance_noise
-    recipe's tutorial does). `none`: σ₀ throughout. σ₀ = 0 switches it off.
-    """
+    """σ of the Gaussian noise added to D's real and fake inputs, as a function of the epoch: `linear`,
+    σ(e) = max(σ₀·(E - e)/E, σ_min) with E = anneal_epochs and e the completed (`anneal_per=epoch`) or
+    fractional (`anneal_per=iteration`) epochs; `none`, σ₀ throughout. σ₀ = 0 switches it off."""
 
     def __init__(self, instance_sigma: float = 0.0, instance_sigma_min: float = 0.0,
                  anneal: str = "none", anneal_epochs: int = 10, anneal_per: str = "epoch"):

@@ -2,15 +2,11 @@
 
 `hydra/launcher=stacked` (hydra_plugins/ganexp_stacked) groups a sweep's jobs by everything but the
 STACKABLE keys and hands each group of two or more to `train_stack`. Every member stays a real run: its
-own GANModule (seeded and built as its separate run builds it), datamodule, callbacks, logger, run folder,
-metrics.json and checkpoints. Only the arithmetic is shared: each network runs once for all members (the
-members' rows side by side in one batch, each Linear layer one torch.baddbmm with the stacked weights:
-StackedLinear, measured faster than torch.func.vmap over F.linear at these sizes, see BENCHMARKS.md), and
-one stock optimizer steps the stacked weights at lr = 1, each member then taking its own lr (the stock
-updates are linear in lr). A member draws z and noise from its own generator (GANModule.draws) and its
-batches in its own order, so it computes what its separate run computes, up to float rounding. A member that
-diverges is frozen (its parameters get no more updates) while the others go on. `trainer.max_time` is the stack's:
-all members train that long together.
+own GANModule, datamodule, callbacks, logger, run folder, metrics.json and checkpoints. Only the arithmetic
+is shared: each network runs once for all members (ganexp/gan/stacked_nets.py), and one stock optimizer
+steps the stacked weights, each member with its own lr. A member draws from its own generator and its batches
+in its own order, so it computes what its separate run computes, up to float rounding. A member that
+diverges is frozen while the others go on; `trainer.max_time` is the stack's.
 """
 from __future__ import annotations
 
@@ -22,9 +18,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
-from ganexp.data.base import EpochBatchSampler
+from ganexp.data.base import EpochBatchSampler, IndexedTensor
 from ganexp.metrics.callback import EVAL_SEED, EvalCallback
 from ganexp.gan.module import GANModule, Run
 from ganexp.gan.stacked_nets import stacked
@@ -32,17 +28,13 @@ from ganexp.gan.stacked_nets import stacked
 log = logging.getLogger("ganexp")
 
 
-
 class StackedGAN(GANModule):
-    """M runs trained at once by GANModule.training_step: what is its own is only the stacking proper, the
-    networks run stacked (ganexp/gan/stacked_nets.py), one stock optimizer per side over the stacked weights with
-    each member's own lr, and the freezing of a member that stopped. Everything else (the step, the losses,
-    the penalties, the draws) is GANModule's, over the members' [M] numbers."""
+    """M runs trained at once by GANModule.training_step: its own is only the stacking proper (the stacked
+    networks, one optimizer per side with each member's own lr, the freezing of a member that stopped)."""
 
     def __init__(self, members: list):
         pl.LightningModule.__init__(self)
         self.automatic_optimization = False
-        self.runs = members
         self._members = [m.module for m in members]  # a plain list: the members are not submodules of the stack
         self.nets = nn.ModuleList(nn.ModuleList([m.generator, m.discriminator]) for m in self._members)  # moved with it
         first = self._members[0]
@@ -73,9 +65,8 @@ class StackedGAN(GANModule):
 
     def _optimizer(self, side: str) -> torch.optim.Optimizer:
         """One stock optimizer over the stacked weights (`flat`) with lr = 1; `step` gives each member its own lr.
-        Only lr differs inside a stack (betas, momentum, decay are grouping keys), and the stock updates
-        (Adam, RMSProp, SGD with momentum, weight decay included) are linear in lr while their state is not
-        touched by it: one step at lr = 1, then p = p_old + lr_k·(p_step - p_old) for member k."""
+        Only lr differs inside a stack (betas, momentum, decay are grouping keys), and the stock updates are
+        linear in lr while their state is not touched by it."""
         lrs = []
         for k, mod in enumerate(self.members):
             net, factory = (mod.generator, mod.optimizer_g) if side == "g" else (mod.discriminator, mod.optimizer_d)
@@ -100,8 +91,8 @@ class StackedGAN(GANModule):
         flat.copy_(new)
 
     def _keep(self, side: str) -> Tensor:
-        """Which elements of `side`'s flat weights take the step: the running members' (built again only when
-        `running` changes; one mask per side is kept, each as large as the side's weights)."""
+        """Which elements of `side`'s flat weights take the step: the running members' (kept until `running`
+        changes)."""
         running = tuple(self.running)
         if self.keep.get(side, (None,))[0] != running:
             nets = self.G if side == "g" else self.D
@@ -112,8 +103,8 @@ class StackedGAN(GANModule):
         return self.owned["g", k]["lr"], self.owned["d", k]["lr"]
 
     def optimizer_states(self, k: int) -> list[dict]:
-        """Member k's optimizer states, as its separate run's two optimizers would save them: row k of every
-        per-parameter state tensor (step counters are shared), its own hyperparameters."""
+        """Member k's optimizer states as its separate run's two optimizers would save them: row k of every
+        per-parameter state tensor, its own hyperparameters."""
         states = []
         for side, optimizer in zip("gd", self.trainer.optimizers):
             nets = self.G if side == "g" else self.D
@@ -126,8 +117,7 @@ class StackedGAN(GANModule):
         return states
 
     def member_optimizers(self, member: GANModule) -> list[torch.optim.Optimizer]:
-        """Member's own two optimizers as its separate run holds them: built by its factories over its
-        parameters, with its state (copies: stepping them leaves the stack alone)."""
+        """Member's own two optimizers as its separate run holds them, with copies of its state."""
         k = self.members.index(member)
         optimizers = [member.optimizer_g(member.generator.parameters()),
                       member.optimizer_d(member.discriminator.parameters())]
@@ -136,9 +126,7 @@ class StackedGAN(GANModule):
         return optimizers
 
     def _saver(self, member: GANModule):
-        def save_checkpoint(path, weights_only: bool = False) -> None:
-            """Lightning's trainer.save_checkpoint writes the member's checkpoint: on_save_checkpoint below
-            makes the stack's into the member's, key for key what its separate run writes."""
+        def save_checkpoint(path, weights_only: bool = False) -> None:  # on_save_checkpoint makes it the member's
             self._saving = member
             try:
                 self.trainer.save_checkpoint(path, weights_only=weights_only)
@@ -174,19 +162,14 @@ class StackedGAN(GANModule):
 
 
 # ----------------------------------------------------------------------------------------------- the data
-class _Gather(Dataset):
-    """Member k's batch from its own data: one tensor shared by all members, or one per member, stacked."""
-
-    def __init__(self, data: Tensor, shared: bool):
-        self.data, self.shared = data, shared
+class _Gather(IndexedTensor):
+    """Member k's batch [k, index[k]] from its own data, the members' data stacked [M, n, ...]."""
 
     def __len__(self) -> int:
-        return self.data.shape[0 if self.shared else 1]
+        return self.data.shape[1]
 
     def __getitem__(self, index: Tensor) -> Tensor:
         index = index.to(self.data.device, non_blocking=True)
-        if self.shared:
-            return self.data[index]
         return self.data[torch.arange(len(index), device=index.device)[:, None], index]
 
 
@@ -210,8 +193,7 @@ class _Samplers(Sampler[Tensor]):
 
 def share_data(data, distinct: list[Tensor]) -> None:
     """Point `data.train_data` at an equal tensor of `distinct` (the members before it) and let its own copy
-    go; else add it there. Members that differ only in seed, lr, smoothing or σ mostly load the same data
-    (MNIST's order comes from the seed, not its content; toy points come from `data.seed`)."""
+    go; else add it there (members that differ only in seed, lr, smoothing or σ mostly load the same data)."""
     mine = data.train_data
     same = next((t for t in distinct if t is mine or (t.shape == mine.shape and torch.equal(t, mine))), None)
     if same is None:
@@ -236,8 +218,8 @@ class StackedData(pl.LightningDataModule):
         device = self.trainer.strategy.root_device
         n = len(self.datas[0].train_data)
         samplers = [EpochBatchSampler(n, d.batch_size, d.seed) for d in self.datas]
-        return DataLoader(_Gather(self.data.to(device), self.shared), sampler=_Samplers(samplers), batch_size=None,
-                          generator=torch.Generator())
+        data = (IndexedTensor if self.shared else _Gather)(self.data.to(device))  # shared: one [n, ...] tensor
+        return DataLoader(data, sampler=_Samplers(samplers), batch_size=None, generator=torch.Generator())
 
 
 # -------------------------------------------------------------------------------------------- the members
@@ -246,16 +228,13 @@ _OWN_HOOKS = {"setup", "on_fit_start", "on_train_batch_end", "on_train_end", "on
               "on_load_checkpoint", "state_dict", "load_state_dict"}
 _MODULE_HOOKS = {"on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_epoch_end", "on_train_end",
                  "on_fit_end"}  # LightningModule hooks of the same name, called on each member module too
-
-
 _END_HOOKS = {"on_fit_end", "teardown", "on_exception"}  # ...reach a member that stopped too
 
 
 class Members(Callback):
     """The stack's one callback: every Lightning callback hook, called for each member on its own callbacks
     with (the stack's trainer, the member's module), and the member module's own hook of that name; a member
-    that stopped (diverged, or frozen by a signal) gets its end hooks only. Member things (folder, logger,
-    data, checkpoint writer) are the module's `run`."""
+    that stopped gets its end hooks only."""
 
     def __init__(self, members: list):
         self.members = members
@@ -297,9 +276,8 @@ class Members(Callback):
 
     @staticmethod
     def _score_together(members: list, final: bool) -> None:
-        """The evaluations due now (every `eval.every` iterations; `final`: the last one, on `n_final` samples),
-        scored together: each member's samples from its own generator, all of them through the classifier in
-        one call (Evaluator.score_many); each EvalCallback then takes its scores from its `ready`."""
+        """The evaluations due now (`final`: the last one, on `n_final` samples), all members' samples through the
+        classifier in one call (Evaluator.score_many); each EvalCallback then takes its scores from `ready`."""
         due: dict[tuple[int, int], list] = {}
         for m in members:
             for cb in m.callbacks:

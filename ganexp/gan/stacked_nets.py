@@ -1,12 +1,8 @@
 """Networks run stacked: M networks of one architecture as one, for a stacked sweep (ganexp/gan/stack.py).
 
-Both forms keep all M members' weights in one flat tensor (`flat`, the optimizer's one parameter) and all
-gradients in another (`flat.grad`), one leaf [M, ...] per parameter position viewing its slice of both, and
-every member's parameters views of their rows. `Stacked` runs row-wise MLPs with the members' rows side by
-side in one batch, each Linear layer one torch.baddbmm (StackedLinear: measured faster than vmap at these
-sizes, see BENCHMARKS.md); `FunctionalStacked` runs any network (DCGAN's convolutions, batch norm, spectral
-norm) as one `vmap(functional_call(copy, (params, buffers), x))` over the stacked parameters, the stacked
-buffers and the input [M, N, ...] (in_dims 0), so member k computes what its own `net(x[k])` computes.
+`Stacked` runs row-wise MLPs with the members' rows side by side in one batch (StackedLinear: measured faster
+than vmap at these sizes, see BENCHMARKS.md); `FunctionalStacked` runs any network (convolutions, batch norm,
+spectral norm) as one vmap over functional_call, so member k computes what its own `net(x[k])` computes.
 """
 from __future__ import annotations
 
@@ -35,8 +31,8 @@ ROW_WISE = (nn.Linear, nn.LeakyReLU, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, 
 
 
 def row_wise_problem(net: nn.Module) -> str | None:
-    """Why `net` cannot run as Stacked (its rows side by side in one batch), or None: its class must say that its forward treats each sample on its
-    own (`stackable = True`, as the MLPs do), every layer must be ROW_WISE, and it may keep no buffers."""
+    """Why `net` cannot run as Stacked, or None: its class declares `stackable = True` (as the MLPs do), every
+    layer is ROW_WISE, and it keeps no buffers."""
     if not getattr(type(net), "stackable", False):
         return f"{type(net).__name__} does not declare a forward that treats each sample on its own (stackable = True)"
     if any(True for _ in net.buffers()):
@@ -45,6 +41,11 @@ def row_wise_problem(net: nn.Module) -> str | None:
         if module is not net and not isinstance(module, ROW_WISE):
             return f"it has {type(module).__name__} layers"
     return None
+
+
+def _owner(net: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent, _, attr = name.rpartition(".")
+    return net.get_submodule(parent), attr
 
 
 class StackedLinear(nn.Module):
@@ -63,16 +64,13 @@ class StackedLinear(nn.Module):
 
 
 class Stacked:
-    """M networks of one architecture run as one: a copy of the first network whose Linear layers are
-    StackedLinear, fed the members' batches one after another ([M, N, ...] → [M·N, ...]); the networks' own
-    forward runs unchanged (it treats samples on their own: stack_problem).
+    """M row-wise networks run as one: a copy of the first whose Linear layers are StackedLinear, fed the
+    members' batches one after another ([M, N, ...] → [M·N, ...]).
 
-    All weights live in one flat tensor (`flat`, the optimizer's one parameter) and all gradients in another
-    (`flat.grad`). Each parameter position is a leaf [M, ...] viewing its slice of `flat`, its `.grad` a view
-    of the same slice of the gradient, so backward accumulates straight into the flat gradient and the
-    optimizer, the members' lr and the freezing of diverged members are a few whole-tensor ops per step, not
-    a few per layer. Every member's parameter is a view of its row of a leaf: the members' modules stay plain
-    modules whose weights are always the stack's (callbacks, EMA, checkpoints read them as usual).
+    All weights live in one flat tensor (`flat`, the optimizer's one parameter), all gradients in `flat.grad`;
+    each parameter position is a leaf [M, ...] viewing its slice of both, so the optimizer step, the members'
+    lr and the freezing are a few whole-tensor ops. Every member's parameter is a view of its row of a leaf:
+    the members' modules keep the stack's weights (callbacks, EMA, checkpoints read them as usual).
     `bind()` runs on the training device (moving a module copies its parameters, which would break the views)."""
 
     joint = True  # row-wise: D may score real and fake in one pass
@@ -90,16 +88,14 @@ class Stacked:
         self.net = copy.deepcopy(self.nets[0])
         for name, module in self.nets[0].named_modules():
             if isinstance(module, nn.Linear):
-                parent, _, attr = name.rpartition(".")
-                bias = self.leaves.get(f"{name}.bias")
-                setattr(self.net.get_submodule(parent), attr, StackedLinear(self.leaves[f"{name}.weight"], bias))
+                weight, bias = self.leaves[f"{name}.weight"], self.leaves.get(f"{name}.bias")
+                setattr(*_owner(self.net, name), StackedLinear(weight, bias))
         for param in list(self.net.parameters()):  # none left but those of layers replaced above
             raise RuntimeError(f"a stacked copy kept a parameter of shape {tuple(param.shape)}")
 
     def bind_parameters(self) -> None:
         """`flat`, its gradient and the leaves viewing them; the members' parameters become views of their rows."""
-        owners = {name: [(net.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]) for net in self.nets]
-                  for name in self.names}
+        owners = {name: [_owner(net, name) for net in self.nets] for name in self.names}
         stacked = {name: torch.stack([getattr(m, attr).detach() for m, attr in pairs]) for name, pairs in owners.items()}
         self.flat = torch.cat([t.reshape(-1) for t in stacked.values()]).requires_grad_(True)
         self.flat.grad = torch.zeros_like(self.flat)
@@ -135,9 +131,7 @@ class Stacked:
 
 class _StackedSpectralNorm(_SpectralNorm):
     """torch's spectral norm parametrization with a power iteration vmap can batch: the same arithmetic, u and v
-    written in place by copy_ (vmap has no batching rule for F.normalize's `out=`), so each member's power
-    iteration updates its own row of the stacked u, v buffers. Set as the class of the running copy's
-    parametrizations only; the members' own modules stay torch's."""
+    written by copy_ (vmap cannot batch F.normalize's `out=`). The class of the running copy's only."""
 
     @torch.no_grad()
     def _power_method(self, weight_mat: Tensor, n_power_iterations: int) -> None:
@@ -147,12 +141,9 @@ class _StackedSpectralNorm(_SpectralNorm):
 
 
 def functional_problem(net: nn.Module) -> str | None:
-    """Why `net` cannot run as a FunctionalStacked member, or None.
-
-    Handled: parameters, buffers (batch norm running stats and num_batches_tracked, spectral norm's u and v,
-    see torch.nn.utils.parametrizations.spectral_norm), dropout (each member its own mask). Refused: the old
-    hook-based torch.nn.utils.spectral_norm (it writes module attributes in a forward pre-hook, not buffers
-    in place), batch norm without running stats on a batch of 1, and lazy modules (no shapes yet)."""
+    """Why `net` cannot run as a FunctionalStacked member, or None: parameters, buffers (batch norm, the
+    parametrized spectral norm) and dropout are handled; the old hook-based spectral_norm (it writes module
+    attributes in a pre-hook) and lazy modules (no shapes yet) are refused."""
     for module in net.modules():
         if isinstance(module, nn.modules.lazy.LazyModuleMixin):
             return f"it has a lazy {type(module).__name__} (no shapes before its first forward)"
@@ -162,17 +153,9 @@ def functional_problem(net: nn.Module) -> str | None:
     return None
 
 
-def _owner(net: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent, _, attr = name.rpartition(".")
-    return net.get_submodule(parent), attr
-
-
 class FunctionalStacked(Stacked):
-    """M networks of one architecture run as one (torch.func.vmap over functional_call of a copy of the first).
-
-    All weights live in one flat tensor (`flat`, the optimizer's one parameter) and all gradients in another
-    (`flat.grad`): as Stacked. Buffers are stacked into `buffers` (name → [M, ...]), each member's buffer a
-    view of its row. `bind()` runs on the training device, after the nets are moved."""
+    """M networks of one architecture run as one: vmap over functional_call of a copy of the first. Weights
+    as Stacked's; buffers are stacked into `buffers` (name → [M, ...]), each member's buffer a view of its row."""
 
     joint = False  # batch norm: D scores real and fake in passes of their own, as a separate run does
 

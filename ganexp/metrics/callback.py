@@ -17,6 +17,7 @@ import torch
 
 from ganexp.run import writes
 from ganexp.callbacks.base import Periodic
+from ganexp.gan.module import eval_mode
 from ganexp.run.files import generator_weights, load_weights, read_checkpoint
 from ganexp.metrics.evaluator import Evaluator, quantize
 from ganexp.metrics.scores import better
@@ -101,19 +102,14 @@ class EvalCallback(Periodic):
 
     def samples(self, generator, pl_module, n: int):
         """n samples of `generator` on the fixed latent sample, on the CPU as Evaluator.score takes them."""
-        was_training = generator.training
-        generator.eval()
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                torch.manual_seed(EVAL_SEED)
-                z = pl_module.prior.sample(n, generator=torch.Generator().manual_seed(EVAL_SEED))
-                samples = torch.cat([generator(c.to(pl_module.device)) for c in z.split(self.batch_size)])
-                if samples.dim() == 4:
-                    samples = quantize(samples, pl_module.run.data.value_range)
-                return samples.cpu()
-        finally:
-            generator.train(was_training)
+        with eval_mode(generator), torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(EVAL_SEED)
+            z = pl_module.prior.sample(n, generator=torch.Generator().manual_seed(EVAL_SEED))
+            samples = torch.cat([generator(c.to(pl_module.device)) for c in z.split(self.batch_size)])
+            if samples.dim() == 4:
+                samples = quantize(samples, pl_module.run.data.value_range)
+            return samples.cpu()
 
     def _save_best(self, pl_module) -> None:
         """Weights + config (what sample / evaluate need), written atomically by rank 0 alone."""

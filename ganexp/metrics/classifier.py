@@ -1,9 +1,8 @@
 """The domain classifier whose feature space every ganexp metric is computed in.
 
-Inception weights come from a download (none offline) and were never meant for 28×28
-grey digits, so ganexp trains one small CNN per labelled dataset itself, on the
-train split, caches it, and records its SHA-256: two numbers are comparable only when
-their classifier hashes match.
+Inception weights need a download and were never meant for 28×28 grey digits, so ganexp trains one small CNN
+per labelled dataset on its train split, caches it, and records its SHA-256: two numbers are comparable only
+when their classifier hashes match.
 
     python -m ganexp.metrics.classifier data=mnist     # train (or load) and print its accuracy
 """
@@ -58,9 +57,6 @@ class DomainClassifier(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(self.num_features, n_classes))
 
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
 
@@ -88,10 +84,7 @@ def state_hash(state: dict[str, Tensor]) -> str:
 
 
 def load_split(name: str, train: bool, root: str | Path | None = None) -> tuple[Tensor, Tensor]:
-    """(uint8 images [N, 1, H, W], int64 labels) of a labelled dataset's train or test split.
-
-    digits has no official split: ganexp.data.digits.digits_split is the one both sides use.
-    """
+    """(uint8 images [N, 1, H, W], int64 labels) of a labelled dataset's train or test split."""
     if name == "digits":
         from ganexp.data.digits import digits_split
 
@@ -102,10 +95,7 @@ def load_split(name: str, train: bool, root: str | Path | None = None) -> tuple[
 
         cls = MNISTDataModule if name == "mnist" else FashionMNISTDataModule
         root = root or os.environ.get("GANEXP_DATA_DIR", "./data")
-        module = cls(root=str(root), batch_size=1)
-        module.ensure_files()
-        ds = module.dataset_cls(str(module.root), train=train, download=False)
-        return ds.data.unsqueeze(1).clone(), ds.targets.clone()
+        return cls(root=str(root), batch_size=1).split(train)
     raise ConfigError(f"no domain classifier for data '{name}'; metrics need one of {', '.join(LABELLED)}")
 
 
@@ -136,11 +126,6 @@ def _locked(path: Path, problem: str):
         os.close(fd)  # releases the lock
 
 
-def accuracy(model: DomainClassifier, images: Tensor, labels: Tensor) -> float:
-    _, logits = model.embed(images)
-    return float((logits.argmax(1) == labels).float().mean())
-
-
 def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
     """Train on the train split, measure on the test split; returns the record that gets cached."""
     x, y = load_split(name, train=True, root=root)
@@ -158,7 +143,10 @@ def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
         for epoch in range(epochs):
             model.train()
             for idx in torch.randperm(len(x)).split(batch):
-                images = _augment(x[idx].float() / 255.0, shift)
+                images = x[idx].float() / 255.0
+                if shift:  # the whole batch rolled by up to `shift` pixels (MNIST's borders are empty)
+                    dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,)))
+                    images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
                 loss = nn.functional.cross_entropy(model(images), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -166,7 +154,7 @@ def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
                 sched.step()
             log(f"classifier[{name}] epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    acc = accuracy(model, x_test, y_test)
+    acc = float((model.embed(x_test)[1].argmax(1) == y_test).float().mean())
     record = {
         "dataset": name, "arch": ARCH, "recipe": RECIPE[name], "shape": list(x.shape[1:]), "state_dict": state,
         "sha256": state_hash(state), "test_accuracy": acc, "quality_bar": QUALITY_BAR[name],
@@ -176,14 +164,6 @@ def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
     log(f"classifier[{name}]: test accuracy {acc:.2%} ({verdict} the bar of {QUALITY_BAR[name]:.0%}), "
         f"{record['train_seconds']:.0f} s, sha256 {record['sha256'][:12]}")
     return record
-
-
-def _augment(images: Tensor, shift: int) -> Tensor:
-    """The whole batch shifted by up to `shift` pixels (MNIST's borders are empty: rolling is shifting)."""
-    if not shift:
-        return images
-    dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,)))
-    return torch.roll(images, shifts=(dy, dx), dims=(2, 3))
 
 
 def load_classifier(name: str, root=None, log=print,

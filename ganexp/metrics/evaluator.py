@@ -1,19 +1,10 @@
 """Evaluator: scores generated samples against one dataset's test split, with the protocol recorded.
 
-Images: the domain classifier's features of generated images (quantized to uint8 like
-the real ones) against the whole test split. Toy 2-D data: exact scores against fresh
-samples of the true distribution, in the standardized space the model sees (`swd`) and
-in data units (`modes`, `hq` for ring / grid; `residual` for quadratic).
-
-The real-vs-real floor scores n real *train* images (or fresh toy points) exactly as a
-generator's n samples are scored: the value a perfect generator would get.
-
-One Evaluator serves every run of a process on the same data (`for_datamodule`): a sweep's jobs and a
-stack's members load the classifier, embed the test split and compute floors once; `score_many` puts
-several generators' samples through the classifier in one call.
-
-Both refuse fewer samples than the data's metrics need (`min_samples` in the registry of
-ganexp.metrics.scores): a ConfigError naming each metric that cannot be carried and the count to give.
+Images: the domain classifier's features of generated images (quantized to uint8 like the real ones) against
+the whole test split. Toy 2-D data: scores against fresh samples of the true distribution, in the standardized
+space (`swd`) and in data units (`modes`, `hq`; `residual` for quadratic). The real-vs-real floor scores n real
+*train* images (or fresh toy points) as a generator's n samples are scored. One Evaluator serves every run of
+a process on the same data (`for_datamodule`); fewer samples than the metrics need are a ConfigError.
 """
 from __future__ import annotations
 
@@ -31,12 +22,6 @@ from ganexp.metrics.scores import (IMAGE_METRICS, image_scores, min_samples, mod
 
 MAX_FLOOR_BYTES = 64 << 10  # a cached floor is ~200 bytes of JSON
 _SHARED: dict[tuple, Evaluator] = {}  # one per data and device in a process: a sweep's jobs, a stack's members
-
-
-def _is_floor(value, metrics) -> bool:
-    """A floor record: each metric a number >= 0 (the bound keeps out NaN, inf and ints too big for a float)."""
-    return isinstance(value, dict) and set(value) == set(metrics) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e12 for v in value.values())
 
 
 def quantize(images: Tensor, value_range) -> Tensor:
@@ -59,7 +44,7 @@ class Evaluator:
                               f"({', '.join(LABELLED)}) or toy data; set eval=none")
         self.monitor, self.unit, self.metrics = "fid", "images", list(IMAGE_METRICS)
         self.root = root
-        test_images, self.test_labels = load_split(dataset, train=False, root=root)
+        test_images, _ = load_split(dataset, train=False, root=root)
         unusable = None
         for _ in range(2):  # weights that pass every check of the file can still overflow; FID's eig then crashes
             self.classifier, clf = load_classifier(dataset, root=root, log=log, unusable=unusable)
@@ -105,9 +90,8 @@ class Evaluator:
         return self.score_many([samples])[0]
 
     def score_many(self, samples: list[Tensor], seed: int | None = None) -> list[dict[str, float]]:
-        """score() of several generators' samples (a stack's members), images through the classifier in one call.
-        `seed`: the CPU generator seeded with it before each set's scores (KID's subsets, IS's splits), as
-        EvalCallback.evaluate scores one set, under a forked RNG that leaves the caller's untouched."""
+        """score() of several generators' samples (a stack's members), images through the classifier in one call;
+        `seed` seeds the CPU generator before each set's scores, under a forked RNG."""
         for s in samples:
             if self.dataset != "toy" and s.dtype != torch.uint8:
                 raise ConfigError("images to score must be uint8 (use quantize())")
@@ -128,10 +112,8 @@ class Evaluator:
         return scores
 
     def floor(self, n: int) -> dict[str, float]:
-        """The real-vs-real floor: n real samples not in the reference, scored like generated ones
-        (digits has 1,437 train images: its floor uses at most that many). Images: cached beside the
-        classifier, keyed by its hash and n (MNIST's 10,000-image floor takes seconds at every start).
-        ConfigError for n below `min_samples`, as score() (a too-small n fails at a run's start)."""
+        """The real-vs-real floor: n real samples not in the reference, scored like generated ones. Images: cached
+        beside the classifier, keyed by its hash and n. ConfigError for n below `min_samples`, as score()."""
         require_samples(n, self.metrics, self.unit)
         if n not in self._floors:
             self._floors[n] = self._floor(n) if self.dataset == "toy" else self._cached_floor(n)
@@ -145,7 +127,8 @@ class Evaluator:
         except BadFile as err:
             cached, problem = None, str(err)
         if cached is not None:
-            if _is_floor(cached, self.metrics):
+            if isinstance(cached, dict) and set(cached) == set(self.metrics) and all(  # (the bound keeps out NaN, inf)
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e12 for v in cached.values()):
                 return cached
             problem = f"{path} is not a floor of {', '.join(self.metrics)} (finite numbers >= 0)"
         if problem:  # a shared cache: a damaged or crafted file is never used, only replaced

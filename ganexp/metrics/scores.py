@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -27,28 +26,17 @@ class Metric(NamedTuple):
     possible: tuple[float, float] = (0.0, math.inf)  # the values a measurement can take (compare refuses others)
 
 
-# The metric registry: every score ganexp reports, in report order, whether higher is better
-# (leaderboards, best.ckpt, eval.monitor's allowed values and compare all read it from here) and the
-# fewest samples it needs. Evaluator.score and the floor refuse fewer (the numbers: 8-20 real-vs-real
-# draws per n, digits classifier features and the toy distributions):
-# - fid 2: a covariance needs 2 samples; more is wise: FID is biased upwards ~1/n (digits real-vs-real:
-#   102 at n=10, 11 at 100, 5 at 360) and its covariance is singular below the feature dimension, so
-#   compare FIDs only at equal n (the protocol records it).
-# - kid 50: its subsets hold min(1000, n) samples; KID is the unbiased MMD² estimate, real-vs-real it
-#   scatters ±4.4 at n=10 and ±0.9 at 50 against ~7 for noise (and can dip below 0, see image_scores).
-# - is 100: 10 splits of >= 10 samples; a split of m samples caps IS at m, under the 10 classes.
-# - coverage, class_kl 100: 10 per class expected; a class's "tenth of its fair share" is then >= 1
-#   sample and a fair generator misses one of 10 classes with P < 3e-4 (5% at 50); class_kl's
-#   small-sample bias ~(classes - 1) / 2n is then 0.045, against log 10 = 2.3 for a collapse.
-# - precision, recall 100: the k=3-NN balls need n > k; below ~100 they are so wide that uniform
-#   noise scores precision >= 0.93 on digits (0.29 at 100, 0.10 at 360).
-# - swd 100: the floor shrinks ~1/sqrt(n) (ring 0.18, grid 0.44 at 100 vs 1.5, 4 for one mode).
-# - modes 250: a tenth of the fair share of the grid's 25 modes is then >= 1 point; a fair sampler
-#   then finds all 25 (22-25 at 100), and all 8 of the ring.
+# The metric registry: every score ganexp reports, in report order, whether higher is better (leaderboards,
+# best.ckpt, eval.monitor and compare read it here) and the fewest samples it needs (measured real-vs-real):
+# - fid 2: a covariance needs 2; FID is biased upwards ~1/n (digits: 102 at n=10, 11 at 100): compare at equal n.
+# - kid 50: real-vs-real it scatters ±4.4 at n=10, ±0.9 at 50, against ~7 for noise.
+# - is 100: 10 splits of >= 10 samples (a split of m samples caps IS at m).
+# - coverage, class_kl 100: 10 per class expected: a fair generator misses a class with P < 3e-4.
+# - precision, recall 100: below, the k=3-NN balls are so wide that noise scores precision >= 0.93 on digits.
+# - swd 100; modes 250: a tenth of the fair share of the grid's 25 modes is then >= 1 point.
 # - hq 100: a share, ± <= 0.05 at 100.  residual 10: a median, robust from a few points.
-# Possible values: distances, divergences and counts are >= 0 (kid and class_kl clamped at 0, see
-# image_scores); precision, recall and hq are shares in [0, 1]; is = exp(mean KL) >= 1 but for rounding
-# (its upper end, the class count, is not in a record).
+# Possible values: distances, divergences and counts are >= 0 (kid and class_kl clamped, see image_scores);
+# precision, recall and hq are shares in [0, 1].
 SHARE = (0.0, 1.0)
 IMAGE_METRICS = {"fid": Metric(False, 2), "kid": Metric(False, 50), "is": Metric(True, 100),
                  "coverage": Metric(True, 100), "class_kl": Metric(False, 100), "precision": Metric(True, 100, SHARE),
@@ -90,12 +78,9 @@ class _Given(nn.Module):
         return x
 
 
-@contextmanager
-def _quiet():
+def _quiet() -> warnings.catch_warnings:
     """torchmetrics warns that KID / IS "will save all extracted features": they are in memory already."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        yield
+    return warnings.catch_warnings(action="ignore", category=UserWarning)
 
 
 def fid(real: Tensor, fake: Tensor) -> float:
@@ -159,14 +144,9 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
 
 def image_scores(real_features: Tensor, real_logits: Tensor, fake_features: Tensor, fake_logits: Tensor,
                  pr_samples: int = 5000) -> dict[str, float]:
-    """Every image metric from the classifier's features and logits of real and generated images.
-
-    The distances (fid, kid, class_kl) are >= 0 in truth and are reported clamped at 0: KID is the
-    unbiased MMD² estimate, whose draws scatter around a true value of ~0 for a perfect generator
-    (digits real-vs-real at n=100: 0.03 ± 0.42), and FID's matrix square root can round below 0. A
-    reported 0 reads "indistinguishable at this n"; sample counts where that scatter swamps the
-    signal are refused instead (the registry's min_samples, checked by Evaluator.score).
-    """
+    """Every image metric from the classifier's features and logits of real and generated images. The
+    distances (fid, kid, class_kl) are reported clamped at 0: KID is an unbiased estimate that scatters around
+    ~0 for a perfect generator, and FID's matrix square root can round below 0."""
     n_classes = real_logits.shape[1]
     m = min(pr_samples, len(real_features), len(fake_features))  # k-NN manifolds on equal counts
     precision, recall = precision_recall(real_features[:m], fake_features[:m])

@@ -10,7 +10,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ganexp.errors import ConfigError
-from ganexp.models.mlp import output_layer, spectral_normed
+from ganexp.models.mlp import Discriminator, output_layer, spectral_normed
 
 
 def _halvings(size: int) -> tuple[int, int]:
@@ -51,7 +51,7 @@ class DCGANGenerator(nn.Module):
         return self.net(self.project(z))
 
 
-class DCGANDiscriminator(nn.Module):
+class DCGANDiscriminator(Discriminator):
     def __init__(self, in_shape: Sequence[int], width: int = 64, slope: float = 0.2, spectral_norm: bool = False):
         super().__init__()
         _needs_images(in_shape)
@@ -64,9 +64,3 @@ class DCGANDiscriminator(nn.Module):
         self.body = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Linear(ch[-1] * base * base, 1)
         spectral_normed(self, spectral_norm)
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x)).squeeze(1)

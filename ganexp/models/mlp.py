@@ -84,7 +84,17 @@ class MLPGenerator(nn.Module):
         return self.net(z).view(-1, *self.out_shape)
 
 
-class MLPDiscriminator(nn.Module):
+class Discriminator(nn.Module):
+    """`body` (x → features, the last hidden layer) and `head` (features → 1 logit)."""
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x)).squeeze(1)
+
+
+class MLPDiscriminator(Discriminator):
     """x → hidden… → 1 logit. `features(x)` is the last hidden layer (2-d in `toy_mlp`).
 
     `linear_features`: no activation after the last hidden layer, as in the toy_quadratic recipe, whose
@@ -104,9 +114,3 @@ class MLPDiscriminator(nn.Module):
         self.head = nn.Linear(hidden[-1], 1)
         _init(self, init)
         spectral_normed(self, spectral_norm)  # after the init: it normalizes the initialized weights
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x)).squeeze(1)

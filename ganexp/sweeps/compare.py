@@ -8,28 +8,20 @@ never finished come last, with their reason. Writes summary.md, summary.csv (one
 per job) and summary.png (the metric against each swept parameter) into SWEEP_DIR; a searched
 sweep (Optuna) adds its best trial and trials.png (ganexp/sweeps/search.py).
 
-Ranking value of a job: `best[metric]`, else `final[metric]` (what train.py returns to
-sweepers). Runs with no metrics at all (eval=none) fall back to the last logged
-`loss/g` from their TensorBoard files: a loss says little about sample quality, and
-the summary says so.
+Ranking value of a job: `best[metric]`, else `final[metric]`; runs with no metrics (eval=none) fall back
+to the last logged `loss/g` from their TensorBoard files, and the summary says how little a loss tells.
+--metric takes a registry name (ganexp.metrics.scores) or `loss/<tag>`; anything else, or a metric that no
+finished job reports, is an error (exit 2), not a table of dashes.
 
---metric takes a name of ganexp's metric registry (ganexp.metrics.scores) or `loss/<tag>`
-(the last logged TensorBoard scalar, e.g. loss/g); anything else is an error (exit 2).
-A known metric that no job reports is an error too (exit 2, naming the metrics the jobs
-do report), not a table of dashes: the ranking would rank nothing. (When no job finished,
-the table of failures is printed as usual, since the dashes then come from the failures.)
-
-A sweep folder may come from someone else, so it is read as data: each record is bounded in size
-and only the fields above are kept; a job whose record is malformed, too large or impossible (a
-value its metric cannot take, by the registry's `possible`; a negative or fractional iteration; a status ganexp
-does not write) is `unreadable`, with the reason, and never ranked. Tables and summary.csv are
-bounded in rows, columns and cell length. Every file is written through ganexp/run/writes.py (a link
-in the way is replaced, never written through), and each link below SWEEP_DIR that points outside
-it is listed as suspicious (compare still reads through it).
+A sweep folder may come from someone else, so it is read as data: records are bounded and checked, and a
+job whose record is malformed or impossible is `unreadable`, with the reason, never ranked. Tables are
+bounded; files are written through ganexp/run/writes.py; links below SWEEP_DIR that point outside it are
+listed as suspicious.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import csv
 import difflib
@@ -48,7 +40,7 @@ from ganexp.run import writes
 from ganexp.errors import ConfigError, shown
 from ganexp.run.files import BadFile, read_json, read_yaml
 from ganexp.config.keys import PLUMBING, covers, keys_of
-from ganexp.metrics.scores import HIGHER_IS_BETTER, IMAGE_METRICS, METRICS, TOY_METRICS  # the metric registry
+from ganexp.metrics.scores import HIGHER_IS_BETTER, METRICS  # the metric registry
 from ganexp.run.results import METRICS_FILE
 
 LOSS_FALLBACK = "loss/g"
@@ -68,6 +60,7 @@ MAX_PLOTTED = 6             # of them drawn in summary.png (one panel each)
 MAX_TEXT = 200              # characters of a value, reason or folder name kept
 MAX_LINKS = 20              # suspicious links listed
 MAX_EVENTS_BYTES = 256 << 20  # an event file read for a loss/<tag> ranking (a long run's scalars: megabytes)
+KNOWN = list(METRICS)  # the names --metric accepts, in report order, `loss/<tag>` aside
 
 
 @dataclass
@@ -90,12 +83,8 @@ class Job:
         return self.status == "finished"
 
 
-def higher_is_better(metric: str) -> bool:
-    return metric in HIGHER_IS_BETTER
-
-
 def direction(metric: str) -> str:
-    return "higher is better" if higher_is_better(metric) else "lower is better"
+    return "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
 
 
 def text(value: object, width: int = MAX_TEXT) -> str:
@@ -119,11 +108,6 @@ def possible(metric: str, value) -> bool:
         return False
 
 
-def _range(metric: str) -> str:
-    low, high = METRICS[metric].possible
-    return f"a number >= {low:g}" if high == math.inf else f"a number in [{low:g}, {high:g}]"
-
-
 def _metrics(record: dict, part: str) -> dict[str, float]:
     """record[part] ("best" / "final"): the registry's metrics only, each a possible value (BadFile if not)."""
     values = record.get(part)
@@ -133,9 +117,14 @@ def _metrics(record: dict, part: str) -> dict[str, float]:
         raise BadFile(f"{METRICS_FILE}: {part} is not a mapping of metric names to numbers")
     for metric in METRICS:
         if metric in values and not possible(metric, values[metric]):
-            raise BadFile(f"{METRICS_FILE}: {part}.{metric} is {shown(repr(values[metric]), 40)}, "
-                          f"not a possible {metric} ({_range(metric)})")
+            low, high = METRICS[metric].possible
+            wanted = f"a number >= {low:g}" if high == math.inf else f"a number in [{low:g}, {high:g}]"
+            raise _bad(f"{part}.{metric}", values[metric], f"not a possible {metric} ({wanted})")
     return {m: float(values[m]) for m in METRICS if m in values}
+
+
+def _bad(field: str, value, what: str) -> BadFile:
+    return BadFile(f"{METRICS_FILE}: {field} is {shown(repr(value), 40)}, {what}")
 
 
 def _record(run_dir: Path) -> dict:
@@ -145,15 +134,13 @@ def _record(run_dir: Path) -> dict:
         raise BadFile(f"{METRICS_FILE} is not a ganexp record (a JSON {type(record).__name__}, not an object)")
     status = record.get("status", "no result")
     if status not in STATUSES and status != "no result":
-        raise BadFile(f"{METRICS_FILE}: status is {shown(repr(status), 40)}, not one ganexp writes "
-                      f"({', '.join(STATUSES)})")
+        raise _bad("status", status, f"not one ganexp writes ({', '.join(STATUSES)})")
     iteration = record.get("iteration")
     if iteration is not None and not (_is_number(iteration) and isinstance(iteration, int) and iteration >= 0):
-        raise BadFile(f"{METRICS_FILE}: iteration is {shown(repr(iteration), 40)}, not a count of iterations "
-                      "(an integer >= 0)")
+        raise _bad("iteration", iteration, "not a count of iterations (an integer >= 0)")
     monitor = record.get("monitor")
     if monitor is not None and not (isinstance(monitor, str) and monitor in METRICS):
-        raise BadFile(f"{METRICS_FILE}: monitor is {shown(repr(monitor), 40)}, not a metric ganexp reports")
+        raise _bad("monitor", monitor, "not a metric ganexp reports")
     reason = record.get("reason")
     return {"status": status, "reason": text(reason) if reason else "", "iteration": iteration, "monitor": monitor,
             "best": _metrics(record, "best"), "final": _metrics(record, "final")}
@@ -240,19 +227,14 @@ def last_logged(run_dir: Path, tag: str) -> float:
     return last
 
 
-def known_metrics() -> list[str]:
-    """The names --metric accepts (the registry, in report order), `loss/<tag>` aside."""
-    return list({**IMAGE_METRICS, **TOY_METRICS})
-
-
 def check_metric(metric: str) -> None:
     """ConfigError unless `metric` is a registry name or `loss/<tag>` (a TensorBoard scalar)."""
-    if metric in known_metrics() or (metric.startswith("loss/") and len(metric) > len("loss/")):
+    if metric in KNOWN or (metric.startswith("loss/") and len(metric) > len("loss/")):
         return
-    close = difflib.get_close_matches(metric, known_metrics(), n=1)
+    close = difflib.get_close_matches(metric, KNOWN, n=1)
     raise ConfigError(f"--metric {metric!r} is not a metric ganexp reports"
                       + (f" (did you mean {close[0]}?)" if close else "")
-                      + f"; use one of {', '.join(known_metrics())}, or loss/<tag> for the last logged "
+                      + f"; use one of {', '.join(KNOWN)}, or loss/<tag> for the last logged "
                       f"TensorBoard scalar (e.g. {LOSS_FALLBACK})")
 
 
@@ -261,7 +243,7 @@ def check_reported(summary: Summary) -> None:
     if not any(j.finished for j in summary.jobs) or any(math.isfinite(j.value) for j in summary.jobs):
         return
     names = {m for j in summary.jobs for m in {**j.final, **j.best}}
-    reported = [m for m in known_metrics() if m in names] + sorted(names - set(known_metrics()))
+    reported = [m for m in KNOWN if m in names] + sorted(names - set(KNOWN))
     if summary.metric.startswith("loss/"):
         why = f"no finished job in {summary.sweep_dir} logged {summary.metric} to TensorBoard"
     else:
@@ -304,7 +286,7 @@ def swept(jobs: list[Job]) -> list[str]:
 def ranked(rows: list, value, metric: str) -> list:
     """Rows with a finite value first, best first; the rest after, in their order."""
     good = [r for r in rows if math.isfinite(value(r))]
-    good.sort(key=value, reverse=higher_is_better(metric))
+    good.sort(key=value, reverse=metric in HIGHER_IS_BETTER)
     return good + [r for r in rows if not math.isfinite(value(r))]
 
 
@@ -338,13 +320,6 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else "—"
 
 
-def _status(job: Job) -> str:
-    if job.finished:
-        return "finished"
-    reason = shown(job.reason, 120)
-    return f"**{job.status}**" + (f": {reason}" if reason else "")
-
-
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     def cell(value) -> str:
         return str(value).replace("|", "\\|")
@@ -364,9 +339,11 @@ def job_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
     rows = []
     for i, job in enumerate(by_rank(jobs, metric), 1):
         rank = str(i) if job.finished and math.isfinite(job.value) else "—"
+        reason = shown(job.reason, 120)
+        status = "finished" if job.finished else f"**{job.status}**" + (f": {reason}" if reason else "")
         rows.append([rank, *(job.params.get(k, "") for k in keys), *([job.seed] if show_seed else []),
                      *([] if keys else [job.run]), _fmt(job.value), job.iteration if job.iteration is not None else "—",
-                     _status(job)])
+                     status])
     return markdown_table(header, rows)
 
 
@@ -429,7 +406,7 @@ class Summary:
     def count_line(self) -> str:
         if not self.failures:
             return f"all {len(self.jobs)} jobs finished"
-        kinds = {s: sum(j.status == s for j in self.failures) for s in dict.fromkeys(j.status for j in self.failures)}
+        kinds = collections.Counter(j.status for j in self.failures)
         return (f"{len(self.failures)} of {len(self.jobs)} jobs did not finish ("
                 + ", ".join(f"{n} {s}" for s, n in kinds.items()) + ")")
 
@@ -517,11 +494,7 @@ def plot(summary: Summary, path: Path) -> bool:
     done = [j for j in summary.jobs if j.finished and math.isfinite(j.value)]
     if not done:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = search.pyplot()
     keys = summary.keys[:MAX_PLOTTED] or ["run"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -544,11 +517,7 @@ def plot(summary: Summary, path: Path) -> bool:
         ax.set_ylabel(f"{summary.metric} ({direction(summary.metric)})")
         ax.legend(fontsize="small")
     fig.suptitle(f"{summary.metric} of {summary.sweep_dir.name}: {summary.count_line()}", fontsize="medium")
-    fig.tight_layout()
-    try:
-        writes.replace_with(path, lambda tmp: fig.savefig(tmp, dpi=100))
-    finally:
-        plt.close(fig)
+    search.save(plt, fig, path)
     return True
 
 
@@ -571,15 +540,13 @@ def write(summary: Summary) -> list[Path]:
     md, table, png = (folder / name for name in FILES)
     written = [writes.replace_text(md, summary.markdown), write_csv(summary, table), *_drawn(png, plot(summary, png))]
     trials = folder / search.PLOT
-    lower = not higher_is_better(summary.metric)
+    lower = summary.metric not in HIGHER_IS_BETTER
     return written + _drawn(trials, summary.search is not None
                             and search.plot(summary.jobs, summary.metric, lower, trials))
 
 
 def write_or_say(summary: Summary) -> str:
-    """`write`, for the CLI after the table is printed: the one line to print instead of a traceback
-    when the sweep folder cannot take the files (read-only, full disk), else "". A link the writer
-    refuses is a ConfigError, for main to report."""
+    """`write`, for the CLI: the one line to print when the sweep folder cannot take the files, else ""."""
     try:
         write(summary)
     except OSError as err:
@@ -592,7 +559,7 @@ def write_or_say(summary: Summary) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder, e.g. outputs/multirun/<date>/<time>")
-    parser.add_argument("--metric", help=f"rank by this metric: {', '.join(known_metrics())} or loss/<tag> "
+    parser.add_argument("--metric", help=f"rank by this metric: {', '.join(KNOWN)} or loss/<tag> "
                                           "(default: the runs' monitored metric)")
     args = parser.parse_args(argv)
     try:
@@ -605,11 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"no job folders (with .hydra/overrides.yaml) under {args.sweep_dir}")
         if args.metric is not None:
             check_reported(summary)
-    except ConfigError as err:
-        print(f"ganexp.compare: error: {err}", file=sys.stderr)
-        return 2
-    print(summary.markdown, flush=True)  # first: the table is the answer, whether or not the files can be written
-    try:
+        print(summary.markdown, flush=True)  # first: the table is the answer, whether or not the files can be written
         note = write_or_say(summary)
     except ConfigError as err:
         print(f"ganexp.compare: error: {err}", file=sys.stderr)

@@ -1,13 +1,8 @@
 """A searched sweep (`sweep=search`, Hydra's Optuna sweeper), as `ganexp.sweeps.compare` reports it.
 
-Optuna writes `optimization_results.yaml` (its best trial) into the sweep folder; each trial is a
-job folder like a grid's, numbered by Hydra (`.hydra/hydra.yaml`, `hydra.job.num`). This adds to the
-summary: the best trial (the table's first row, with Optuna's own beside it when they differ: a search
-re-run with another sampler seed into the same folder holds two studies, whose trial numbers repeat,
-and Optuna's file describes the last one only), how many trials failed (a failed or diverged trial
-returns no value and Optuna records it as FAIL), and `trials.png`, the metric over trials (by number,
-then folder) with the best-so-far line. Every file is read as data (files.read_yaml, bounded) and
-checked before use.
+Optuna writes `optimization_results.yaml` (its best trial) into the sweep folder; each trial is a job folder
+numbered by Hydra (`hydra.job.num`). This adds to the summary the best trial (with Optuna's own beside it when
+they differ: two studies in one folder), how many trials failed, and trials.png. Every file is read as data.
 """
 from __future__ import annotations
 
@@ -107,11 +102,7 @@ def plot(jobs: list, metric: str, lower_is_better: bool, path: Path) -> bool:
     done = [(n, j.value) for n, j in trials if j.finished and math.isfinite(j.value)]
     if not done:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(*zip(*done), "o", alpha=0.7, label="trial")
     best, steps = math.inf if lower_is_better else -math.inf, []
@@ -125,9 +116,23 @@ def plot(jobs: list, metric: str, lower_is_better: bool, path: Path) -> bool:
     ax.set_xlabel("trial" + (" (numbers repeat: more than one study)" if repeated(jobs) else ""))
     ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
     ax.legend(fontsize="small")
+    save(plt, fig, path)
+    return True
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save(plt, fig, path: Path) -> None:
+    """`fig` laid out and written to `path` through ganexp/run/writes.py, then closed."""
     fig.tight_layout()
     try:
         writes.replace_with(path, lambda tmp: fig.savefig(tmp, dpi=100))
     finally:
         plt.close(fig)
-    return True

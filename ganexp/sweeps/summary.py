@@ -1,13 +1,8 @@
 """The end of every multirun: the leaderboard, and how many jobs failed.
 
-`SweepSummary` is a Hydra callback (conf/hydra/default.yaml, `hydra.callbacks.summary`).
-Its `on_multirun_end` runs in the launching process after the last job, whatever the
-launcher (jobs in this process, joblib workers, SLURM tasks): it reads the job folders
-from disk, writes summary.md / summary.csv / summary.png, prints the table and a count.
-
-Hydra swallows what a callback raises and gives it no say in the exit status, so the
-count is kept here and `train.py` ends with `sys.exit(exit_status())`: 0 when every job
-of the sweep finished, 1 when any failed, diverged or never finished.
+`SweepSummary` is a Hydra callback (conf/hydra/default.yaml): after the last job, whatever the launcher, it
+reads the job folders, writes summary.md / .csv / .png and prints the table and a count. Hydra gives a
+callback no say in the exit status, so the count is kept here for train.py's `sys.exit(exit_status())`.
 """
 from __future__ import annotations
 

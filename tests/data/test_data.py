@@ -122,7 +122,7 @@ def test_real_mnist_like_datasets(cls, name):
     assert dm.train_data.min().item() == -1.0 and dm.train_data.max().item() == 1.0
     mean = ((dm.train_data + 1) / 2).mean().item()
     assert mean == pytest.approx({"MNIST": 0.1307, "FashionMNIST": 0.2860}[name], abs=1e-3)
-    images, labels = dm.test_set()
+    images, labels = dm.split(train=False)
     assert images.shape == (10_000, 1, 28, 28) and images.dtype == torch.uint8 and labels.unique().numel() == 10
 
 

@@ -211,7 +211,7 @@ def test_a_file_damaged_after_the_datamodule_was_built_is_refused_at_setup_and_f
     dm = MNISTDataModule(root=str(root), download=False, batch_size=10)
     labels = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:9000])
-    for read in (dm.setup, dm.test_set):  # setup reads the train split, but the metrics need the test split too
+    for read in (dm.setup, lambda: dm.split(train=False)):  # setup reads the train split, but the metrics need the test split too
         with pytest.raises(ConfigError) as err:
             read()
         assert str(err.value) == f"{labels} is truncated: 9000 bytes, but 10000 labels take 10008{FIXED}MNIST file there"
