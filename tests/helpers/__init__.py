@@ -9,6 +9,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from ganexp.run.resume import register_resolvers
+from tests.helpers.warm import run_python  # noqa: F401 - the tests' `python ...`
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -35,9 +36,9 @@ def train_module(cfg):
 
 
 def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python train.py ARGS` as a user runs it, from `cwd` (so outputs/ lands there)."""
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    """`python train.py ARGS` as a user runs it, from `cwd` (so outputs/ lands there): a process of its
+    own, forked from a warm interpreter (tests/helpers/warm.py)."""
+    return run_python(str(ROOT / "train.py"), *args, cwd=cwd, env=env, timeout=timeout)
 
 
 def data_dir_with(name: str) -> Path | None:
