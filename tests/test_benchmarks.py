@@ -47,6 +47,7 @@ def test_bench_overhead_prints_medians_ratio_and_data_share():
     assert re.search(r"^load before: .+ \(1/5/15 min\)$", out, re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_bench_overhead_refuses_more_iterations_than_one_epoch():
     done = subprocess.run([sys.executable, "benchmarks/bench_overhead.py", "--data", "digits", "--batch", "100",
                            "--iters", "100"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -115,6 +116,7 @@ def test_recipes_report_checks_each_claim_with_the_numbers_of_its_runs(tmp_path)
     assert "label smoothing" not in text  # no runs for it: no table
 
 
+@pytest.mark.slow
 def test_ema_probe_scores_each_decay_and_its_copy_of_the_runs_own_decay_scores_as_the_run(tmp_path):
     """benchmarks/ema_probe.py (how mnist_fast's EMA decay was chosen): extra EMA copies scored at the end
     with the run's own evaluator; the copy with the module's own decay and start is the module's EMA, so it

@@ -2,6 +2,8 @@
 included: a cycle hidden inside a function is still a cycle), and every module imports on its own."""
 from __future__ import annotations
 
+import pytest
+
 import ast
 import subprocess
 import sys
@@ -120,6 +122,7 @@ def test_no_import_cycles():
     assert not found, "import cycles in ganexp:\n" + "\n".join(" -> ".join(c) for c in found)
 
 
+@pytest.mark.slow
 def test_every_module_imports():
     """Each module by itself, in a fresh interpreter (one for all of them: each alone would start torch ~40 times)."""
     script = (

@@ -28,6 +28,7 @@ def test_the_sweep_section_has_the_commands_this_file_runs():
     assert any("hydra/launcher=stacked" in c for c in commands) and any("sweep=lr_smoothing_noise" in c for c in commands)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in sweep_commands() if c.startswith("python train.py")])
 def test_each_readme_sweep_runs_as_written(command, tmp_path):
     args = [a if a.split("=")[0] not in SMALLER else f"{a.split('=')[0]}={SMALLER[a.split('=')[0]]}"

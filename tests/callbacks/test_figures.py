@@ -24,6 +24,7 @@ def png_size(path):
         return image.size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_trains_three_iterations_and_draws_its_figures(name, cfg_factory, tmp_path):
     extra = ["callbacks.toy.grid=20"] if name == "toy_quadratic" else []
@@ -41,6 +42,7 @@ def test_every_experiment_composes_trains_three_iterations_and_draws_its_figures
     assert {"loss/d", "loss/g", "d/acc", "grad/g_norm", "grad/d_norm", "epoch"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_experiments_set_what_their_seed_says(cfg_factory):
     noise = cfg_factory("experiment=instance_noise")
     assert (noise.noise.instance_sigma, noise.noise.instance_sigma_min, noise.noise.anneal_epochs) == (0.75, 0.05, 10)
@@ -59,6 +61,7 @@ def test_experiments_set_what_their_seed_says(cfg_factory):
     assert list(original.data.value_range) == [0, 1] and original.d_steps == 1
 
 
+@pytest.mark.slow
 def test_figure_files_have_their_documented_pixel_sizes(cfg_factory, tmp_path):
     train(cfg_factory("callbacks=figures", "model=mlp_small", *FEW))  # digits, 3 iterations, 1 epoch
     assert png_size(tmp_path / "curves.png") == (1500, 400)
@@ -69,6 +72,7 @@ def test_figure_files_have_their_documented_pixel_sizes(cfg_factory, tmp_path):
     assert {"figures/curves", "figures/progression", "samples/fake"} <= set(images)
 
 
+@pytest.mark.slow
 def test_toy_figures_have_their_sizes_and_a_tensorboard_figure_per_snapshot(cfg_factory, tmp_path):
     cfg = cfg_factory("experiment=toy_quadratic", *FEW, "callbacks.toy.grid=20", "callbacks.toy.every=1")
     module = train_module(cfg)
@@ -134,6 +138,7 @@ def test_scatter_snapshots_legend_covers_no_point():
     assert legend.y0 >= axes.y1 - 1 and legend.x1 <= axes.x1 + 1
 
 
+@pytest.mark.slow
 def test_feature_space_after_one_generator_update_leaves_training_untouched(cfg_factory, tmp_path):
     cfg = cfg_factory("experiment=toy_quadratic", *FEW, "callbacks.toy.grid=10", "callbacks.toy.every=0")
     module = train_module(cfg)
@@ -166,6 +171,7 @@ def test_toy_figures_refuse_image_data(cfg_factory):
         train(cfg_factory("callbacks=toy", "model=mlp_small", *FEW))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_curves_and_progression_rows(cfg_factory, tmp_path):
     first = cfg_factory("callbacks=figures", "model=mlp_small", "trainer.limit_train_batches=3", "eval=none",
                         "log_every=1", "trainer.max_epochs=1")

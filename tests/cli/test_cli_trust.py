@@ -22,7 +22,7 @@ from ganexp.errors import ConfigError
 from ganexp.run.files import load_generator, read_checkpoint
 from ganexp.metrics.evaluator import quantize
 from ganexp.config.validate import machine_memory
-from tests.helpers import ROOT, run_train
+from tests.helpers import ROOT, run_python, run_train
 
 RUN = ["model=mlp_small", "eval=none", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "log_every=1",
        "image_every=0", "trainer.enable_progress_bar=false"]
@@ -39,7 +39,9 @@ def run(tmp_path_factory) -> Path:
 
 
 def cli(name: str, *args: str, umask: int | None = None) -> subprocess.CompletedProcess:
-    """`python -m ganexp.<name> ARGS` as a user runs it."""
+    """`python -m ganexp.<name> ARGS` as a user runs it (a fresh `python` under another umask)."""
+    if umask is None:
+        return run_python("-m", f"ganexp.{name}", *map(str, args), cwd=ROOT)
     return subprocess.run([sys.executable, "-m", f"ganexp.{name}", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, preexec_fn=None if umask is None else lambda: os.umask(umask))
 
@@ -76,6 +78,7 @@ def in_process(capsys, prog: str, *args) -> str:
     return lines[0].removeprefix(f"ganexp.{prog}: error: ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "dangling", "folder"])
 @pytest.mark.parametrize("force", [False, True])
 def test_a_link_at_out_is_refused_naming_it_and_its_target_and_nothing_is_written(run, tmp_path, capsys, kind, force):
@@ -141,6 +144,7 @@ def test_out_inside_the_run_folder_is_never_written_through_a_link_in_it(run, tm
     assert digest(tmp_path) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
 def test_exports_and_samples_get_the_users_file_mode(run, tmp_path, mask):
     export_out, sample_out, grid = tmp_path / "g.safetensors", tmp_path / "s.npz", tmp_path / "s.png"
@@ -163,6 +167,7 @@ def test_exports_and_samples_get_the_users_file_mode(run, tmp_path, mask):
 # --- 2. --n sized against this machine's memory ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_n_that_memory_cannot_hold_is_one_line_naming_n_the_need_and_the_machine(run, tmp_path, capsys):
     have = machine_memory()
     n = 10**9
@@ -257,6 +262,7 @@ def claimed_bomb(path: Path, n: int) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(machine_memory() > 250 * 2**30, reason="this machine could score 3 GB of images")
 def test_a_3_gb_npz_is_one_line_from_the_command_line(tmp_path):
     path = tmp_path / "bomb.npz"
@@ -271,6 +277,7 @@ def test_a_3_gb_npz_is_one_line_from_the_command_line(tmp_path):
 # --- 4. non-finite generator weights -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_generator_with_a_nan_weight_is_one_line_for_sample_evaluate_and_export(run, tmp_path, capsys):
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     name = next(k for k in checkpoint["state_dict"] if k.startswith("generator."))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -16,7 +17,7 @@ from ganexp.run.results import read_metrics
 from ganexp.run.writes import replace_json
 from ganexp.run.files import read_checkpoint
 from ganexp.metrics.scores import IMAGE_METRICS
-from tests.helpers import make_cfg
+from tests.helpers import make_cfg, run_python
 from ganexp.run.results import monitored
 from train import train
 
@@ -32,7 +33,7 @@ def run(tmp_path_factory):
 
 
 def evaluate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ganexp.evaluate", *args], capture_output=True, text=True, timeout=300)
+    return run_python("-m", "ganexp.evaluate", *args, cwd=Path.cwd())
 
 
 def test_metrics_json_records_final_best_and_protocol(run):

@@ -126,6 +126,7 @@ def test_real_mnist_like_datasets(cls, name):
     assert images.shape == (10_000, 1, 28, 28) and images.dtype == torch.uint8 and labels.unique().numel() == 10
 
 
+@pytest.mark.slow
 def test_fashion_mnist_from_debians_gzip_files(tmp_path, monkeypatch):
     import gzip
     import shutil

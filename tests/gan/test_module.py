@@ -8,6 +8,7 @@ from PIL import Image
 from tests.helpers import train_module, CONF, data_dir_with
 from train import train
 
+SLOW_CASES = {("data", "mnist"), ("data", "fashion_mnist"), ("data", "image_folder")}  # MNIST's classifier trains here
 SMALL = ["model=mlp_small", "batch_size=16", "trainer.limit_train_batches=2", "log_every=1", "image_every=1"]
 
 
@@ -15,10 +16,11 @@ def _options(group):
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-CASES = [(g, o) for g in ["data", "model", "loss", "optimizer", "noise", "trainer", "logger"] for o in _options(g)]
+CASES = [pytest.param(g, o, id=f"{g}={o}", marks=[pytest.mark.slow] if (g, o) in SLOW_CASES else [])
+         for g in ["data", "model", "loss", "optimizer", "noise", "trainer", "logger"] for o in _options(g)]
 
 
-@pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+@pytest.mark.parametrize("group, option", CASES)
 def test_every_option_of_every_group_trains_two_iterations(group, option, cfg_factory, tmp_path):
     extra = []
     if group == "data" and option in ("mnist", "fashion_mnist"):
@@ -99,16 +101,16 @@ class PoisonAt:
     ("parameters", ["log_every=1000", "ckpt_every=2"], "non-finite parameters at iteration 4"),
 ])
 def test_divergence_has_one_owner_and_says_what_was_not_finite(cause, overrides, reason, cfg_factory, monkeypatch):
-    import ganexp.config.build
+    from ganexp.run import lifecycle
 
     if cause == "parameters":  # NaN weights after iteration 3 (no loss is logged); the checkpoint at 4 finds them
-        build_trainer = ganexp.config.build.build_trainer
+        build_trainer = lifecycle.build_trainer
 
         def with_poison(cfg):
             trainer = build_trainer(cfg)
             trainer.callbacks.insert(0, PoisonAt(3))
             return trainer
-        monkeypatch.setattr(ganexp.config.build, "build_trainer", with_poison)
+        monkeypatch.setattr(lifecycle, "build_trainer", with_poison)
     record, objects = train(cfg_factory("model=mlp_small", "eval=none", "trainer.limit_train_batches=8", *overrides))
     module = objects["module"]
     assert record["status"] == "diverged" and record["reason"] == module.divergence
@@ -179,6 +181,7 @@ def test_reuse_fake_g_step_is_the_loss_of_the_updated_d_on_that_very_batch(cfg_f
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_optimizer_steps_skip_lightnings_nvml_cuda_check_where_there_is_no_gpu():
     """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import and torch's optimizers check CUDA at every
     step(); without a GPU that NVML check cost ~170 µs a step. ganexp turns it off only where no GPU is seen."""

@@ -53,6 +53,7 @@ def _assert_same_run(stacked, separate, atol=1e-5):
         assert _scalars(stacked, tag) == pytest.approx(_scalars(separate, tag), rel=1e-4, abs=1e-5), tag
 
 
+@pytest.mark.slow
 def test_each_member_of_a_stack_is_its_separate_run_over_20_iterations(tmp_path):
     budget = [*TOY, "trainer.limit_train_batches=20", "ckpt_every=20"]
     stacked = [make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(GRID)]
@@ -73,6 +74,7 @@ DCGAN_GRID = [["optimizer.lr=1e-4", "seed=0"], ["optimizer.lr=2e-4", "loss.label
               ["optimizer.lr=5e-4", "noise.instance_sigma=0.1", "seed=0"]]
 
 
+@pytest.mark.slow
 def test_each_dcgan_member_is_its_separate_run_over_20_iterations(tmp_path):
     """Batch norm and convolutions stack (FunctionalStacked): each member's batch statistics over its own batch,
     its running statistics in its own row."""
@@ -96,6 +98,7 @@ def test_reuse_fake_stacks_as_its_separate_runs(tmp_path):
         _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}")
 
 
+@pytest.mark.slow
 def test_stacked_figures_are_their_separate_runs_figures(tmp_path):
     """Every hook reaches every member: progression.png has a row per epoch (it had only the first and the last
     one when members missed on_train_epoch_end), and the toy figures, which step a copy of the member's own
@@ -122,6 +125,7 @@ def test_stacked_figures_are_their_separate_runs_figures(tmp_path):
                    _ckpt(tmp_path / f"{name}-separate{k}")["callbacks"].keys(), cb
 
 
+@pytest.mark.slow
 def test_noise_annealed_to_zero_in_one_member_stacks_as_its_separate_runs(tmp_path):
     """σ annealed every iteration reaches 0 in member 0 after one epoch while members 1 and 2 go on drawing
     noise and member 3 never draws any: each member's draws and weights are still its separate run's."""
@@ -140,6 +144,7 @@ def test_noise_annealed_to_zero_in_one_member_stacks_as_its_separate_runs(tmp_pa
     assert sigmas[0] == pytest.approx(0.3) and sigmas[10:] == [0.0] * 20  # off from the second epoch on
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss, varied", [
     ("wgan_gp", [["loss.gp_weight=5", "seed=0"], ["loss.gp_weight=10", "seed=1"], ["loss.gp_weight=0", "seed=2"]]),
     ("nonsaturating", [["loss.r1_gamma=0", "seed=0"], ["loss.r1_gamma=10", "seed=1"], ["loss.r1_gamma=1", "seed=1"]]),
@@ -169,6 +174,7 @@ def _l1_g(fake):
     return (fake - 1).abs().mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["minimax", "lsgan", "hinge", "squared_mean", "l1"])
 def test_every_loss_stacks_as_its_separate_runs(loss, tmp_path, monkeypatch):
     """Built-in losses (means over samples: one call on all members' logits), a registered mean over samples,
@@ -189,6 +195,7 @@ def test_every_loss_stacks_as_its_separate_runs(loss, tmp_path, monkeypatch):
         _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}", atol=2e-5)
 
 
+@pytest.mark.slow
 def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
     budget = [*TOY, "trainer.limit_train_batches=12", "ckpt_every=1"]
     jobs = [["optimizer.lr=2e-4"], ["optimizer.lr=1e12"], ["optimizer.lr=5e-4", "seed=1"]]
@@ -203,6 +210,7 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
         _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}")
 
 
+@pytest.mark.slow
 def test_a_member_checkpoint_resumes_as_a_separate_run(tmp_path):
     """A stacked member's last.ckpt (optimizer state, loop progress, data position, draws) resumed alone
     ends where the same run trained straight through ends."""
@@ -221,6 +229,7 @@ def test_a_member_checkpoint_resumes_as_a_separate_run(tmp_path):
             torch.testing.assert_close(a["state_dict"][name], tensor, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_stack_scores_its_members_together_as_their_separate_runs_score(tmp_path, monkeypatch):
     """Digits with the metrics classifier: every evaluation of the stack (each `eval.every`, and the final
     one on n_final) is one classifier call for all members' samples, and each member's metrics equal the
@@ -318,6 +327,7 @@ LAUNCH = ["-m", "data=toy", "model=toy_mlp", "optimizer.lr=1e-4,5e-4", "noise.in
           "log_every=2", "image_every=0"]
 
 
+@pytest.mark.slow
 def test_the_stacked_launcher_end_to_end(tmp_path):
     """8 jobs in stacks of 3, 3, 2: 8 run folders like a separate run's (same files, same TensorBoard tags),
     the same summary; the same command again skips them all; a member's checkpoint samples."""
@@ -365,6 +375,7 @@ def test_a_dcgan_sweep_runs_as_one_stack(tmp_path):
     assert all(r["iteration"] == 3 for r in records)
 
 
+@pytest.mark.slow
 def test_a_sweep_that_cannot_stack_still_runs_and_says_why(tmp_path):
     result = run_train("-m", *TOY, "trainer.precision=bf16-mixed", "optimizer.lr=1e-4,2e-4",
                        "hydra/launcher=stacked", "trainer.limit_train_batches=3", "trainer.max_epochs=1",
@@ -401,6 +412,7 @@ class SignalOnce:
         return _Signal()
 
 
+@pytest.mark.slow
 def test_a_signal_during_the_stacks_setup_stops_every_member_at_once(tmp_path):
     sweep, parts = tmp_path / "sweep", {"GANEXP_PARTS": "callback=tests.gan.test_stack.SignalOnce"}
     args = ["-m", *TOY, "optimizer.lr=1e-4,5e-4", "hydra/launcher=stacked", "trainer.limit_train_batches=10",
@@ -417,6 +429,7 @@ def test_a_signal_during_the_stacks_setup_stops_every_member_at_once(tmp_path):
         assert not (folder / "checkpoints" / "last.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_a_signal_stops_every_member_at_one_iteration_and_the_same_command_resumes_them(tmp_path):
     sweep, parts = tmp_path / "sweep", {"GANEXP_PARTS": "callback=tests.gan.test_stack.SignalOnce"}
     args = ["-m", *TOY, "optimizer.lr=1e-4,5e-4", "hydra/launcher=stacked", "trainer.limit_train_batches=10",

@@ -68,6 +68,7 @@ def _rehashed(record: dict) -> dict:
     return record
 
 
+@pytest.mark.slow
 def test_a_missing_classifier_is_trained_into_the_cache(trained):
     data, record, logs, folder = trained
     assert logs[0] == f"classifier[digits]: {folder / 'classifier-digits.pt'} does not exist; training a fresh one"
@@ -149,6 +150,7 @@ print("fid", floor["fid"])
 """
 
 
+@pytest.mark.slow
 def test_nan_weights_with_a_recomputed_hash_do_not_crash_the_process(cache, trained):
     """They used to reach FID's eigenvalues: oneMKL's DGEBAL error and a segfault (returncode -11)."""
     path = cache / "classifier-digits.pt"
@@ -215,6 +217,7 @@ FLOORS = {  # name: (the file's bytes from the true floor, what the log says: {p
 NOT_A_FLOOR = "{p} is not a floor of fid, kid, is, coverage, class_kl, precision, recall (finite numbers >= 0)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", FLOORS)
 def test_a_cached_floor_that_fails_a_check_is_recomputed_into_a_fresh_file(case, cache, trained, true_floor,
                                                                           monkeypatch):
@@ -265,6 +268,7 @@ print("fid", evaluator.floor(300)["fid"])
 """
 
 
+@pytest.mark.slow
 def test_a_read_only_cache_with_a_valid_classifier_is_used_as_it_is(cache, trained, true_floor):
     before = {p.name: p.read_bytes() for p in cache.iterdir()}
     proc, why = _read_only(cache, ["-c", _RO_EVAL])
@@ -277,6 +281,7 @@ def test_a_read_only_cache_with_a_valid_classifier_is_used_as_it_is(cache, train
     assert {p.name: p.read_bytes() for p in cache.iterdir()} == before  # no lock file, nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("holds", ["nothing", "NaN weights"])
 def test_a_read_only_cache_without_a_valid_classifier_is_one_line(holds, cache, trained):
     path = cache / "classifier-digits.pt"

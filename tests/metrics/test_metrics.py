@@ -33,6 +33,7 @@ def test_fid_between_gaussians_matches_the_closed_form():
     assert value == pytest.approx(expected, rel=0.03)
 
 
+@pytest.mark.slow
 def test_kid_equals_the_unbiased_polynomial_mmd_by_hand():
     real, fake = gaussian(50, [0.0] * 3, [1.0] * 3, seed=0), gaussian(50, [0.5] * 3, [1.0] * 3, seed=1)
     k = lambda x, y: (x @ y.T / 3 + 1) ** 3  # noqa: E731 - the kernel KID defines
@@ -77,6 +78,7 @@ def test_precision_and_recall_on_known_sets():
     assert precision == 1.0 and recall < 0.5
 
 
+@pytest.mark.slow
 def test_toy_scores():
     centers = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     assert mode_scores(centers.repeat(25, 1), centers, sigma=0.02) == {"modes": 4, "hq": 1.0}
@@ -105,6 +107,7 @@ def test_quantize_maps_the_value_range_to_uint8():
 
 # the domain classifier ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_digits_classifier_meets_its_bar_and_is_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("GANEXP_CACHE_DIR", str(tmp_path))
     model, info = clf.load_classifier("digits", log=lambda *_: None)
@@ -126,6 +129,7 @@ def digits_evaluator():
     return Evaluator("digits", log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_real_train_vs_test_is_small_and_noise_is_large(digits_evaluator):
     floor = digits_evaluator.floor(360)
     noise = digits_evaluator.score(torch.randint(0, 256, (360, 1, 8, 8), dtype=torch.uint8))
@@ -134,6 +138,7 @@ def test_real_train_vs_test_is_small_and_noise_is_large(digits_evaluator):
     assert noise["precision"] < 0.2 and noise["recall"] < 0.2 and floor["class_kl"] < 0.05 < noise["class_kl"]
 
 
+@pytest.mark.slow
 def test_the_floor_is_cached_by_classifier_hash_and_n(digits_evaluator, tmp_path, monkeypatch):
     monkeypatch.setenv("GANEXP_CACHE_DIR", str(tmp_path))
     first = digits_evaluator.floor(300)
@@ -145,6 +150,7 @@ def test_the_floor_is_cached_by_classifier_hash_and_n(digits_evaluator, tmp_path
         digits_evaluator.floor(301)  # another n is another floor
 
 
+@pytest.mark.slow
 def test_one_class_of_real_digits_covers_one_mode(digits_evaluator):
     images, labels = clf.load_split("digits", train=True)
     threes = images[labels == 3]
@@ -154,6 +160,7 @@ def test_one_class_of_real_digits_covers_one_mode(digits_evaluator):
     assert scores["class_kl"] == pytest.approx(math.log(10), rel=0.1)  # the real histogram is near uniform
 
 
+@pytest.mark.slow
 def test_score_many_is_score_of_each_set(digits_evaluator):
     """A stack's members scored in one classifier call get exactly the numbers each gets scored alone."""
     images, _ = clf.load_split("digits", train=True)
@@ -175,6 +182,7 @@ def test_evaluator_rejects_wrong_samples(digits_evaluator):
         digits_evaluator.score(torch.zeros(20, 1, 8, 8))
 
 
+@pytest.mark.slow
 def test_an_evaluation_is_repeatable_and_leaves_training_random_numbers_alone(cfg_factory):
     """EvalCallback.evaluate: the same generator scores the same every time (KID's subsets and IS's splits
     seeded), and the global RNG that training draws dropout masks from is where it was."""

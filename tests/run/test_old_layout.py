@@ -33,6 +33,7 @@ def test_the_stored_loss_name_is_the_loss_class():
     assert type(built) is GANLoss and built.name == "hinge"
 
 
+@pytest.mark.slow
 def test_an_old_run_resumes_in_place_and_writes_its_own_checkpoint(old_run, tmp_path):
     assert torch.load(old_run / "checkpoints" / "last.ckpt", weights_only=True)["iteration"] == 10
     proc = run_train(f"ckpt_path={old_run}/checkpoints/last.ckpt", "trainer.max_epochs=3", cwd=tmp_path)
@@ -43,6 +44,7 @@ def test_an_old_run_resumes_in_place_and_writes_its_own_checkpoint(old_run, tmp_
     assert not (tmp_path / "outputs").exists()  # in place: no new run folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["checkpoints/last.ckpt", "g.safetensors"])
 def test_an_old_checkpoint_and_export_sample(old_run, tmp_path, source):
     out = tmp_path / "s.npz"

@@ -57,6 +57,7 @@ def _tree(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_live_folder_is_refused_in_one_line_and_writes_nothing(tmp_path):
     run = tmp_path / "run"
     first = _start_paused(run, tmp_path)
@@ -79,6 +80,7 @@ def test_a_second_run_into_a_live_folder_is_refused_in_one_line_and_writes_nothi
     assert not (run / LOCK_FILE).exists()  # released on exit
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_stale_and_the_next_run_takes_it_over(tmp_path):
     run = tmp_path / "run"
     first = _start_paused(run, tmp_path)
@@ -181,6 +183,7 @@ def finished_copy(finished, tmp_path) -> Path:
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changed, keys", [
     (["loss=hinge", "optimizer.lr=5e-3"], ["loss: (default) → hinge", "optimizer.lr: 0.0001 → 0.005"]),
     (["trainer.max_epochs=2"], ["trainer.max_epochs: 1 → 2"]),
@@ -228,6 +231,7 @@ def _image_folder(path: Path, shade: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_sweep_over_image_folders_runs_every_job_in_its_own_folder(tmp_path):
     a, b = _image_folder(tmp_path / "x" / "images", 10), _image_folder(tmp_path / "y" / "images", 200)
     sweep = tmp_path / "sweep"
@@ -248,6 +252,7 @@ def test_a_sweep_over_image_folders_runs_every_job_in_its_own_folder(tmp_path):
     assert rerun.returncode == 0 and rerun.stdout.count("already finished; skipping") == 2, rerun.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_a_sweep_rerun_into_a_job_folder_with_other_settings_is_refused_before_any_job_runs(tmp_path):
     sweep = tmp_path / "sweep"
     base = ["-m", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job", "eval=none", *FAST]
@@ -260,6 +265,7 @@ def test_a_sweep_rerun_into_a_job_folder_with_other_settings_is_refused_before_a
     assert _tree(sweep) == before
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_jobs_would_share_a_folder_is_refused_before_it_starts(tmp_path):
     result = run_train("-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=job", "optimizer.lr=1e-3,2e-3",
                        "eval=none", *FAST, cwd=tmp_path, timeout=120)

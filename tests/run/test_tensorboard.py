@@ -66,6 +66,7 @@ def _get(url: str, path: str, body: dict | None = None):
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_hparams_lists_the_group_names_the_swept_key_and_no_plumbing(server, sweep):
     plugins = _get(server, "/data/plugins_listing")
     assert plugins["hparams"]["enabled"] and plugins["custom_scalars"]["enabled"]

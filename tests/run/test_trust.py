@@ -106,6 +106,7 @@ CRAFTED = [  # (where, value, the key the refusal must name)
 IDS = [f"{where}={value if isinstance(value, str) else type(value).__name__}" for where, value, _ in CRAFTED]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where, value, key", CRAFTED, ids=IDS)
 def test_a_crafted_stored_config_is_refused_naming_the_file_and_the_key(stored, where, value, key):
     crafted = put(stored, where, value)
@@ -169,6 +170,7 @@ def test_sample_and_evaluate_refuse_a_crafted_checkpoint_and_touch_no_file(finis
     assert victim.read_text() == "keep me" and tree_digest(tmp_path) == before and not out.exists()
 
 
+@pytest.mark.slow
 def test_a_crafted_checkpoint_from_the_command_line_is_one_line_exit_2(finished_run, tmp_path):
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")
@@ -312,6 +314,7 @@ def test_overrides_that_extend_or_observe_are_allowed_and_the_experiment_comes_f
         assert str(config["trainer"][key.split(".")[1]]) == value
 
 
+@pytest.mark.slow
 def test_readme_resume_continues_the_same_experiment_and_keeps_the_original_settings(run_copy, tmp_path):
     hydra_before = {p.name: p.read_bytes() for p in (run_copy / ".hydra").glob("*.yaml")}
     ckpt = run_copy / "checkpoints" / "last.ckpt"
@@ -332,6 +335,7 @@ def test_readme_resume_continues_the_same_experiment_and_keeps_the_original_sett
     assert record["status"] == "finished" and "trainer.max_epochs=2" in record["resumes"][-1]["overrides"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["ckpt_path=CKPT", "loss=hinge", "optimizer.lr=5e-3"],
                                   ["ckpt_path=CKPT", "noise.latent_dim=50"],
                                   ["ckpt_path=CKPT", "model=mlp"],
@@ -357,6 +361,7 @@ def test_a_refused_resume_leaves_the_finished_run_byte_identical(run_copy, tmp_p
 
 # --- 3. a run folder is chosen, never inferred -------------------------------------------------
 
+@pytest.mark.slow
 def test_a_checkpoint_outside_a_run_folder_starts_a_new_run_and_leaves_its_folders_alone(finished_run, tmp_path):
     home = tmp_path / "home"
     (home / "Downloads").mkdir(parents=True)
@@ -381,6 +386,7 @@ def test_a_checkpoint_outside_a_run_folder_starts_a_new_run_and_leaves_its_folde
     assert torch.load(runs[-1] / "checkpoints" / "last.ckpt", weights_only=True)["iteration"] == 12
 
 
+@pytest.mark.slow
 def test_a_run_folder_as_ckpt_path_starts_a_new_run_and_writes_nothing_beside_it(run_copy, tmp_path_factory):
     parent_before = sorted(p.name for p in run_copy.parent.iterdir())
     before = tree_digest(run_copy)
@@ -479,6 +485,7 @@ def test_init_from_starts_a_new_run_from_the_weights_and_refuses_weights_that_do
         init_weights(build_module(make_cfg(tmp_path, "model=mlp")), ckpt)
 
 
+@pytest.mark.slow
 def test_init_from_on_the_command_line_records_its_source(finished_run, tmp_path):
     ckpt = finished_run / "checkpoints" / "last.ckpt"
     result = run_train(f"init_from={ckpt}", "model=mlp_small", "loss=hinge", "eval=none", "trainer.max_epochs=1",
@@ -524,6 +531,7 @@ def test_malformed_checkpoints_are_one_line(finished_run, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_malformed_npz_is_one_line(tmp_path, capsys):
     good = tmp_path / "good.npz"
     np.savez(good, images=np.zeros((20, 8, 8), np.uint8))
@@ -575,6 +583,7 @@ def test_compare_marks_an_unreadable_job_and_goes_on(tmp_path, capsys):
     assert "4 of 6 jobs did not finish (4 unreadable)" in summary.markdown
 
 
+@pytest.mark.slow
 def test_a_sweep_rerun_with_an_unreadable_record_fails_that_job_only_and_keeps_the_file(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "model=mlp_small", "eval=none", "trainer.max_epochs=1", "trainer.limit_train_batches=2",

@@ -95,6 +95,7 @@ def test_the_sweep_callback_redraws_trials_png_and_removes_it_when_nothing_can_b
     assert sweep.exit_status() == 1
 
 
+@pytest.mark.slow
 def test_the_compare_cli_on_repeated_job_numbers_exits_0_without_a_traceback(two_studies):
     result = run_compare(str(two_studies))
     assert result.returncode == 0 and result.stderr == "", result.stderr
@@ -195,6 +196,7 @@ def big_metrics(path, megabytes=50):
         f.write('"fid": 1.0}}')
 
 
+@pytest.mark.slow
 def test_a_50_mb_metrics_json_is_one_unreadable_line_in_bounded_memory_and_time(tmp_path):
     small = tmp_path / "small"
     make_job(small, ["optimizer.lr=1e-4"], status="finished", monitor="fid", best={"fid": 20.0})
@@ -214,6 +216,7 @@ def test_a_50_mb_metrics_json_is_one_unreadable_line_in_bounded_memory_and_time(
     assert (folder / "summary.csv").stat().st_size < 2000
 
 
+@pytest.mark.slow
 def test_unknown_keys_are_dropped_and_columns_rows_and_cells_are_bounded(tmp_path):
     unknown = {f"metric{i}": 1.0 for i in range(20_000)}  # ~0.5 MB: under the size bound
     make_job(tmp_path, ["optimizer.lr=1e-4"], status="finished", monitor="fid", best={"fid": 20.0, **unknown},
@@ -248,6 +251,7 @@ def plant_links(folder, outside):
         (folder / name).symlink_to(target)
 
 
+@pytest.mark.slow
 def test_summary_files_that_are_links_are_replaced_and_their_targets_left_byte_identical(two_studies, tmp_path, capsys):
     outside = tmp_path / "outside"
     (outside / "folder").mkdir(parents=True)

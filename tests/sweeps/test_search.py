@@ -28,6 +28,7 @@ def test_the_search_option_searches_lr_on_a_log_scale_smoothing_and_sigma_seeded
                                     "noise.instance_sigma": "interval(0, 0.3)"}
 
 
+@pytest.mark.slow
 def test_a_searched_range_is_checked_at_both_ends_before_the_study_starts(tmp_path):
     result = run_train("-m", "sweep=search", "loss.label_smoothing=interval(0, 1.5)", "eval=none", *FAST, cwd=tmp_path,
                        timeout=120)
@@ -90,6 +91,7 @@ def test_a_malformed_optuna_result_is_said_and_the_leaderboard_still_printed(tmp
     assert "Optuna's best trial: a=1 → fid 3" in compare.summarize(tmp_path).markdown
 
 
+@pytest.mark.slow
 def test_a_search_where_no_trial_finishes_still_gets_its_summary(tmp_path):
     """Optuna raises at the end when no trial completed (every trial diverged); Hydra exits 1. The jobs
     that ran are still summarized, and one line says what happened."""

@@ -256,6 +256,7 @@ def test_parallel_jobs_on_two_gpus_get_one_each_and_half_the_cpu_threads(tmp_pat
         HydraConfig.instance().cfg = previous
 
 
+@pytest.mark.slow
 def test_every_job_of_a_ready_made_grid_is_checked_before_the_sweep_starts():
     from ganexp.errors import ConfigError
     from ganexp.sweeps.summary import with_grid
