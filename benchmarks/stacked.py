@@ -1,6 +1,6 @@
 """Stacked sweeps against one job after another: the design card's 12-job grid (sweep=lr_smoothing_noise),
-whole-sweep wall time with `hydra/launcher=stacked` and with Hydra's basic launcher, in one run of this
-script, on toy data (model=toy_mlp) and on digits (model=mlp_small); then the per-iteration time of a stack
+whole-sweep wall time with `hydra/launcher=stacked` and with the default launcher (sequential: Hydra's basic
+launcher, each job composed once), in one run of this script, on toy data (model=toy_mlp) and on digits (model=mlp_small); then the per-iteration time of a stack
 of M against M separate runs, in this process (the training step's median).
 
     python benchmarks/stacked.py runs/stacked                    # both datasets, the default budgets
@@ -27,13 +27,13 @@ SWEEPS = {  # name: (overrides, budget)
 LAUNCHERS = {"basic": [], "stacked": ["hydra/launcher=stacked"]}
 
 
-def sweep(out: Path, data: str, launcher: str, gpu: bool, epochs: int | None = None) -> dict:
+def sweep(out: Path, data: str, launcher: str, gpu: bool, epochs: int | None = None, extra: tuple = ()) -> dict:
     folder = out / f"{data}-{launcher}"
     budget = SWEEPS[data] if epochs is None else [*SWEEPS[data][:-1], f"trainer.max_epochs={epochs}"]
     shutil.rmtree(folder, ignore_errors=True)
     args = [sys.executable, str(ROOT / "train.py"), "-m", "sweep=lr_smoothing_noise", *budget,
             *LAUNCHERS[launcher], "trainer.enable_progress_bar=false", f"hydra.sweep.dir={folder}",
-            *(["trainer=gpu"] if gpu else [])]
+            *(["trainer=gpu"] if gpu else []), *extra]
     started = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True, cwd=out)
     seconds = time.perf_counter() - started
@@ -135,15 +135,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs of every sweep (default: toy 20, digits 60; "
                         "the trainer's own default is 100)")
     parser.add_argument("--no-steps", action="store_true", help="whole sweeps only")
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides for every sweep, e.g. log_every=10")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lines = ["| data | budget | basic launcher (s) | stacked (s) | speed-up | job folders / event files / summary rows |",
              "|---|---|---|---|---|---|"]
     for data in args.data:
-        basic = sweep(args.out, data, "basic", args.gpu, args.epochs)
-        stacked = sweep(args.out, data, "stacked", args.gpu, args.epochs)
+        basic = sweep(args.out, data, "basic", args.gpu, args.epochs, tuple(args.extra))
+        stacked = sweep(args.out, data, "stacked", args.gpu, args.epochs, tuple(args.extra))
         assert basic["columns"] == stacked["columns"], (basic["columns"], stacked["columns"])
-        budget = SWEEPS[data][-1] if args.epochs is None else f"trainer.max_epochs={args.epochs}"
+        budget = " ".join([SWEEPS[data][-1] if args.epochs is None else f"trainer.max_epochs={args.epochs}", *args.extra])
         lines.append(f"| {data} | {budget} | {basic['seconds']:.1f} | {stacked['seconds']:.1f} | "
                      f"{basic['seconds'] / stacked['seconds']:.2f}x | {basic['rows']}/{basic['event_files']}/"
                      f"{basic['finished']} finished vs {stacked['rows']}/{stacked['event_files']}/{stacked['finished']} |")
