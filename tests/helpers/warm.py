@@ -31,7 +31,7 @@ for name in sys.argv[1].split(","):
         __import__(name)
     except ImportError:
         pass
-import atexit, runpy, traceback
+import atexit, runpy, threading, traceback
 requests, replies = os.fdopen(0, "r"), os.fdopen(os.dup(1), "w")
 
 
@@ -58,8 +58,9 @@ def child(req):
     except BaseException:
         traceback.print_exc()
         code = 1
-    try:
-        atexit._run_exitfuncs()  # what a normal interpreter exit runs (logging.shutdown flushes train.log)
+    try:  # what a normal interpreter exit runs, in its order (Py_FinalizeEx):
+        threading._shutdown()  # non-daemon threads joined, threading's exit hooks (loky stops its workers here)
+        atexit._run_exitfuncs()  # then atexit's (logging.shutdown flushes train.log; multiprocessing joins children)
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
@@ -129,8 +130,8 @@ def run_python(*argv: str, cwd: Path, env: dict | None = None, timeout: float | 
     interpreter when the environment allows, else a fresh `python`."""
     global _warm
     full = {**os.environ, **(env or {})}
-    if _warm is None and full.get("GANEXP_TEST_FRESH") != "1":
+    if _warm is None and os.environ.get("GANEXP_TEST_FRESH") != "1":
         _warm = Warm()
-    if _warm is not None and _warm.fits(full) and full.get("GANEXP_TEST_FRESH") != "1":
+    if _warm is not None and _warm.fits(full):  # GANEXP_TEST_FRESH is an AT_START key: env=... with it differs
         return _warm.run(list(argv), cwd, full, timeout)
     return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full)

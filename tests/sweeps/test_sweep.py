@@ -197,8 +197,7 @@ def test_parallel_launcher_runs_two_jobs_at_once_with_the_cpu_threads_divided(tm
     sweep_dir = tmp_path / "sweep"
     result = run_train("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-4,2e-4", *FAST,
                        "+callbacks.meet._target_=tests.sweeps.test_sweep.Rendezvous", f"hydra.sweep.dir={sweep_dir}",
-                       cwd=tmp_path, env={"GANEXP_TEST_RENDEZVOUS": str(meeting), "GANEXP_TEST_FRESH": "1",  # joblib's
-                                          # loky workers never started under a child of the warm interpreter
+                       cwd=tmp_path, env={"GANEXP_TEST_RENDEZVOUS": str(meeting),
                                                      "GANEXP_PARTS": "callback=tests.sweeps.test_sweep.Rendezvous"})
     assert result.returncode == 0, result.stderr[-3000:]
     arrivals = [json.loads(p.read_text()) for p in meeting.glob("*.json")]
