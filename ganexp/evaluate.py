@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganexp.errors import ConfigError, shown
+from ganexp.errors import ConfigError, failed, shown
 from ganexp.metrics.classifier import LABELLED
 from ganexp.metrics.evaluator import Evaluator, quantize
 from ganexp.config.validate import machine_memory
@@ -76,15 +76,21 @@ def _read_images(path: Path, f, info: zipfile.ZipInfo) -> np.ndarray:
     if nbytes > info.file_size:
         raise ConfigError(f"cannot read {path}: {info.filename}'s header claims {list(shape)} ({nbytes:,} bytes), more "
                           f"than its {info.file_size:,} bytes hold; the file is truncated or not numpy's")
-    need, have = nbytes + (shape[0] if shape else 0) * SCORE_BYTES["images"], machine_memory()
-    if shape and need > have:  # n images of nbytes in all must be scored in this machine's memory (as --n is sized)
-        raise ConfigError(f"{path}: member {info.filename} holds {shape[0]:,} images ({_size(nbytes)} uncompressed); "
-                          f"scoring them needs about {_size(need)}, more than this machine's {_size(have)}; give at "
-                          f"most {have * shape[0] // need:,} images")
+    if shape:
+        _check_npz_memory(path, info.filename, shape[0], nbytes)
     data = bytearray(nbytes)
     if f.readinto(data) != nbytes:
         raise ConfigError(f"cannot read {path}: {info.filename} ends before its {nbytes:,} bytes (truncated)")
     return np.frombuffer(data, np.uint8).reshape(shape, order="F" if fortran else "C")
+
+
+def _check_npz_memory(path: Path, member: str, n: int, nbytes: int) -> None:
+    """ConfigError unless n images of nbytes in all can be scored in this machine's memory (as --n is sized)."""
+    need, have = nbytes + n * SCORE_BYTES["images"], machine_memory()
+    if need > have:
+        raise ConfigError(f"{path}: member {member} holds {n:,} images ({_size(nbytes)} uncompressed); scoring them "
+                          f"needs about {_size(need)}, more than this machine's {_size(have)}; give at most "
+                          f"{have * n // need:,} images")
 
 
 def _size(nbytes: int) -> str:
@@ -142,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{where}: {err}") from None
         floor = evaluator.floor(len(samples))
     except ConfigError as err:
-        from ganexp.export import failed
-
         return failed("ganexp.evaluate", err, args.debug)
     protocol = evaluator.protocol(n=len(samples))
     if args.json:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ganexp.run import writes
-from ganexp.errors import ConfigError, shown
+from ganexp.errors import ConfigError, failed, shown
 from ganexp.run.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, load_generator, resolve_checkpoint
 from ganexp.run.resume import is_run_folder
 from ganexp.run.results import read_metrics
@@ -124,14 +124,6 @@ def export(path: str | Path, out: str | Path, best: bool = False, force: bool = 
     confine_out(out, path)
     writes.replace_bytes(out, data)  # the user's normal file mode: an export is made to be shared
     return about
-
-
-def failed(prog: str, err: ConfigError, debug: bool) -> int:
-    """A CLI's one-line error and exit status 2 (the traceback with --debug or HYDRA_FULL_ERROR=1)."""
-    if debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise err
-    print(f"{prog}: error: {err}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

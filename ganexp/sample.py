@@ -20,7 +20,8 @@ import torch
 from ganexp.run import writes
 from ganexp.config.build import build_prior
 from ganexp.errors import ConfigError
-from ganexp.export import check_out, confine_out, failed
+from ganexp.errors import failed
+from ganexp.export import check_out, confine_out
 from ganexp.run.files import load_generator
 from ganexp.config.validate import machine_memory
 

@@ -216,7 +216,7 @@ def open_fd(path: str | Path, flags: int) -> int:
     check_path(path)
     try:
         return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), _mode())
-    except OSError as err:
+    except OSError:
         if os.path.islink(path):  # ELOOP: made a link after the check
             raise _refusal(str(path)) from None
         raise
