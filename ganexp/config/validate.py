@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from ganexp.config import compose as store
 from ganexp.config.checks import FLOAT, INT, flag, number
 from ganexp.errors import ConfigError, shown
 from ganexp.run.jobs import check_folder
@@ -292,8 +293,6 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
     each job is composed once); `job_name` is hydra.job.name as hydra.main sets it (the script's name)."""
     from hydra import compose, initialize_config_dir
 
-    from ganexp.config import compose as store
-
     register_resolvers()  # the run and job folders are named by ganexp's resolvers
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if not a.startswith("-")]
@@ -341,8 +340,6 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
 def _hydra_jobs(overrides: list[str], jobs: list[list[str]], conf_dir: Path, config_name: str) -> list:
     """Each job's overrides as Hydra's sweeper and launcher compose it (config/compose.py), or None."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from ganexp.config import compose as store
 
     try:
         single = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]

@@ -13,6 +13,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ganexp.config.compose import hydra_config
+
 _unfinished: int | None = None  # jobs of the last multirun in this process that did not finish
 _running: tuple[Path, str | None] | None = None  # (sweep folder, metric) of the multirun in progress
 _interrupted_by: str | None = None  # the signal that stopped the last multirun
@@ -89,8 +91,6 @@ def with_grid(args: list[str], conf_dir: Path, config_name: str = "train") -> li
     """A multirun command line plus the grid its config declares (hydra.sweeper.params, e.g. from a
     conf/sweep/ file) as sweep overrides, so that every job of a ready-made sweep is checked up front."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from ganexp.config.compose import hydra_config
 
     overrides = [a for a in args if not a.startswith("-")]
     if not any(a in ("-m", "--multirun") for a in args):
