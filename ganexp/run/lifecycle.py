@@ -60,10 +60,7 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
         log.info("resuming from %s", cfg.ckpt_path)
         if in_place_run(cfg.ckpt_path) != out.resolve():
             source = str(Path(cfg.ckpt_path).resolve())  # a checkpoint from elsewhere: a new run folder
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg.data)
-    datamodule.setup("fit")  # a missing dataset fails here, before the run writes anything
-    module = build_module(cfg)
+    datamodule, module = build_run(cfg)
     if cfg.ckpt_path:
         check_training_state(checkpoint, module, cfg.ckpt_path)  # the one read above; before anything is written
     if cfg.get("init_from"):
@@ -83,6 +80,15 @@ def _train(cfg: DictConfig, overrides: list[str] | None, out: Path) -> tuple[dic
         resumes_at=None if checkpoint is None else checkpoint["iteration"])
     record = finish(trainer, module, row, out)  # an interrupted run's row (a finished one has it from on_fit_end)
     return record, {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
+
+
+def build_run(cfg: DictConfig) -> tuple[Any, Any]:
+    """The run's datamodule (set up) and GANModule, seeded: a plain run and each stack member draw the same
+    numbers in the same order here. A missing dataset fails now, before the run writes anything."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg.data)
+    datamodule.setup("fit")
+    return datamodule, build_module(cfg)
 
 
 def start(out: Path, **fields) -> None:

@@ -14,11 +14,10 @@ import json
 import logging
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ganexp.config.build import build_callbacks, build_datamodule, build_logger, build_module, build_parts, plain
+from ganexp.config.build import build_callbacks, build_logger, build_parts, plain
 from ganexp.config.keys import STACKABLE  # what may differ inside one stack: per-member numbers the step takes as [M] vectors
 from ganexp.config.registry import _resolve, build, kind_of
 from ganexp.config.validate import check_config
@@ -41,10 +40,7 @@ class Member:
     def __init__(self, cfg: DictConfig, overrides: list[str] | None, index: int):
         self.cfg, self.overrides, self.index = cfg, overrides, index
         self.out = Path(cfg.paths.output_dir)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same draws, in the same order, as lifecycle.train
-        self.data = build_datamodule(cfg.data)
-        self.data.setup("fit")
-        self.module = build_module(cfg)
+        self.data, self.module = lifecycle.build_run(cfg)  # as its separate run builds them
         config = plain(cfg)
         self.row = HParamsRow(overrides)
         self.callbacks = [*build_callbacks(config), self.row]
