@@ -24,7 +24,7 @@ SWEEPS = {  # name: (overrides, budget)
     "toy": ["data=toy", "model=toy_mlp", "trainer.max_epochs=20"],         # 156 iterations per epoch: 3,120
     "digits": ["data=digits", "model=mlp_small", "trainer.max_epochs=60"],  # 28 iterations per epoch: 1,680
 }
-LAUNCHERS = {"basic": [], "stacked": ["hydra/launcher=stacked"]}
+LAUNCHERS = {"default": [], "stacked": ["hydra/launcher=stacked"]}
 
 
 def sweep(out: Path, data: str, launcher: str, gpu: bool, epochs: int | None = None, extra: tuple = ()) -> dict:
@@ -138,10 +138,10 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every sweep, e.g. log_every=10")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = ["| data | budget | basic launcher (s) | stacked (s) | speed-up | job folders / event files / summary rows |",
+    lines = ["| data | budget | default launcher (s) | stacked (s) | speed-up | job folders / event files / summary rows |",
              "|---|---|---|---|---|---|"]
     for data in args.data:
-        basic = sweep(args.out, data, "basic", args.gpu, args.epochs, tuple(args.extra))
+        basic = sweep(args.out, data, "default", args.gpu, args.epochs, tuple(args.extra))
         stacked = sweep(args.out, data, "stacked", args.gpu, args.epochs, tuple(args.extra))
         assert basic["columns"] == stacked["columns"], (basic["columns"], stacked["columns"])
         budget = " ".join([SWEEPS[data][-1] if args.epochs is None else f"trainer.max_epochs={args.epochs}", *args.extra])
