@@ -66,44 +66,36 @@ def hydra_config(conf_dir: str, config_name: str, single: tuple[str, ...]) -> Di
 
 
 def sweep_jobs(overrides: list[str], jobs: list[list[str]], hydra_cfg: DictConfig) -> list[list[str] | None]:
-    """For each of `jobs` (a `-m` command line's overrides, expanded), the overrides Hydra composes it with:
-    the master's hydra overrides (the command line's, then the hydra.mode=MULTIRUN hydra.main adds for -m)
-    + BasicSweeper.split_arguments' list for that job (the same settings); None where Hydra's lists do not
-    match (another sweeper, a range Optuna searches, a key given twice)."""
+    """For each of `jobs` (a `-m` command line's overrides, expanded by validate.job_overrides), the overrides
+    Hydra composes it with: the master's hydra overrides (the command line's, then the hydra.mode=MULTIRUN
+    hydra.main adds for -m) + BasicSweeper.split_arguments' list for the grid's params set to the job's values
+    (the same settings); None where Hydra's sweeper makes no such job, or two (another sweeper, a range Optuna
+    searches, a key given twice, a value given twice)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    sweeper = hydra_cfg.sweeper
-    if str(sweeper.get("_target_")) != BASIC_SWEEPER:
+    sweeper, parser = hydra_cfg.sweeper, OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    if str(sweeper.get("_target_")) != BASIC_SWEEPER or any(o.is_sweep_override() and not o.is_discrete_sweep()
+                                                            for o in parsed):
         return [None] * len(jobs)
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    parser = OverridesParser.create()
-    try:
-        parsed = parser.parse_overrides(overrides)
-        params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
-        task = [o.input_line for o in parsed if not o.is_hydra_override()]  # with_grid's additions: same lists
-        batches = BasicSweeper.split_arguments(parser.parse_overrides(params + task), sweeper.get("max_batch_size"))
-    except Exception:  # noqa: BLE001 - not a sweep the basic sweeper splits: Hydra composes these jobs itself
-        return [None] * len(jobs)
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
     hydra = [o.input_line for o in parsed if o.is_hydra_override()]  # the master's hydra.overrides.hydra:
     if hydra_cfg.get("mode") != RunMode.MULTIRUN:  # hydra/_internal/utils.py _run_app, for -m
         hydra.append("hydra.mode=MULTIRUN")
 
-    @functools.cache
-    def setting(line: str) -> str | None:  # one override as Hydra writes it (None: a hydra one)
-        o = parser.parse_override(line)
-        return None if o.is_hydra_override() else f"{o.get_key_element()}={o.get_value_element_as_str()}"
+    def hydra_job(job: list[str]) -> list[str] | None:
+        try:  # the job's settings replace the grid's sweeps (with_grid put every key of the grid on the command line)
+            task = [o for o in parser.parse_overrides(job) if not o.is_hydra_override()]
+            [[one]] = BasicSweeper.split_arguments(parser.parse_overrides(params) + task, sweeper.get("max_batch_size"))
+        except Exception:  # noqa: BLE001 - not one job the basic sweeper makes: Hydra composes it itself
+            return None
+        same = set(one) == {f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in task}
+        return [*hydra, *one] if same else None
 
-    def same(job: list[str]) -> frozenset:
-        return frozenset(s for s in map(setting, job) if s is not None)
-
-    hydra_jobs: dict[frozenset, list[str] | None] = {}
-    for batch in batches:
-        for job in batch:
-            key = same(job)
-            hydra_jobs[key] = None if key in hydra_jobs or len(key) != len(job) else [*hydra, *job]
-    return [hydra_jobs.get(same(job)) for job in jobs]
+    return [hydra_job(job) if jobs.count(job) == 1 else None for job in jobs]  # a=1,1: two jobs Hydra cannot tell apart
 
 
 class CachingLoad:
