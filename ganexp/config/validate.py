@@ -7,6 +7,7 @@ line too, and a sweep is checked job by job before its first job starts.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -73,9 +74,11 @@ def check_config(cfg: DictConfig) -> None:
         if value is not None:
             number(key, value, INT, lambda v: v >= need, f"an integer >= {need} (what this data's metrics need)")
     for key in ("optimizer.betas", "optimizer.g.betas", "optimizer.d.betas"):
-        betas = OmegaConf.select(cfg, key, default=None)
-        if betas is not None:
-            _check_betas(key, betas)
+        betas, pair = OmegaConf.select(cfg, key, default=None), "two numbers in [0, 1), e.g. [0.5,0.999]"
+        if betas is not None and (not isinstance(betas, (list, tuple, ListConfig)) or len(betas) != 2):
+            raise ConfigError(f"{key}={betas} is not a pair; use {pair}")
+        for i, beta in enumerate(betas or ()):
+            number(f"{key}[{i}]", beta, FLOAT, lambda v: 0 <= v < 1, pair)
     _check_device(cfg)
     _check_launch_environment(cfg)
     _check_logger_names(cfg)
@@ -115,8 +118,8 @@ def _processes(cfg: DictConfig) -> int:
     """How many processes Lightning starts for trainer.devices (and num_nodes), at least 1."""
     import torch
 
-    devices, nodes = OmegaConf.select(cfg, "trainer.devices", default=1), OmegaConf.select(cfg, "trainer.num_nodes",
-                                                                                             default=1)
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1)
     if isinstance(devices, (list, ListConfig)):
         processes = len(devices)
     elif str(devices) in ("-1", "auto"):
@@ -162,14 +165,6 @@ def _check_logger_names(cfg: DictConfig) -> None:
                               f"the run folder: give a name without '/' (or \"\" for the run folder itself)")
 
 
-def _check_betas(key: str, betas: Any) -> None:
-    allowed = "two numbers in [0, 1), e.g. [0.5,0.999]"
-    if not isinstance(betas, (list, tuple, ListConfig)) or len(betas) != 2:
-        raise ConfigError(f"{key}={betas} is not a pair; use {allowed}")
-    for i, beta in enumerate(betas):
-        number(f"{key}[{i}]", beta, FLOAT, lambda v: 0 <= v < 1, allowed)
-
-
 def _check_device(cfg: DictConfig) -> None:
     """trainer.accelerator=gpu (trainer=gpu) needs a CUDA GPU, and trainer.devices no more than there are."""
     import torch
@@ -194,8 +189,7 @@ def _check_launch_environment(cfg: DictConfig) -> None:
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
     if "ddp" not in strategy or "LOCAL_RANK" not in os.environ or "WORLD_SIZE" in os.environ:
         return
-    processes = _processes(cfg)
-    if processes > 1:
+    if (processes := _processes(cfg)) > 1:
         raise ConfigError(f"LOCAL_RANK={os.environ['LOCAL_RANK'][:20]} is set in the environment without WORLD_SIZE, so "
                           f"Lightning would take this run for one rank of a job launched from outside and wait for the "
                           f"other {processes - 1} forever; unset LOCAL_RANK (and NODE_RANK), or launch every rank "
@@ -216,26 +210,22 @@ def machine_memory() -> int:
 def _check_memory(cfg: DictConfig, parts: dict[str, Any]) -> None:
     """The sizes' memory (weights, gradients and two optimizer states for G and D; the fixed latent
     batch and its images; one batch's latents and images), estimated before anything is allocated."""
-    import math as _math
-
     per_item = 4  # float32 bytes
     latent = int(cfg.noise.latent_dim)
-    image = _math.prod(int(d) for d in cfg.data.shape)
-    needs = {
-        "model.generator": 4 * per_item * sum(p.numel() for p in parts["generator"].parameters()),
-        "model.discriminator": 4 * per_item * sum(p.numel() for p in parts["discriminator"].parameters()),
-        "n_fixed": per_item * int(cfg.n_fixed) * (latent + image),
-        "batch_size": per_item * int(cfg.batch_size) * (latent + 2 * image) * (1 + int(cfg.d_steps)),
+    image = math.prod(int(d) for d in cfg.data.shape)
+    needs = {  # what each takes, by how the message names it
+        f"model.generator with noise.latent_dim={latent}":
+            4 * per_item * sum(p.numel() for p in parts["generator"].parameters()),
+        f"model.discriminator for data.shape={list(cfg.data.shape)}":
+            4 * per_item * sum(p.numel() for p in parts["discriminator"].parameters()),
+        f"n_fixed={cfg.n_fixed} (latent batch and grid images, noise.latent_dim={latent})":
+            per_item * int(cfg.n_fixed) * (latent + image),
+        f"batch_size={cfg.batch_size}": per_item * int(cfg.batch_size) * (latent + 2 * image) * (1 + int(cfg.d_steps)),
     }
-    have = machine_memory()
-    if sum(needs.values()) > have:
-        key = max(needs, key=needs.get)
-        shown = {"model.generator": f"model.generator with noise.latent_dim={latent}",
-                 "model.discriminator": f"model.discriminator for data.shape={list(cfg.data.shape)}",
-                 "n_fixed": f"n_fixed={cfg.n_fixed} (latent batch and grid images, noise.latent_dim={latent})",
-                 "batch_size": f"batch_size={cfg.batch_size}"}[key]
-        raise ConfigError(f"these sizes need about {sum(needs.values()) / 2**30:.1f} GiB, most of it for {shown}, "
-                          f"more than this machine's {have / 2**30:.1f} GiB; use smaller sizes")
+    if sum(needs.values()) > (have := machine_memory()):
+        raise ConfigError(f"these sizes need about {sum(needs.values()) / 2**30:.1f} GiB, most of it for "
+                          f"{max(needs, key=needs.get)}, more than this machine's {have / 2**30:.1f} GiB; "
+                          "use smaller sizes")
 
 
 def check_multirun(cfg: DictConfig) -> None:
@@ -246,17 +236,14 @@ def check_multirun(cfg: DictConfig) -> None:
                           "re-runs the whole sweep in each process; sweep with one device per job, or drop -m")
 
 
-def _group_options(conf_dir: Path, group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-
-
 def _one_line(err: Exception, job: list[str], conf_dir: Path, compose) -> str:
     """Hydra's composition errors, rewritten as one line that names the override and the fix."""
     text = str(err)
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:  # unknown option of a config group
         group, option = missing.groups()
-        return f"{group}={option} is not an option of {group}; choose one of {', '.join(_group_options(conf_dir, group))}"
+        options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        return f"{group}={option} is not an option of {group}; choose one of {', '.join(options)}"
     bad_key = re.search(r"Could not override '([^']+)'", text)
     if bad_key:  # a key that does not exist (typo)
         key = bad_key.group(1)
@@ -272,11 +259,9 @@ def job_overrides(args: list[str]) -> list[list[str]]:
     """Every job's override list, with Hydra's sweep syntax (a=1,2 / range(...)) expanded."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from hydra.core.override_parser.types import IntervalSweep
-
     choices = []
     for o in OverridesParser.create().parse_overrides(args):
-        if isinstance(o.value(), IntervalSweep):  # a searched range (Optuna): both ends must be allowed values
+        if o.is_interval_sweep():  # a searched range (Optuna): both ends must be allowed values
             choices.append([f"{o.get_key_element()}={v}" for v in (o.value().start, o.value().end)])
         elif o.is_sweep_override():
             choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
@@ -285,12 +270,11 @@ def job_overrides(args: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
-def check_command_line(args: list[str], conf_dir: Path, config_name: str = "train", max_jobs: int = 256,
-                       job_name: str = "train") -> None:
-    """Compose every job of a `train.py` command line and check it; raise ConfigError with one line.
+def check_command_line(args: list[str], conf_dir: Path, config_name: str = "train") -> None:
+    """Compose every job (at most 256) of a `train.py` command line and check it; raise ConfigError with one line.
 
-    A sweep's jobs are composed as Hydra's launcher will compose them (config/compose.py keeps them for it:
-    each job is composed once); `job_name` is hydra.job.name as hydra.main sets it (the script's name)."""
+    A sweep's jobs are composed as Hydra's launcher will compose them, and kept for it (config/compose.py);
+    the job name is the one hydra.main gives (the script's name)."""
     from hydra import compose, initialize_config_dir
 
     register_resolvers()  # the run and job folders are named by ganexp's resolvers
@@ -300,30 +284,22 @@ def check_command_line(args: list[str], conf_dir: Path, config_name: str = "trai
         raise ConfigError("ckpt_path / init_from with -m: a sweep's jobs resume by themselves when re-run with "
                           "hydra.sweep.dir=<that sweep>; resume one run without -m")
     try:
-        jobs = job_overrides(overrides)
+        jobs = job_overrides(overrides)[:256]
     except Exception as err:  # noqa: BLE001 - a syntax error in an override
         raise ConfigError(f"cannot parse the overrides: {str(err).strip().splitlines()[0]}") from None
-    jobs = jobs[:max_jobs]
     store.forget()
     hydra_jobs = _hydra_jobs(overrides, jobs, conf_dir, config_name) if multirun else [None] * len(jobs)
-    with initialize_config_dir(str(Path(conf_dir).resolve()), job_name=job_name, version_base="1.3"):
-        def compose_job(job: list[str]) -> DictConfig:
-            return compose(config_name, overrides=job)
-
-        def compose_with_hydra(job: list[str], hydra_job: list[str] | None) -> DictConfig:
-            if hydra_job is not None:
-                try:  # as the launcher composes it, kept for it
-                    return store.compose_job(config_name, hydra_job)
-                except Exception:  # noqa: BLE001 - the error as the command line's order gives it, below
-                    pass
-            return compose(config_name, overrides=job, return_hydra_config=True)
-
+    with initialize_config_dir(str(Path(conf_dir).resolve()), job_name="train", version_base="1.3"):
         folders: dict[str | None, list[str]] = {}
         for job, hydra_job in zip(jobs, hydra_jobs):
-            try:  # once per job: with Hydra's part for a sweep (its folder), then checked without it
-                cfg = compose_with_hydra(job, hydra_job)
+            cfg = None
+            if hydra_job is not None:
+                with contextlib.suppress(Exception):  # as the launcher composes it, kept for it
+                    cfg = store.compose_job(config_name, hydra_job)
+            try:  # else in the command line's order; with Hydra's part (the job's folder), checked without it
+                cfg = compose(config_name, overrides=job, return_hydra_config=True) if cfg is None else cfg
             except Exception as err:  # noqa: BLE001 - every composition error becomes one line
-                raise ConfigError(_one_line(err, job, conf_dir, compose_job)) from None
+                raise ConfigError(_one_line(err, job, conf_dir, lambda o: compose(config_name, overrides=o))) from None
             folder = _job_folder(cfg) if multirun else _run_folder(cfg)
             with open_dict(cfg):
                 del cfg["hydra"]
