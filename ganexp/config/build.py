@@ -45,27 +45,19 @@ def build_cheap_parts(cfg: DictConfig) -> dict[str, Any]:
     The networks are built on torch's meta device (shapes, no memory), so a size the machine cannot
     hold is refused by its estimate, not by the allocator; returns the parts."""
     import torch
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     config = {k: plain(cfg[k]) for k in ("model", "data", "loss", "optimizer", "noise")}  # paths resolve only in a run
     with torch.device("meta"):
         parts = build_parts(config)
     build_datamodule(config["data"])  # its constructor only: setup() reads the data
     trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=False).items() if k != "default_root_dir"}
+    trainer = OmegaConf.to_container(OmegaConf.create(trainer), resolve=True)
     quiet = logging.getLogger("pytorch_lightning")
     level, quiet.level = quiet.level, logging.WARNING  # not its "GPU available" lines, once per job of a sweep
-    try:  # its arguments only: no callbacks, logger or folder
-        check_trainer(OmegaConf.to_container(OmegaConf.create(trainer), resolve=True))
-    finally:
-        quiet.level = level
-    return parts
-
-
-def check_trainer(trainer: dict) -> None:
-    """Build the trainer once to check its arguments: they are Lightning's rules, and Lightning says an argument
-    is bad by raising its MisconfigurationException, a ValueError (trainer.precision=foo) or an ImportError (an
-    accelerator whose package is missing), so here those are bad input too (a ConfigError)."""
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-
+    # The trainer is built once, with its arguments only (no callbacks, logger or folder): they are Lightning's
+    # rules, and Lightning says an argument is bad with its MisconfigurationException, a ValueError
+    # (trainer.precision=foo) or an ImportError (an accelerator whose package is missing): bad input here too.
     try:
         build(trainer, "trainer", key="trainer", logger=False)
     except ConfigError:
@@ -73,6 +65,9 @@ def check_trainer(trainer: dict) -> None:
     except (MisconfigurationException, ValueError, ImportError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise cannot_build("", "trainer", trainer.get("_target_"), first) from None
+    finally:
+        quiet.level = level
+    return parts
 
 
 def build_module(cfg: DictConfig) -> GANModule:

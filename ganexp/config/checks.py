@@ -14,15 +14,9 @@ from ganexp.errors import ConfigError
 INT, FLOAT = "an integer", "a number"
 
 
-def is_kind(value: Any, kind: str) -> bool:
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) if kind == INT else isinstance(value, (int, float))
-
-
 def number(key: str, value: Any, kind: str, ok: Callable[[Any], bool], allowed: str) -> Any:
     """`value` when it is a finite `kind` for which `ok` holds; else ConfigError naming key, value and `allowed`."""
-    if not is_kind(value, kind):
+    if isinstance(value, bool) or not isinstance(value, int if kind == INT else (int, float)):
         raise ConfigError(f"{key}={value} is not {kind}; use {allowed}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}={value} is not finite; use {allowed}")

@@ -51,11 +51,8 @@ KNOWN: dict[str, str] = {
     "ganexp.callbacks.progression.ImageProgression": "callback",
     "ganexp.callbacks.toy.ToyFigures": "callback",
     # the same classes under the names checkpoints made before ganexp/callbacks/ was a package
-    "ganexp.callbacks.PeriodicCheckpoint": "callback",
-    "ganexp.callbacks.SampleGrid": "callback",
-    "ganexp.callbacks.TrainingCurves": "callback",
-    "ganexp.callbacks.ImageProgression": "callback",
-    "ganexp.callbacks.ToyFigures": "callback",
+    **{f"ganexp.callbacks.{name}": "callback"
+       for name in ("PeriodicCheckpoint", "SampleGrid", "TrainingCurves", "ImageProgression", "ToyFigures")},
     "ganexp.metrics.callback.EvalCallback": "callback",
 }
 # Names that checkpoints, exports and run folders made before ganexp/ had subpackages store: the same classes.
@@ -138,16 +135,13 @@ def check_stored(config: Any, source: str | Path, prefix: str = "") -> None:
                 where = f"{path}.{key}" if path else str(key)
                 if not isinstance(key, str):
                     raise _refuse(source, where, "has a key that is not a string")
-                if SPECIAL.match(key):
-                    if key == "_target_":
-                        if kind_of(value) is None:
-                            raise _refuse(source, where, f"={_short(value)} is not a ganexp part")
-                    elif key == "_partial_" and isinstance(value, bool) and kind_of(target) in PARTIAL_KINDS:
-                        pass
-                    else:
-                        raise _refuse(source, where, f"={_short(value)} is a special key ganexp does not accept here")
-                    continue
-                walk(value, where, depth + 1)
+                if not SPECIAL.match(key):
+                    walk(value, where, depth + 1)
+                elif key == "_target_":
+                    if kind_of(value) is None:
+                        raise _refuse(source, where, f"={_short(value)} is not a ganexp part")
+                elif not (key == "_partial_" and isinstance(value, bool) and kind_of(target) in PARTIAL_KINDS):
+                    raise _refuse(source, where, f"={_short(value)} is a special key ganexp does not accept here")
         elif isinstance(node, (list, tuple)):
             for i, value in enumerate(node):
                 walk(value, f"{path}[{i}]", depth + 1)
@@ -270,8 +264,7 @@ def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: A
         raise _refuse(source, key, f"is a {type(node).__name__}, not a mapping with _target_")
     check_stored(node, source, key)
     target = node.get("_target_")
-    if kind_of(target) != kind:
-        found = kind_of(target)
+    if (found := kind_of(target)) != kind:
         what = "has no _target_" if target is None else f"._target_={target!r} is a {found}, not a {kind}"
         raise _refuse(source, key, what)
     cls = _resolve(target)
