@@ -76,21 +76,16 @@ def _read_images(path: Path, f, info: zipfile.ZipInfo) -> np.ndarray:
     if nbytes > info.file_size:
         raise ConfigError(f"cannot read {path}: {info.filename}'s header claims {list(shape)} ({nbytes:,} bytes), more "
                           f"than its {info.file_size:,} bytes hold; the file is truncated or not numpy's")
-    if shape:
-        _check_npz_memory(path, info.filename, shape[0], nbytes)
+    n = shape[0] if shape else 0
+    need, have = nbytes + n * SCORE_BYTES["images"], machine_memory()  # as --n is sized
+    if need > have:
+        raise ConfigError(f"{path}: member {info.filename} holds {n:,} images ({_size(nbytes)} uncompressed); scoring "
+                          f"them needs about {_size(need)}, more than this machine's {_size(have)}; give at most "
+                          f"{have * n // need:,} images")
     data = bytearray(nbytes)
     if f.readinto(data) != nbytes:
         raise ConfigError(f"cannot read {path}: {info.filename} ends before its {nbytes:,} bytes (truncated)")
     return np.frombuffer(data, np.uint8).reshape(shape, order="F" if fortran else "C")
-
-
-def _check_npz_memory(path: Path, member: str, n: int, nbytes: int) -> None:
-    """ConfigError unless n images of nbytes in all can be scored in this machine's memory (as --n is sized)."""
-    need, have = nbytes + n * SCORE_BYTES["images"], machine_memory()
-    if need > have:
-        raise ConfigError(f"{path}: member {member} holds {n:,} images ({_size(nbytes)} uncompressed); scoring them "
-                          f"needs about {_size(need)}, more than this machine's {_size(have)}; give at most "
-                          f"{have * n // need:,} images")
 
 
 def _size(nbytes: int) -> str:

@@ -11,6 +11,7 @@ machine goes into it. An existing --out is replaced only with --force, never whe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -61,7 +62,10 @@ def check_out(out: Path, suffixes: tuple[str, ...], force: bool = False, flag: s
     of `suffixes`, an existing plain file only with `force`, and its folder writable or creatable."""
     names = " or ".join(suffixes)
     if out.is_symlink():
-        raise LinkRefused(f"{flag} {out} is a symbolic link (to {shown(_target(out), 1000)}); ganexp never writes "
+        target = "?"
+        with contextlib.suppress(OSError):
+            target = os.readlink(out)
+        raise LinkRefused(f"{flag} {out} is a symbolic link (to {shown(target, 1000)}); ganexp never writes "
                           f"through a link, even with --force: remove the link or give another file name")
     if out.is_dir():
         raise ConfigError(f"{flag} {out} is a folder; give a file name ending in {names}")
@@ -83,16 +87,11 @@ def check_out(out: Path, suffixes: tuple[str, ...], force: bool = False, flag: s
         raise ConfigError(f"{flag} {out}: {parent} is not writable; give a path in a folder you can write to")
 
 
-def _target(link: Path) -> str:
-    try:
-        return os.readlink(link)
-    except OSError:
-        return "?"
-
-
-def confine_out(out: Path, source: Path) -> None:
-    """Declare the folder --out is written into (ganexp.run.writes): the user's own, unless --out lies inside
-    the run folder the generator came from (someone else's, where no link below it is written through)."""
+def confine_out(out: Path, source: Path, suffixes: tuple[str, ...], force: bool) -> None:
+    """Just before --out is written: check_out again (a file may have appeared meanwhile), and declare the folder
+    it is written into (ganexp.run.writes): the user's own, unless --out lies inside the run folder the generator
+    came from (someone else's, where no link below it is written through)."""
+    check_out(out, suffixes, force=force)
     source = Path(os.path.abspath(source))
     run = source if source.is_dir() else source.parents[1] if source.parent.name == "checkpoints" else None
     inside = run is not None and os.path.abspath(out).startswith(str(run).rstrip(os.sep) + os.sep)
@@ -120,8 +119,7 @@ def export(path: str | Path, out: str | Path, best: bool = False, force: bool = 
     if not weights:
         raise BadFile(f"{ckpt} holds no generator weights")
     data = save(weights, metadata={"format": EXPORT_FORMAT, "ganexp": json.dumps(about)})
-    check_out(out, (EXPORT_SUFFIX,), force=force)  # again, just before writing
-    confine_out(out, path)
+    confine_out(out, path, (EXPORT_SUFFIX,), force)
     writes.replace_bytes(out, data)  # the user's normal file mode: an export is made to be shared
     return about
 

@@ -19,8 +19,7 @@ import torch
 
 from ganexp.run import writes
 from ganexp.config.build import build_prior
-from ganexp.errors import ConfigError
-from ganexp.errors import failed
+from ganexp.errors import ConfigError, failed
 from ganexp.export import check_out, confine_out
 from ganexp.run.files import load_generator
 from ganexp.config.validate import machine_memory
@@ -55,8 +54,7 @@ def check_n(n: int, config: dict, kept: int, flag: str = "--n") -> None:
     `kept` bytes a sample for what is made of each."""
     latent = int(config["noise"]["latent_dim"])
     each = FLOAT * latent + kept
-    have = machine_memory()
-    if n * each > have:
+    if n * each > (have := machine_memory()):
         raise ConfigError(f"{flag} {n} needs about {n * each / 2**30:,.1f} GiB ({each} bytes a sample, its latent of "
                           f"{latent} numbers included), more than this machine's {have / 2**30:.1f} GiB; "
                           f"give {flag} {have // each} or fewer")
@@ -69,14 +67,6 @@ def is_image(config: dict) -> bool:
 def value_range(config: dict):
     value_range = config["data"].get("value_range")
     return tuple(value_range) if value_range else None
-
-
-def kept_bytes(config: dict, suffix: str) -> int:
-    """Bytes a sample written to `suffix` takes until it is written."""
-    size = sample_size(config)
-    if suffix == ".npz" and is_image(config):
-        return size  # quantized to uint8 chunk by chunk
-    return FLOAT * size * (PNG_COPIES if is_image(config) else 1)
 
 
 def to_uint8(images: torch.Tensor, value_range) -> torch.Tensor:
@@ -122,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--n {args.n} must be >= 1")
         check_out(args.out, SUFFIXES, force=args.force)  # before the checkpoint is read: no work lost to a bad --out
         generator, config, _ = load_generator(args.path)
-        check_n(args.n, config, kept_bytes(config, args.out.suffix))
-        uint8 = args.out.suffix == ".npz" and is_image(config)
+        uint8 = args.out.suffix == ".npz" and is_image(config)  # quantized chunk by chunk: a byte a number kept
+        size = sample_size(config)
+        check_n(args.n, config, size if uint8 else FLOAT * size * (PNG_COPIES if is_image(config) else 1))
         samples = draw(generator, config, args.n, args.seed,
                        keep=(lambda chunk: to_uint8(chunk, value_range(config))) if uint8 else None)
-        check_out(args.out, SUFFIXES, force=args.force)  # again: a file may have appeared while they were drawn
-        confine_out(args.out, Path(args.path).expanduser())
+        confine_out(args.out, Path(args.path).expanduser(), SUFFIXES, args.force)  # check_out again, after the work
         save(samples, config, args.out)
     except ConfigError as err:
         return failed("ganexp.sample", err, args.debug)
