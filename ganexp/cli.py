@@ -78,11 +78,10 @@ def divergence_message(record: dict, out: Path) -> str:
 def _fail(multirun: bool, status: str, message: str, code: int) -> None:
     """In a sweep the job's metrics.json says what happened and the sweep goes on (no value to the
     sweeper: Optuna records a FAIL trial); a single run says it in one line and exits with `code`."""
-    if multirun:
-        log.error("job %s: %s", status, message)
-        return None
-    print(f"ganexp: error: {message}", file=sys.stderr)  # no traceback (HYDRA_FULL_ERROR=1 has it)
-    sys.exit(code)
+    if not multirun:
+        print(f"ganexp: error: {message}", file=sys.stderr)  # no traceback (HYDRA_FULL_ERROR=1 has it)
+        sys.exit(code)
+    log.error("job %s: %s", status, message)
 
 
 def command_line(main: Callable[[], None], args: list[str]) -> int:

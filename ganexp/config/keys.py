@@ -41,11 +41,7 @@ E, M, D, S, P = EXPERIMENT, MACHINE_LOCAL, DISPLAY, STACKABLE_KIND, PLUMBING
 # groups by it); HParams columns go by `column`.
 TABLE: dict[str, Entry] = {
     # the experiment, top level (a resume keeps each of these whole, except the machine-local keys in it)
-    "model": _(E),
-    "data": _(E),
-    "loss": _(E),
-    "optimizer": _(E),
-    "noise": _(E),
+    **dict.fromkeys(("model", "data", "loss", "optimizer", "noise"), _(E)),
     # inside the experiment: what a stack may vary (stack.py's order)
     "optimizer.lr": _(E, S),
     "optimizer.g.lr": _(E, S, column=0),
@@ -63,9 +59,7 @@ TABLE: dict[str, Entry] = {
     # the experiment, top level (continued)
     "batch_size": _(E, column=4),
     "d_steps": _(E, column=3),
-    "n_fixed": _(E),
-    "ema": _(E),
-    "reuse_fake": _(E),
+    **dict.fromkeys(("n_fixed", "ema", "reuse_fake"), _(E)),
     # inside the experiment: more HParams columns
     "optimizer.betas": _(E, column=2),
     "noise.prior": _(E, column=10),

@@ -95,9 +95,7 @@ def kind_of(target: Any) -> str | None:
     if not isinstance(target, str):
         return None
     target = MOVED.get(target, target)
-    if target in _REGISTERED:
-        return _REGISTERED[target][0]
-    return KNOWN.get(target) or _declared().get(target)
+    return _REGISTERED[target][0] if target in _REGISTERED else KNOWN.get(target) or _declared().get(target)
 
 
 def _resolve(target: str) -> type:

@@ -199,11 +199,9 @@ def _check_launch_environment(cfg: DictConfig) -> None:
 def machine_memory() -> int:
     """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
+    with contextlib.suppress(OSError):
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         total = min(total, int(limit)) if limit.isdigit() else total
-    except OSError:
-        pass
     return total
 
 
@@ -369,8 +367,6 @@ def _job_folder(cfg: DictConfig) -> str | None:
                       "use shorter override values or hydra.sweep.dir, or name the jobs by number: "
                       "hydra.sweep.subdir=${hydra.job.num}")
     if (sweep_dir / subdir).is_dir():
-        try:
+        with contextlib.suppress(BadFile):  # an unreadable record fails that job alone, when it runs; the others go on
             check_folder(sweep_dir / subdir, list(cfg.hydra.overrides.task))
-        except BadFile:  # an unreadable record fails that job alone, when it runs; the others go on
-            pass
     return subdir

@@ -16,10 +16,7 @@ from omegaconf import DictConfig
 class StackedLauncher(Launcher):
     def __init__(self, max_stack: int = 16) -> None:
         super().__init__()
-        self.max_stack = int(max_stack)
-        self.config: DictConfig | None = None
-        self.task_function: TaskFunction | None = None
-        self.hydra_context: HydraContext | None = None
+        self.max_stack = int(max_stack)  # config, hydra_context and task_function: set by setup, as in Hydra's launchers
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from ganexp.config.compose import install
