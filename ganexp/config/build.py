@@ -74,10 +74,7 @@ def build_module(cfg: DictConfig) -> GANModule:
     config = plain(cfg)
     return GANModule(
         **build_parts(config),
-        d_steps=config["d_steps"],
-        log_every=config["log_every"],
-        n_fixed=config["n_fixed"],
-        seed=config["seed"],
+        **{k: config[k] for k in ("d_steps", "log_every", "n_fixed", "seed")},
         config=config,
         ema_decay=(config.get("ema") or {}).get("decay", 0.0),
         ema_start=(config.get("ema") or {}).get("start", 0),

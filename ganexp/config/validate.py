@@ -81,7 +81,12 @@ def check_config(cfg: DictConfig) -> None:
             number(f"{key}[{i}]", beta, FLOAT, lambda v: 0 <= v < 1, pair)
     _check_device(cfg)
     _check_launch_environment(cfg)
-    _check_logger_names(cfg)
+    for key in ("name", "version", "sub_dir"):  # <save_dir>/<name>/<version>/<sub_dir>: events stay in the run folder
+        value = OmegaConf.select(cfg, f"logger.{key}", default=None)
+        text = str(value)
+        if value is not None and not isinstance(value, int) and (os.sep in text or text in (".", "..") or "\0" in text):
+            raise ConfigError(f"logger.{key}={shown(text)} is not a plain folder name; the logger writes inside "
+                              f"the run folder: give a name without '/' (or \"\" for the run folder itself)")
     _check_max_time(cfg)
     parts = build_cheap_parts(cfg)
     _check_memory(cfg, parts)
@@ -150,19 +155,6 @@ def _check_max_time(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_time={shown(value)} is not a time budget; {fix}") from None
     if budget.total_seconds() <= 0:
         raise ConfigError(f"trainer.max_time={shown(value)} is no time to train; {fix}")
-
-
-def _check_logger_names(cfg: DictConfig) -> None:
-    """A logger writes in <save_dir>/<name>/<version>/<sub_dir>: each must be a plain name, so that a config
-    (or a checkpoint someone sent) cannot put event files outside the run folder."""
-    for key in ("name", "version", "sub_dir"):
-        value = OmegaConf.select(cfg, f"logger.{key}", default=None)
-        if value is None or isinstance(value, int):
-            continue
-        text = str(value)
-        if os.sep in text or text in (".", "..") or "\0" in text:
-            raise ConfigError(f"logger.{key}={shown(text)} is not a plain folder name; the logger writes inside "
-                              f"the run folder: give a name without '/' (or \"\" for the run folder itself)")
 
 
 def _check_device(cfg: DictConfig) -> None:
@@ -237,13 +229,11 @@ def check_multirun(cfg: DictConfig) -> None:
 def _one_line(err: Exception, job: list[str], conf_dir: Path, compose) -> str:
     """Hydra's composition errors, rewritten as one line that names the override and the fix."""
     text = str(err)
-    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
-    if missing:  # unknown option of a config group
+    if missing := re.search(r"Could not find '([^']+)/([^']+)'", text):  # unknown option of a config group
         group, option = missing.groups()
         options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
         return f"{group}={option} is not an option of {group}; choose one of {', '.join(options)}"
-    bad_key = re.search(r"Could not override '([^']+)'", text)
-    if bad_key:  # a key that does not exist (typo)
+    if bad_key := re.search(r"Could not override '([^']+)'", text):  # a key that does not exist (typo)
         key = bad_key.group(1)
         parent = key.rpartition(".")[0]
         base = compose([o for o in job if o.split("=", 1)[0] != key])
@@ -335,12 +325,10 @@ def check_folder_name(folder: Path, what: str, fix: str) -> None:
     except (OSError, ValueError):  # a file system that does not say: Linux's usual limits
         name_max, path_max = 255, 4096
     for name in path.relative_to(existing).parts:
-        size = len(os.fsencode(name))
-        if size > name_max:
+        if (size := len(os.fsencode(name))) > name_max:
             raise ConfigError(f"{what} has a folder name of {size} bytes ({shown(name)}), more than the {name_max} "
                               f"this file system allows (NAME_MAX); {fix}")
-    size = len(os.fsencode(str(path)))
-    if size + INSIDE > path_max:
+    if (size := len(os.fsencode(str(path)))) + INSIDE > path_max:
         raise ConfigError(f"{what} is {size} bytes long; with the files written in it that is more than the "
                           f"{path_max} this file system allows (PATH_MAX); {fix}")
 
