@@ -16,8 +16,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,8 @@ from ganexp.run.files import (
     EXPORT_SUFFIX, BadFile, load_weights, read_checkpoint, read_export, resolve_checkpoint, resumable, select,
 )
 from ganexp.run.jobs import check_folder
-from ganexp.config.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, keys_of, override_keys
+from ganexp.run.writes import refuse_now
+from ganexp.config.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, covers, keys_of, override_keys
 from ganexp.run.folders import (  # noqa: F401  (re-exported: the run-folder names are importable from here too)
     RUN_MARKER, hydra_subdir, in_place_run, is_run_folder, mark_run, register_resolvers, run_dir,
 )
@@ -74,18 +73,16 @@ def experiment_changes(requested: dict, stored: dict, keys: list[str]) -> list[s
         for k in scope:
             new, old = _leaves(select(requested, k, _ABSENT), k), _leaves(select(stored, k, _ABSENT), k)
             for path in sorted(set(new) | set(old)):
-                if any(path == f or path.startswith(f + ".") for f in FREE):
+                if any(covers(f, path) for f in FREE):
                     continue
                 a, b = old.get(path, _ABSENT), new.get(path, _ABSENT)
-                if a != b and not (isinstance(a, _Absent) and isinstance(b, _Absent)):
-                    line = f"{path}: {_show(a)} → {_show(b)}"
-                    if line not in changes:
-                        changes.append(line)
+                if a != b and (line := f"{path}: {_show(a)} → {_show(b)}") not in changes:
+                    changes.append(line)
     return changes
 
 
 def _show(value: Any) -> str:
-    return shown(value if isinstance(value, _Absent) else json.dumps(value))
+    return shown(value if value is _ABSENT else json.dumps(value))
 
 
 def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictConfig, dict]:
@@ -205,7 +202,7 @@ def _lay_over(group: Any, parts: list[str], composed: Any) -> Any:
     for i, part in enumerate(parts):
         source = source.get(part, _ABSENT) if isinstance(source, dict) else _ABSENT
         if i == len(parts) - 1 or not isinstance(node.get(part), dict):
-            if isinstance(source, _Absent):
+            if source is _ABSENT:
                 node.pop(part, None)  # ~key
             else:
                 node[part] = copy.deepcopy(source)
@@ -216,7 +213,7 @@ def _lay_over(group: Any, parts: list[str], composed: Any) -> Any:
 
 def _sets_any(override: str, keys: list[str]) -> bool:
     key = override_keys([override])[0]
-    return any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in keys) or key == "experiment"
+    return any(covers(k, key) or covers(key, k) for k in keys) or key == "experiment"
 
 
 def check_init_from(path: Any) -> None:
@@ -267,26 +264,20 @@ class ResumeCheck(Callback):
         try:
             check_run(config)
         except ConfigError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"ganexp: error: {err}", file=sys.stderr)
-            sys.exit(2)
+            refuse_now(err)
 
 
 def init_weights(module, path: Any) -> None:
     """A new run that starts from a checkpoint's G and D (or an export's G): weights only, fresh
     optimizers, the experiment as configured now."""
     if Path(str(path)).suffix == EXPORT_SUFFIX:
-        weights, _ = read_export(path)
-        load_weights(module.generator, weights, path, "generator")
-        if module.generator_ema is not None:
-            module.generator_ema.load_state_dict(module.generator.state_dict())
-        return
-    source = resolve_checkpoint(path)
-    state = read_checkpoint(source)["state_dict"]
-    for name in ("generator", "discriminator"):
-        part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
-        load_weights(getattr(module, name), part, source, name)
+        load_weights(module.generator, read_export(path)[0], path, "generator")
+    else:
+        source = resolve_checkpoint(path)
+        state = read_checkpoint(source)["state_dict"]
+        for name in ("generator", "discriminator"):
+            part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+            load_weights(getattr(module, name), part, source, name)
     if module.generator_ema is not None:  # the average starts from the loaded weights
         module.generator_ema.load_state_dict(module.generator.state_dict())
 

@@ -38,10 +38,11 @@ from ganexp.sweeps import search
 
 from ganexp.run import writes
 from ganexp.errors import ConfigError, shown
-from ganexp.run.files import BadFile, read_json, read_yaml
+from ganexp.run.files import BadFile, read_yaml
+from ganexp.config.checks import FLOAT, INT, is_kind
 from ganexp.config.keys import PLUMBING, covers, keys_of
 from ganexp.metrics.scores import HIGHER_IS_BETTER, METRICS  # the metric registry
-from ganexp.run.results import METRICS_FILE
+from ganexp.run.results import METRICS_FILE, read_metrics
 
 LOSS_FALLBACK = "loss/g"
 # Bookkeeping, not a parameter of the run: ganexp/config/keys.py's PLUMBING keys but init_from (the weights a job
@@ -89,21 +90,14 @@ def direction(metric: str) -> str:
 
 def text(value: object, width: int = MAX_TEXT) -> str:
     """A string from someone's file as one line of a table: control characters escaped, at most `width` long."""
-    value = str(value)
-    if not value.isprintable():
-        value = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
     return shown(value, width)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def possible(metric: str, value) -> bool:
     """Whether `value` can be a measurement of `metric` (finite, inside the registry's possible range)."""
     low, high = METRICS[metric].possible
     try:
-        return _is_number(value) and math.isfinite(value) and low <= value <= high
+        return is_kind(value, FLOAT) and math.isfinite(value) and low <= value <= high
     except OverflowError:  # a 400-digit integer
         return False
 
@@ -129,14 +123,12 @@ def _bad(field: str, value, what: str) -> BadFile:
 
 def _record(run_dir: Path) -> dict:
     """The fields of metrics.json that compare uses, checked ({"status": "no result"} without one)."""
-    record = read_json(run_dir / METRICS_FILE, default={}, max_bytes=MAX_RECORD_BYTES)
-    if not isinstance(record, dict):
-        raise BadFile(f"{METRICS_FILE} is not a ganexp record (a JSON {type(record).__name__}, not an object)")
+    record = read_metrics(run_dir, MAX_RECORD_BYTES)
     status = record.get("status", "no result")
     if status not in STATUSES and status != "no result":
         raise _bad("status", status, f"not one ganexp writes ({', '.join(STATUSES)})")
     iteration = record.get("iteration")
-    if iteration is not None and not (_is_number(iteration) and isinstance(iteration, int) and iteration >= 0):
+    if iteration is not None and not (is_kind(iteration, INT) and iteration >= 0):
         raise _bad("iteration", iteration, "not a count of iterations (an integer >= 0)")
     monitor = record.get("monitor")
     if monitor is not None and not (isinstance(monitor, str) and monitor in METRICS):
@@ -149,7 +141,7 @@ def _record(run_dir: Path) -> dict:
 def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
     """The job's command-line overrides and seed, read as plain data (BadFile when malformed)."""
     lines = read_yaml(run_dir / ".hydra" / "overrides.yaml", default=[], max_bytes=MAX_YAML_BYTES) or []
-    if not isinstance(lines, list) or not all(_is_number(line) or isinstance(line, str) for line in lines):
+    if not isinstance(lines, list) or not all(is_kind(line, FLOAT) or isinstance(line, str) for line in lines):
         raise BadFile(".hydra/overrides.yaml is not a list of overrides")
     if len(lines) > MAX_OVERRIDES:
         raise BadFile(f".hydra/overrides.yaml holds {len(lines)} overrides, more than a ganexp job has "
@@ -163,7 +155,7 @@ def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
     if not isinstance(config, dict):
         raise BadFile(".hydra/config.yaml is not a mapping")
     seed = config.get("seed")
-    return params, seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32 else None
+    return params, seed if is_kind(seed, INT) and 0 <= seed < 2**32 else None
 
 
 def read_job(run_dir: Path, sweep_dir: Path) -> Job:
@@ -177,10 +169,6 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
         return Job(run=run, params=params, seed=seed, status="unreadable", folder=run_dir,
                    reason=text(str(err).replace(f"{run_dir}{os.sep}", "")))
     return Job(run=run, params=params, seed=seed, folder=run_dir, **record)
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def scan(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -201,7 +189,7 @@ def scan(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
                                       "folders; give a sweep folder (outputs/multirun/<date>/<time>)")
                 if entry.is_symlink():
                     with contextlib.suppress(OSError):
-                        if not _inside(os.path.realpath(entry.path), real):
+                        if not writes.inside(os.path.realpath(entry.path), real):
                             links.append((os.path.relpath(entry.path, root), os.readlink(entry.path)))
                 elif entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
