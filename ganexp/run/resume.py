@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ganexp.config.checks import FLOAT, INT, is_kind
 from ganexp.errors import ConfigError, shown
 from ganexp.run.files import (
     EXPORT_SUFFIX, BadFile, load_weights, read_checkpoint, read_export, resolve_checkpoint, resumable, select,
@@ -216,14 +217,6 @@ def _sets_any(override: str, keys: list[str]) -> bool:
     return any(covers(k, key) or covers(key, k) for k in keys) or key == "experiment"
 
 
-def check_init_from(path: Any) -> None:
-    """init_from must be a readable ganexp checkpoint or export (the weights are loaded at build)."""
-    if Path(str(path)).suffix == EXPORT_SUFFIX:
-        read_export(path)
-    else:
-        read_checkpoint(path)
-
-
 def check_run(config: DictConfig) -> None:
     """Everything a run's files decide, checked before Hydra makes or touches a folder."""
     task = OmegaConf.to_container(config.hydra.overrides.task) if "hydra" in config else []
@@ -250,8 +243,8 @@ def check_run(config: DictConfig) -> None:
             del cfg["hydra"]
             cfg.ckpt_path = ckpt_path
         resume_config(cfg, task)
-    if config.get("init_from"):
-        check_init_from(config.init_from)
+    if config.get("init_from"):  # a readable ganexp checkpoint or export (its weights are loaded at build)
+        (read_export if Path(str(config.init_from)).suffix == EXPORT_SUFFIX else read_checkpoint)(config.init_from)
 
 
 from hydra.experimental.callback import Callback  # noqa: E402  (hydra-core is a dependency)
@@ -292,7 +285,7 @@ def check_training_state(checkpoint: dict, module, source: Any) -> None:
                        f"init_from={source})")
 
     iteration = checkpoint.get("iteration")
-    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+    if not is_kind(iteration, INT) or iteration < 0:
         raise bad(f"iteration={_show(iteration)} is not a count")
     if not isinstance(checkpoint.get("loops"), dict) or not isinstance(checkpoint["loops"].get("fit_loop"), dict):
         raise bad("it has no fit_loop state")
@@ -313,11 +306,10 @@ def check_training_state(checkpoint: dict, module, source: Any) -> None:
             raise bad("its optimizer state does not fit the model's parameters")
         for idx, entry in per_param.items():
             param = params[ids.index(idx)]
-            for name, value in (entry.items() if isinstance(entry, dict) else [("state", None)]):
-                if not isinstance(value, torch.Tensor) or (value.dim() > 0 and (value.shape != param.shape
-                                                                                or value.dtype != param.dtype)):
-                    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                        raise bad(f"its optimizer state {name} does not fit its parameter")
+            for name, value in (entry.items() if isinstance(entry, dict) else []):  # a number (step) or a tensor
+                if not (value is None or is_kind(value, FLOAT) or isinstance(value, torch.Tensor) and (
+                        value.dim() == 0 or value.shape == param.shape and value.dtype == param.dtype)):
+                    raise bad(f"its optimizer state {name} does not fit its parameter")
     rng = checkpoint.get("rng")
     if rng is not None:
         ok = (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
