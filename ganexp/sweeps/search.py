@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ganexp.run import writes
-from ganexp.run.files import BadFile, read_yaml
+from ganexp.config.checks import FLOAT, INT, is_kind
+from ganexp.run.files import BadFile, read_yaml, select
 
 RESULTS = "optimization_results.yaml"
 PLOT = "trials.png"
@@ -35,7 +36,7 @@ def results(sweep_dir: Path) -> dict[str, Any] | None:
     params, value = (data.get("best_params"), data.get("best_value")) if isinstance(data, dict) else (None, None)
     if (not isinstance(params, dict) or len(params) > MAX_PARAMS
             or not all(isinstance(k, str) and _plain(k) and _plain(v) for k, v in params.items())
-            or not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
+            or not is_kind(value, FLOAT) or not math.isfinite(value)):
         raise BadFile(f"{path} is not Optuna's result (best_params: a mapping, best_value: a number)")
     return {"best_params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))},
             "best_value": float(value)}
@@ -47,9 +48,8 @@ def trial_number(run_dir: Path | None) -> int | None:
         hydra = read_yaml(run_dir / ".hydra" / "hydra.yaml", default={}, max_bytes=MAX_YAML_BYTES) if run_dir else {}
     except BadFile:
         return None
-    job = hydra.get("hydra", {}).get("job", {}) if isinstance(hydra, dict) and isinstance(hydra.get("hydra"), dict) else {}
-    num = job.get("num") if isinstance(job, dict) else None
-    return num if isinstance(num, int) and not isinstance(num, bool) and 0 <= num < MAX_NUMBER else None
+    num = select(hydra, "hydra.job.num")
+    return num if is_kind(num, INT) and 0 <= num < MAX_NUMBER else None
 
 
 def order(jobs: list) -> list[tuple[int, Any]]:

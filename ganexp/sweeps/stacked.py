@@ -15,18 +15,22 @@ import logging
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ganexp.config.build import build_callbacks, build_logger, build_parts, plain
 from ganexp.config.keys import STACKABLE  # what may differ inside one stack: per-member numbers the step takes as [M] vectors
 from ganexp.config.registry import _resolve, build, kind_of
 from ganexp.config.validate import check_config
+from ganexp.errors import ConfigError
 from ganexp.gan.stack import Members, StackedData, StackedGAN, share_data
 from ganexp.gan.stacked_nets import stack_problem
 from ganexp.run import lifecycle, writes
-from ganexp.run.lock import folder_lock
-from ganexp.run.results import update_metrics
+from ganexp.run.lock import FolderInUse, folder_lock
+from ganexp.run.results import read_metrics, sweeper_value, update_metrics
 from ganexp.run.tensorboard import HParamsRow
+from ganexp.sweeps.summary import SweepInterrupted
 
 log = logging.getLogger("ganexp")
 
@@ -147,8 +151,6 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
 def launch(launcher, job_overrides, initial_job_idx: int) -> list:
     """StackedLauncher.launch: Hydra's BasicLauncher, with the jobs grouped (`plan`) and each group of two
     or more trained by `train_stack`; a job that cannot stack runs as a separate run, said in one line."""
-    from hydra.core.utils import configure_log, filter_overrides, run_job, setup_globals
-
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -191,8 +193,6 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
 def _why_alone_here(config: DictConfig) -> str | None:
     """why_alone, plus the job folder's state: a finished job is skipped and an unfinished one resumed by
     the separate-run path; a config that does not build is reported by it too."""
-    from ganexp.run.results import read_metrics
-
     out = Path(str(config.hydra.sweep.dir)) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
     try:
         if read_metrics(out).get("status") == "finished":
@@ -207,8 +207,6 @@ def _why_alone_here(config: DictConfig) -> str | None:
 def _prepare(cfg: DictConfig) -> dict:
     """The task function of a stack member inside Hydra's run_job: Hydra has made the job's folder, written
     its .hydra/ and opened its train.log; what the member needs from Hydra is taken now, while it is set."""
-    from hydra.core.hydra_config import HydraConfig
-
     hydra = HydraConfig.get()
     with open_dict(cfg):
         cfg.paths.output_dir = hydra.runtime.output_dir
@@ -217,13 +215,6 @@ def _prepare(cfg: DictConfig) -> dict:
 
 
 def _run_stack(launcher, jobs: list) -> list:
-    from hydra.core.utils import JobStatus, configure_log, filter_overrides, run_job
-
-    from ganexp.errors import ConfigError
-    from ganexp.run.lock import FolderInUse
-    from ganexp.run.results import sweeper_value
-    from ganexp.sweeps.summary import SweepInterrupted
-
     returns = []
     for idx, overrides, config in jobs:
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # not into the last job's log
