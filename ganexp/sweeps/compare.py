@@ -53,7 +53,6 @@ STATUSES = ("finished", "failed", "diverged", "interrupted", "running")  # what 
 
 # Job folders are data someone else may have made: every bound below is far above what ganexp writes.
 MAX_RECORD_BYTES = 1 << 20  # a metrics.json is a few KB (each resume appends one line of overrides)
-MAX_YAML_BYTES = search.MAX_YAML_BYTES  # a job's .hydra/*.yaml
 MAX_JOBS = 5000             # job folders compared (a 5-parameter grid of 4 values, 3 seeds: 3072)
 MAX_OVERRIDES = 100         # command-line overrides of one job
 MAX_KEYS = 16               # swept parameters shown (columns of the tables and summary.csv)
@@ -140,7 +139,7 @@ def _record(run_dir: Path) -> dict:
 
 def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
     """The job's command-line overrides and seed, read as plain data (BadFile when malformed)."""
-    lines = read_yaml(run_dir / ".hydra" / "overrides.yaml", default=[], max_bytes=MAX_YAML_BYTES) or []
+    lines = read_yaml(run_dir / ".hydra" / "overrides.yaml", default=[], max_bytes=search.MAX_YAML_BYTES) or []
     if not isinstance(lines, list) or not all(is_kind(line, FLOAT) or isinstance(line, str) for line in lines):
         raise BadFile(".hydra/overrides.yaml is not a list of overrides")
     if len(lines) > MAX_OVERRIDES:
@@ -151,7 +150,7 @@ def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
         key, _, value = str(line).lstrip("+~").partition("=")
         if not any(covers(k, key) for k in NOT_OVERRIDES) and key not in ("seed",):
             params[text(key)] = text(value)
-    config = read_yaml(run_dir / ".hydra" / "config.yaml", default={}, max_bytes=MAX_YAML_BYTES) or {}
+    config = read_yaml(run_dir / ".hydra" / "config.yaml", default={}, max_bytes=search.MAX_YAML_BYTES) or {}
     if not isinstance(config, dict):
         raise BadFile(".hydra/config.yaml is not a mapping")
     seed = config.get("seed")
@@ -340,7 +339,7 @@ def config_table(configs: list[Config], keys: list[str], metric: str) -> list[st
     rows = []
     for i, c in enumerate(ranked(configs, lambda c: c.mean, metric), 1):
         value = f"{_fmt(c.mean)} ± {_fmt(c.std)}" if len(c.values) > 1 else _fmt(c.mean)
-        failed = ", ".join(f"seed {j.seed}: {j.status}" for j in c.jobs if not j.finished) or ""
+        failed = ", ".join(f"seed {j.seed}: {j.status}" for j in c.jobs if not j.finished)
         rows.append([str(i) if math.isfinite(c.mean) else "—", *c.params.values(), value,
                      f"{len(c.values)}/{len(c.jobs)}", failed])
     return markdown_table(header, rows)
@@ -352,19 +351,17 @@ def effects_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
     parameter whose values differ most first. Values with no finished job are listed last with "—"."""
     rows, spreads = {}, {}
     for key in keys:
-        scores: dict[str, list[float]] = {}
-        counts: dict[str, int] = {}
+        counts = collections.Counter(j.params.get(key, "") for j in jobs)
+        scores: dict[str, list[float]] = {v: [] for v in counts}
         for j in jobs:  # one pass: thousands of jobs with a value each stay linear
-            v = j.params.get(key, "")
-            counts[v] = counts.get(v, 0) + 1
-            scores.setdefault(v, []).extend([j.value] if j.finished and math.isfinite(j.value) else [])
+            scores[j.params.get(key, "")] += [j.value] if j.finished and math.isfinite(j.value) else []
         means = {v: statistics.fmean(xs) if xs else math.nan for v, xs in scores.items()}
-        if sum(math.isfinite(m) for m in means.values()) < 2:
+        finite = [m for m in means.values() if math.isfinite(m)]
+        if len(finite) < 2:
             continue
         order = ranked(list(scores), means.get, metric)
         rows[key] = [[key, v, _fmt(means[v]), f"{len(scores[v])}/{counts[v]}", "best" if i == 0 else ""]
                      for i, v in enumerate(order)]
-        finite = [m for m in means.values() if math.isfinite(m)]
         spreads[key] = max(finite) - min(finite)
     if not rows:
         return []
@@ -533,17 +530,6 @@ def write(summary: Summary) -> list[Path]:
                             and search.plot(summary.jobs, summary.metric, lower, trials))
 
 
-def write_or_say(summary: Summary) -> str:
-    """`write`, for the CLI: the one line to print when the sweep folder cannot take the files, else ""."""
-    try:
-        write(summary)
-    except OSError as err:
-        why = err.strerror or type(err).__name__
-        return (f"ganexp.compare: note: could not write {', '.join(FILES)} into {summary.sweep_dir} ({why}); "
-                "the table above is the whole summary")
-    return ""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder, e.g. outputs/multirun/<date>/<time>")
@@ -561,12 +547,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.metric is not None:
             check_reported(summary)
         print(summary.markdown, flush=True)  # first: the table is the answer, whether or not the files can be written
-        note = write_or_say(summary)
+        try:
+            write(summary)
+        except OSError as err:
+            print(f"ganexp.compare: note: could not write {', '.join(FILES)} into {summary.sweep_dir} "
+                  f"({err.strerror or type(err).__name__}); the table above is the whole summary", file=sys.stderr)
     except ConfigError as err:
         print(f"ganexp.compare: error: {err}", file=sys.stderr)
         return 2
-    if note:
-        print(note, file=sys.stderr)
     return 0
 
 
