@@ -114,16 +114,11 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
     with open_dict(merged):
         if overrides is not None:
             _carry_settings(merged, stored, override_keys(overrides))
-        for key in EXPERIMENT:
-            if key not in stored:
-                continue
+        for key in [k for k in EXPERIMENT if k in stored]:
             value = copy.deepcopy(stored[key])
-            if key == "data" and isinstance(value, dict):
+            if key == "data" and isinstance(value, dict):  # where the files are on this machine
                 data = OmegaConf.to_container(merged.data, resolve=True)
-                for free in FREE:
-                    sub = free.split(".", 1)[1]
-                    if sub in data:
-                        value[sub] = data[sub]
+                value.update({sub: data[sub] for sub in (free.split(".", 1)[1] for free in FREE) if sub in data})
             merged[key] = value
         merged.ckpt_path = str(ckpt_path)
     check_config(merged)  # the stored values obey the same rules as the command line's
@@ -148,9 +143,8 @@ def _carry_settings(merged: DictConfig, stored: dict, keys: list[str]) -> None:
     for top in carried:
         for path, part in _parts(stored[top], top):
             for arg, value in part.items():
-                template = templates.get((_class_name(part["_target_"]), arg))
-                if template is None and arg in LOCATIONS:  # a part conf/ does not know: still this run's folder
-                    template = "${paths.output_dir}"
+                template = templates.get((_class_name(part["_target_"]), arg),  # a part conf/ does not know
+                                         "${paths.output_dir}" if arg in LOCATIONS else None)  # still writes here
                 if template is None:
                     continue
                 OmegaConf.update(probe, f"{path}.{arg}", template)

@@ -45,15 +45,6 @@ def _scalar(value: Any) -> float | str | bool:
     return float(value) if isinstance(value, (int, float)) else str(value)
 
 
-def choices_now() -> dict[str, str]:
-    """The option Hydra chose for each config group in this run ({} when composed in code)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    return {k: "none" if v is None else str(v) for k, v in HydraConfig.get().runtime.choices.items() if k in GROUPS}
-
-
 def columns(config: dict, choices: dict[str, str], overrides: list[str] | None, status: str) -> dict[str, Any]:
     """The HParams entry's columns for a run (see the module docstring)."""
     out: dict[str, Any] = {}
@@ -92,9 +83,13 @@ def metrics(record: dict) -> dict[str, float]:
 
 def write_hparams(logger: Any, config: dict, record: dict, overrides: list[str] | None) -> None:
     """The run's HParams entry, written once its record is final (every status, so failures show)."""
+    from hydra.core.hydra_config import HydraConfig
+
     if logger is None or not hasattr(logger, "log_hyperparams"):
         return
-    logger.log_hyperparams(columns(config, choices_now(), overrides, str(record.get("status"))), metrics(record))
+    chosen = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}  # {}: composed in code
+    choices = {k: "none" if v is None else str(v) for k, v in chosen.items() if k in GROUPS}
+    logger.log_hyperparams(columns(config, choices, overrides, str(record.get("status"))), metrics(record))
 
 
 class HParamsRow(Callback):

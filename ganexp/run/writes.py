@@ -89,10 +89,8 @@ def check_path(path: str | Path, *, final: bool = True) -> Path:
     root = _root(full)
     parts = Path(full).relative_to(root).parts if root else (Path(full).name,)
     current = root or os.path.dirname(full)
-    for index, part in enumerate(parts):
+    for part in parts if final else parts[:-1]:
         current = os.path.join(current, part)
-        if index == len(parts) - 1 and not final:
-            break
         if os.path.islink(current):
             raise _refusal(current)
     return Path(path)
@@ -165,14 +163,11 @@ def replacing(path: str | Path) -> Iterator[Path]:
     check_path(path, final=False)
     for _ in range(100):
         tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _mode())
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _mode()))
             break
-        except FileExistsError:
-            continue
     else:
         raise OSError(f"no free temporary name beside {path}")
-    os.close(fd)
     try:
         yield tmp
         if not tmp.is_file() or tmp.is_symlink():  # a writer that removed or swapped the file

@@ -229,8 +229,7 @@ def check_reported(summary: Summary) -> None:
     """ConfigError when jobs finished but none reports the ranking metric: the table would rank nothing."""
     if not any(j.finished for j in summary.jobs) or any(math.isfinite(j.value) for j in summary.jobs):
         return
-    names = {m for j in summary.jobs for m in {**j.final, **j.best}}
-    reported = [m for m in KNOWN if m in names] + sorted(names - set(KNOWN))
+    reported = [m for m in KNOWN if any(m in j.final or m in j.best for j in summary.jobs)]  # _metrics keeps KNOWN
     if summary.metric.startswith("loss/"):
         why = f"no finished job in {summary.sweep_dir} logged {summary.metric} to TensorBoard"
     else:

@@ -6,6 +6,7 @@ they differ: two studies in one folder), how many trials failed, and trials.png.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -105,11 +106,8 @@ def plot(jobs: list, metric: str, lower_is_better: bool, path: Path) -> bool:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(*zip(*done), "o", alpha=0.7, label="trial")
-    best, steps = math.inf if lower_is_better else -math.inf, []
-    for n, value in done:
-        best = min(best, value) if lower_is_better else max(best, value)
-        steps.append((n, best))
-    ax.step(*zip(*steps), where="post", color="black", lw=1, label="best so far")
+    best = itertools.accumulate((value for _, value in done), min if lower_is_better else max)
+    ax.step([n for n, _ in done], list(best), where="post", color="black", lw=1, label="best so far")
     failed = [n for n, j in trials if not j.finished]
     if failed:
         ax.plot(failed, [ax.get_ylim()[0]] * len(failed), "x", color="red", label="failed")

@@ -158,8 +158,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
         config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         with open_dict(config):
-            config.hydra.job.id = idx
-            config.hydra.job.num = idx
+            config.hydra.job.id = config.hydra.job.num = idx
         reason = _why_alone_here(config)
         if reason:
             alone.setdefault(reason, []).append(idx)
