@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ganexp.errors import ConfigError
+from ganexp.errors import ConfigError, shown
 from ganexp.config.checks import FLOAT, INT, is_kind, number
 from ganexp.config.registry import build, check_stored
 
@@ -36,8 +36,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shown(repr(value), 60)  # a stored config holds plain values only: their repr is one printable line
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -65,8 +64,7 @@ def check_run_config(config: Any, source: Path) -> dict:
     if not isinstance(config, dict):
         raise BadFile(f"{source} holds no run config (found a {type(config).__name__}); is it a ganexp file?")
     check_stored(config, source)
-    missing = [k for k in NEEDED if select(config, k) is None]
-    if missing:
+    if missing := [k for k in NEEDED if select(config, k) is None]:
         raise BadFile(f"{source} is not a ganexp checkpoint: its stored config lacks {', '.join(missing)}")
     for key in ("model", "model.generator", "noise", "data"):
         if not isinstance(select(config, key), dict):

@@ -48,12 +48,9 @@ from ganexp.config import CONF_DIR  # noqa: E402
 
 
 def _leaves(node: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_leaves(value, f"{prefix}.{key}"))
-        return out
-    return {prefix: node}
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {path: leaf for key, value in node.items() for path, leaf in _leaves(value, f"{prefix}.{key}").items()}
 
 
 class _Absent:
@@ -304,8 +301,7 @@ def check_training_state(checkpoint: dict, module, source: Any) -> None:
                 if not (value is None or is_kind(value, FLOAT) or isinstance(value, torch.Tensor) and (
                         value.dim() == 0 or value.shape == param.shape and value.dtype == param.dtype)):
                     raise bad(f"its optimizer state {name} does not fit its parameter")
-    rng = checkpoint.get("rng")
-    if rng is not None:
+    if (rng := checkpoint.get("rng")) is not None:
         ok = (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
               and rng["torch"].dtype == torch.uint8 and rng["torch"].shape == torch.get_rng_state().shape
               and isinstance(rng.get("numpy"), (list, tuple)) and len(rng["numpy"]) == 5

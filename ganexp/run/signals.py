@@ -36,9 +36,8 @@ class StoppedBeforeTraining(BaseException):
 
 def stop_reason(module) -> str:
     """metrics.json's reason for a run a signal stopped (GANModule, StackedGAN)."""
-    if module.training_started:
-        return f"{module.interrupted} at iteration {module.iteration}"
-    return f"{module.interrupted} before training started (iteration {module.iteration})"
+    when = "at iteration {}" if module.training_started else "before training started (iteration {})"
+    return f"{module.interrupted} {when.format(module.iteration)}"
 
 
 @contextmanager

@@ -55,14 +55,11 @@ def columns(config: dict, choices: dict[str, str], overrides: list[str] | None, 
             name = str(target).rpartition(".")[2] if target else None
         out[group] = _scalar(name)
     for key in KEYS:
-        value = select(config, key, KeyError)
-        if value is not KeyError:
+        if (value := select(config, key, KeyError)) is not KeyError:
             out[key] = _scalar(value)
     for key in _keys.override_keys(overrides or []):
-        if key in GROUPS or key.split(".")[0] in PLUMBING or key.startswith("hydra/") or key == "sweep":
-            continue
-        value = select(config, key, KeyError)
-        if value is not KeyError and not isinstance(value, dict):
+        skip = key in GROUPS or key.split(".")[0] in PLUMBING or key.startswith("hydra/") or key == "sweep"
+        if not skip and (value := select(config, key, KeyError)) is not KeyError and not isinstance(value, dict):
             out[key] = _scalar(value)
     out["status"] = status
     return out
