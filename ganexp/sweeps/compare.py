@@ -145,11 +145,9 @@ def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
     if len(lines) > MAX_OVERRIDES:
         raise BadFile(f".hydra/overrides.yaml holds {len(lines)} overrides, more than a ganexp job has "
                       f"({MAX_OVERRIDES})")
-    params = {}
-    for line in lines:
-        key, _, value = str(line).lstrip("+~").partition("=")
-        if not any(covers(k, key) for k in NOT_OVERRIDES) and key not in ("seed",):
-            params[text(key)] = text(value)
+    pairs = (str(line).lstrip("+~").partition("=") for line in lines)
+    params = {text(key): text(value) for key, _, value in pairs
+              if key != "seed" and not any(covers(k, key) for k in NOT_OVERRIDES)}
     config = read_yaml(run_dir / ".hydra" / "config.yaml", default={}, max_bytes=search.MAX_YAML_BYTES) or {}
     if not isinstance(config, dict):
         raise BadFile(".hydra/config.yaml is not a mapping")
@@ -230,13 +228,12 @@ def check_reported(summary: Summary) -> None:
     if not any(j.finished for j in summary.jobs) or any(math.isfinite(j.value) for j in summary.jobs):
         return
     reported = [m for m in KNOWN if any(m in j.final or m in j.best for j in summary.jobs)]  # _metrics keeps KNOWN
-    if summary.metric.startswith("loss/"):
-        why = f"no finished job in {summary.sweep_dir} logged {summary.metric} to TensorBoard"
-    else:
-        why = f"no job in {summary.sweep_dir} reports {summary.metric}"
+    loss = summary.metric.startswith("loss/")
+    why = (f"no finished job in {summary.sweep_dir} logged {summary.metric} to TensorBoard" if loss
+           else f"no job in {summary.sweep_dir} reports {summary.metric}")
     if reported:
         fix = f"the jobs report {', '.join(reported)}"
-    elif summary.metric.startswith("loss/"):
+    elif loss:
         fix = f"look up the logged tags with tensorboard --logdir {summary.sweep_dir}"
     else:
         fix = f"the jobs report no metrics (eval=none?): try --metric {LOSS_FALLBACK}"
@@ -247,8 +244,7 @@ def choose_metric(jobs: list[Job], metric: str | None) -> str:
     """--metric, else the metric most runs monitor, else the one most runs report, else the G loss."""
     if metric:
         return metric
-    monitors = [j.monitor for j in jobs if j.monitor]
-    if monitors:
+    if monitors := [j.monitor for j in jobs if j.monitor]:
         return max(sorted(set(monitors)), key=monitors.count)
     reported = [m for j in jobs for m in {**j.final, **j.best}]
     return max(sorted(set(reported)), key=reported.count) if reported else LOSS_FALLBACK
@@ -307,11 +303,10 @@ def _fmt(value: float) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|")
+    def line(cells) -> str:
+        return "| " + " | ".join(str(value).replace("|", "\\|") for value in cells) + " |"
 
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return [line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)]
 
 
 def by_rank(jobs: list[Job], metric: str) -> list[Job]:
@@ -426,9 +421,8 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
     if found:
         for job in jobs:
             job.number = search.trial_number(job.folder)
-        best = next(iter(by_rank(jobs, metric)), None)
-        searched = search.section(found, jobs, metric, best if best and best.finished and math.isfinite(best.value)
-                                  else None)
+        best = next((j for j in by_rank(jobs, metric) if j.finished and math.isfinite(j.value)), None)  # row 1
+        searched = search.section(found, jobs, metric, best)
     lines += ["", f"TensorBoard: `tensorboard --logdir {sweep_dir}`; the HParams tab has a row per job, with the "
                   f"swept parameters as the columns {', '.join(keys) or '(none swept)'} and the metrics as "
                   "hparams/final_<metric> and hparams/best_<metric>.", *([""] + searched if searched else [])]
@@ -437,8 +431,7 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
         lines += ["", "## Per configuration (mean ± std over seeds)", "", *config_table(configs, keys, metric),
                   "", "## Per job"]
     lines += ["", *job_table(jobs, keys, metric)]
-    effects = effects_table(jobs, keys, metric) if not found else []  # a search tries each value once: trials.png
-    if effects:
+    if not found and (effects := effects_table(jobs, keys, metric)):  # a search tries each value once: trials.png
         lines += ["", "## Why: the effect of each swept parameter (mean over the jobs with that value)", "", *effects]
     if links:  # a folder from someone else: its links may lead anywhere (compare only reads through them)
         lines += ["", "## Links that point outside the sweep folder", "",
@@ -490,8 +483,7 @@ def plot(summary: Summary, path: Path) -> bool:
         means = [(x_of[v], statistics.fmean(vals)) for v in levels
                  if (vals := [j.value for j in done if j.params.get(key, j.run) == v])]
         ax.plot(*zip(*means), "-", color="black", lw=1, label="mean")
-        failed = [x_of[j.params.get(key, j.run)] for j in summary.failures]
-        if failed:  # a failure at the bottom of the axis, so it is not mistaken for a value
+        if failed := [x_of[j.params.get(key, j.run)] for j in summary.failures]:  # at the bottom: not a value
             ax.plot(failed, [ax.get_ylim()[0]] * len(failed), "x", color="red", label="not finished")
         if numeric and min(numeric) > 0 and max(numeric) >= 4 * min(numeric):
             ax.set_xscale("log")  # learning rates and other scales

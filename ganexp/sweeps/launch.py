@@ -72,11 +72,10 @@ def check_launcher(args: list[str]) -> None:
         key = key.lstrip("+")
         needs = (PLUGINS.get(name) if key == "hydra/launcher" else
                  SEARCH if (key, name) in (("hydra/sweeper", "optuna"), ("sweep", "search")) else None)
-        if needs:
-            module, extra = needs
-            if not _installed(module):
-                raise ConfigError(f"{key}={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
-                                  f"install it with: pip install -e '.[{extra}]'")
+        module, extra = needs or ("", "")
+        if module and not _installed(module):
+            raise ConfigError(f"{key}={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
+                              f"install it with: pip install -e '.[{extra}]'")
 
 
 def lock_free_gpu(count: int, folder: Path = GPU_LOCKS, poll_s: float = 1.0) -> tuple[int, object]:

@@ -108,8 +108,7 @@ def plot(jobs: list, metric: str, lower_is_better: bool, path: Path) -> bool:
     ax.plot(*zip(*done), "o", alpha=0.7, label="trial")
     best = itertools.accumulate((value for _, value in done), min if lower_is_better else max)
     ax.step([n for n, _ in done], list(best), where="post", color="black", lw=1, label="best so far")
-    failed = [n for n, j in trials if not j.finished]
-    if failed:
+    if failed := [n for n, j in trials if not j.finished]:
         ax.plot(failed, [ax.get_ylim()[0]] * len(failed), "x", color="red", label="failed")
     ax.set_xlabel("trial" + (" (numbers repeat: more than one study)" if repeated(jobs) else ""))
     ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")

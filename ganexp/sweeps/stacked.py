@@ -27,6 +27,7 @@ from ganexp.errors import ConfigError
 from ganexp.gan.stack import Members, StackedData, StackedGAN, share_data
 from ganexp.gan.stacked_nets import stack_problem
 from ganexp.run import lifecycle, writes
+from ganexp.run.files import select
 from ganexp.run.lock import FolderInUse, folder_lock
 from ganexp.run.results import read_metrics, sweeper_value, update_metrics
 from ganexp.run.tensorboard import HParamsRow
@@ -65,10 +66,8 @@ def group_key(cfg: DictConfig) -> str:
     """Jobs with equal keys can share a stack: everything but the STACKABLE keys is equal."""
     settings = _settings(cfg)
     for dotted in STACKABLE:
-        *parents, last = dotted.split(".")
-        node = settings
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
+        parent, _, last = dotted.rpartition(".")
+        node = select(settings, parent) if parent else settings
         if isinstance(node, dict):
             node.pop(last, None)
     return json.dumps(settings, sort_keys=True, default=str)
@@ -92,8 +91,7 @@ def why_alone(cfg: DictConfig) -> str | None:
     with torch.device("meta"):
         parts = build_parts({k: settings[k] for k in ("model", "data", "loss", "optimizer", "noise")})
     for side in ("generator", "discriminator"):
-        problem = stack_problem(parts[side])
-        if problem:
+        if problem := stack_problem(parts[side]):
             return f"model.{side}: {problem}"
     return None
 
