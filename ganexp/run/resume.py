@@ -64,9 +64,7 @@ _ABSENT = _Absent()
 def experiment_changes(requested: dict, stored: dict, keys: list[str]) -> list[str]:
     """'key: stored → requested' for every experiment setting the overrides `keys` change."""
     changes: list[str] = []
-    for key in keys:
-        if key.split(".")[0] in NOT_SETTINGS:
-            continue
+    for key in keys:  # plumbing keys (NOT_SETTINGS) lie outside EXPERIMENT: they change nothing here
         scope = EXPERIMENT if key == "experiment" else [key] if key.split(".")[0] in EXPERIMENT else []
         for k in scope:
             new, old = _leaves(select(requested, k, _ABSENT), k), _leaves(select(stored, k, _ABSENT), k)
@@ -290,9 +288,8 @@ def check_training_state(checkpoint: dict, module, source: Any) -> None:
         raise bad("it does not hold the two optimizer states (G, D)")
     for state, net in zip(optimizers, (module.generator, module.discriminator)):
         params = list(net.parameters())
-        groups = state.get("param_groups") if isinstance(state, dict) else None
+        groups, per_param = select(state, "param_groups"), select(state, "state")  # state: any shape
         ids = [i for g in groups or [] if isinstance(g, dict) for i in g.get("params", [])]
-        per_param = state.get("state") if isinstance(state, dict) else None
         if len(ids) != len(params) or not isinstance(per_param, dict) or not set(per_param) <= set(ids):
             raise bad("its optimizer state does not fit the model's parameters")
         for idx, entry in per_param.items():
