@@ -199,8 +199,7 @@ def last_logged(run_dir: Path, tag: str) -> float:
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per event file
     last = math.nan
-    files = sorted(p for p in run_dir.glob("events.out.tfevents.*") if writes.is_regular(p))  # no link, no folder
-    for path in files:
+    for path in sorted(p for p in run_dir.glob("events.out.tfevents.*") if writes.is_regular(p)):  # no link, no folder
         if path.stat().st_size > MAX_EVENTS_BYTES:
             continue  # not the few megabytes a run's scalars take: not read
         try:

@@ -82,8 +82,7 @@ def section(found: dict[str, Any], jobs: list, metric: str, best) -> list[str]:
     the best trial named is always that one; Optuna's own is said beside it when it differs (a folder of
     two studies holds the last one's file only)."""
     optuna = f"{_shown(found['best_params'])} → {metric} {found['best_value']:.4g} ({RESULTS})"
-    failed = [j for j in jobs if not j.finished]
-    tail = f"{len(jobs)} trials, {len(failed)} failed (recorded as FAIL, the study went on)"
+    tail = f"{len(jobs)} trials, {sum(not j.finished for j in jobs)} failed (recorded as FAIL, the study went on)"
     if best is None:
         return [f"Optuna's best trial: {optuna}, but no trial in this folder finished; {tail}; no {PLOT}."]
     tail += f"; {PLOT}: {metric} over trials with the best so far."

@@ -175,16 +175,19 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
     results: list = [None] * len(jobs)
     for group in groups:
         if len(group) == 1:
-            idx, overrides, config = jobs[group[0]]
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            results[group[0]] = run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function,
-                                        config=config, job_dir_key="hydra.sweep.dir",
-                                        job_subdir_key="hydra.sweep.subdir")
+            results[group[0]] = _run_job(launcher, *jobs[group[0]], launcher.task_function)
         else:
             for i, ret in zip(group, _run_stack(launcher, [jobs[i] for i in group])):
                 results[i] = ret
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return results
+
+
+def _run_job(launcher, idx: int, overrides: list[str], config: DictConfig, task, note: str = ""):
+    """Hydra's run_job of one job in its sweep folder, logged as BasicLauncher logs it."""
+    log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}{note}")
+    return run_job(hydra_context=launcher.hydra_context, task_function=task, config=config,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
 
 def _why_alone_here(config: DictConfig) -> str | None:
@@ -215,9 +218,7 @@ def _run_stack(launcher, jobs: list) -> list:
     returns = []
     for idx, overrides, config in jobs:
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # not into the last job's log
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} (stacked)")
-        returns.append(run_job(hydra_context=launcher.hydra_context, task_function=_prepare, config=config,
-                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+        returns.append(_run_job(launcher, idx, overrides, config, _prepare, " (stacked)"))
     ready = [r for r in returns if r.status == JobStatus.COMPLETED]
     for r in returns:
         if r.status != JobStatus.COMPLETED:
