@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from ganexp.errors import ConfigError
+from ganexp.errors import ConfigError, shown
+from ganexp.config.checks import FLOAT, INT, is_kind, number
 from ganexp.config.registry import build, check_stored
 
 EXPORT_SUFFIX = ".safetensors"
@@ -35,8 +36,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shown(repr(value), 60)  # a stored config holds plain values only: their repr is one printable line
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -64,8 +64,7 @@ def check_run_config(config: Any, source: Path) -> dict:
     if not isinstance(config, dict):
         raise BadFile(f"{source} holds no run config (found a {type(config).__name__}); is it a ganexp file?")
     check_stored(config, source)
-    missing = [k for k in NEEDED if select(config, k) is None]
-    if missing:
+    if missing := [k for k in NEEDED if select(config, k) is None]:
         raise BadFile(f"{source} is not a ganexp checkpoint: its stored config lacks {', '.join(missing)}")
     for key in ("model", "model.generator", "noise", "data"):
         if not isinstance(select(config, key), dict):
@@ -156,8 +155,6 @@ def generator_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def _check_generator_io(generator: torch.nn.Module, config: dict, source: Path | str) -> None:
     """The stored noise.latent_dim goes into the generator, and what comes out has data.shape (meta tensors)."""
-    from ganexp.config.checks import INT, number
-
     noise, data = config.get("noise"), config.get("data")
     try:
         latent = number("noise.latent_dim", noise.get("latent_dim") if isinstance(noise, dict) else None, INT,
@@ -173,7 +170,7 @@ def _check_generator_io(generator: torch.nn.Module, config: dict, source: Path |
         raise BadFile(f"{source}: its generator makes {list(out.shape[1:])}, but its data.shape is {_brief(shape)}")
     value_range = data.get("value_range")
     if value_range is not None and (not isinstance(value_range, list) or len(value_range) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value_range)
+            or not all(is_kind(v, FLOAT) and math.isfinite(v) for v in value_range)
             or not value_range[0] < value_range[1]):
         raise BadFile(f"{source}: its data.value_range={_brief(value_range)} is not two finite numbers low < high")
 
@@ -196,39 +193,29 @@ def check_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], sou
         raise BadFile(f"{source}: the {what} weights do not fit the {what} its config describes: {detail}")
 
 
-def _read_text(path: Path, max_bytes: int) -> str:
-    """The file's text, read only when it is at most `max_bytes` (BadFile otherwise: a crafted record is data)."""
-    with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise BadFile(f"{path} is over {max_bytes:,} bytes, too large for a ganexp record; is it one? "
-                      "remove or replace it")
-    return data.decode()
+def _read(path: str | Path, default: Any, max_bytes: int, parse, errors: tuple = ()) -> Any:
+    """`parse` of the file's text, read only when it is at most `max_bytes` (a crafted record is data);
+    `default` when the file does not exist; BadFile when it is too large or does not parse."""
+    path = Path(path)
+    if not path.is_file():
+        return default
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) <= max_bytes:
+            return parse(data.decode())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, *errors) as err:  # JSONDecodeError: ValueError
+        raise BadFile(f"cannot read {path} ({_first_line(err)})") from None
+    raise BadFile(f"{path} is over {max_bytes:,} bytes, too large for a ganexp record; is it one? "
+                  "remove or replace it")
 
 
 def read_json(path: str | Path, default: Any = None, max_bytes: int = MAX_RECORD_BYTES) -> Any:
-    """A JSON record; `default` when the file does not exist; BadFile when it is not JSON or over `max_bytes`."""
-    path = Path(path)
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(_read_text(path, max_bytes))
-    except BadFile:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
-        raise BadFile(f"cannot read {path} ({_first_line(err)})") from None
+    return _read(path, default, max_bytes, json.loads)
 
 
 def read_yaml(path: str | Path, default: Any = None, max_bytes: int = MAX_RECORD_BYTES) -> Any:
-    """A YAML file parsed as plain data (safe_load: no tags, no objects), at most `max_bytes`."""
+    """A YAML file parsed as plain data (safe_load: no tags, no objects)."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        return default
-    try:
-        return yaml.safe_load(_read_text(path, max_bytes))
-    except BadFile:
-        raise
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, RecursionError) as err:
-        raise BadFile(f"cannot read {path} ({_first_line(err)})") from None
+    return _read(path, default, max_bytes, yaml.safe_load, (yaml.YAMLError,))

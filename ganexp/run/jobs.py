@@ -51,12 +51,9 @@ def _short(value: str) -> str:
 
 def job_dir(task: Any, seed: Any) -> str:
     """`<override>,<override>/seed=<seed>` for a sweep job (see the module docstring)."""
-    lines = []
-    for o in _parsed(list(task or [])):
-        if _counts(o.key_or_group) and o.key_or_group not in DISPLAY:
-            key, _, value = o.input_line.partition("=")  # as typed: 1e-4 stays 1e-4
-            lines.append(f"{key}={_short(value)}")
-    name = ",".join(sorted(lines))
+    parts = [o.input_line.partition("=") for o in _parsed(list(task or []))  # as typed: 1e-4 stays 1e-4
+             if _counts(o.key_or_group) and o.key_or_group not in DISPLAY]
+    name = ",".join(sorted(f"{key}={_short(value)}" for key, _, value in parts))
     if len(name.encode()) > MAX_NAME:  # a folder name may hold 255 bytes (not characters: ü takes 2)
         head = name.encode()[:MAX_NAME - 9].decode(errors="ignore")
         name = f"{head}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
@@ -65,12 +62,8 @@ def job_dir(task: Any, seed: Any) -> str:
 
 def settings(overrides: list[str]) -> dict[str, Any]:
     """key -> value (as Hydra parses it: 1e-4 and 0.0001 are the same) of the overrides that define a job."""
-    out = {}
-    for o in _parsed(overrides):
-        key = o.key_or_group
-        if key == "seed" or (_counts(key) and key not in NOT_COMPARED):
-            out[key] = "(deleted)" if o.is_delete() else o.value()
-    return out
+    return {o.key_or_group: "(deleted)" if o.is_delete() else o.value() for o in _parsed(overrides)
+            if o.key_or_group == "seed" or (_counts(o.key_or_group) and o.key_or_group not in NOT_COMPARED)}
 
 
 def check_same_job(folder: str | Path, overrides: list[str] | None) -> None:
@@ -89,8 +82,7 @@ def check_same_job(folder: str | Path, overrides: list[str] | None) -> None:
     except Exception:  # noqa: BLE001 - a file from elsewhere: whatever it holds is one line
         raise ConfigError(f"{stored_path} holds overrides Hydra cannot parse; give the new run another folder") from None
     new = settings(overrides)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k, "(default)") != new.get(k, "(default)"))
-    if changed:
+    if changed := sorted(k for k in old.keys() | new.keys() if old.get(k, "(default)") != new.get(k, "(default)")):
         listed = "; ".join(f"{k}: {shown(old.get(k, '(default)'))} → {shown(new.get(k, '(default)'))}"
                           for k in changed[:6])
         more = f"; and {len(changed) - 6} more" if len(changed) > 6 else ""

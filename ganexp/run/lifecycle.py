@@ -3,6 +3,7 @@ check and lock its folder, mark it running, fit under the signal handlers, then 
 derived here only), written to metrics.json and to the run's TensorBoard HParams row."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -110,14 +111,10 @@ def lightning_logs_to_hydra() -> None:
 def record_failure(out: str | None, status: str, reason: str) -> None:
     """A failed job says why in its folder, unless the folder holds an earlier run this process did
     not start: a refused or failed resume leaves that run's record exactly as it was."""
-    if not out or not Path(out).is_dir():
+    if not out or not Path(out).is_dir() or (is_run_folder(out) and str(Path(out).resolve()) not in _started):
         return
-    if is_run_folder(out) and str(Path(out).resolve()) not in _started:
-        return
-    try:
+    with contextlib.suppress(ConfigError):  # an unreadable metrics.json stays as it is (it is evidence)
         update_metrics(out, status=status, reason=reason)
-    except ConfigError:  # an unreadable metrics.json stays as it is (it is evidence)
-        pass
 
 
 def fit(trainer, module, datamodule, runs: list[tuple[Any, Any]], ckpt_path: str | None = None,

@@ -57,11 +57,17 @@ def check_free(folder: str | Path) -> None:
     except OSError:
         return
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _refusal(Path(folder), path) from None
+        _flock(handle, Path(folder), path)
         fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _flock(handle, folder: Path, path: Path) -> None:
+    """`handle` locked for this process, or closed and FolderInUse when a live one holds it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise _refusal(folder, path) from None
 
 
 def _take(folder: Path, path: Path):
@@ -72,11 +78,7 @@ def _take(folder: Path, path: Path):
         except OSError as err:
             raise ConfigError(f"cannot write in {folder} ({err.strerror}); make it writable, or give the run "
                               f"another folder") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise _refusal(folder, path) from None
+        _flock(handle, folder, path)
         try:
             if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                 return handle

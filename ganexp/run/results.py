@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from ganexp.run import writes
+from ganexp.run.files import MAX_RECORD_BYTES, BadFile, read_json
 from ganexp.run.signals import stop_reason
 
 METRICS_FILE = "metrics.json"
 
 
-def read_metrics(run_dir: str | Path) -> dict:
+def read_metrics(run_dir: str | Path, max_bytes: int = MAX_RECORD_BYTES) -> dict:
     """The run's record ({} when there is none); BadFile (one line) when it is not a JSON object."""
-    from ganexp.run.files import BadFile, read_json
-
     path = Path(run_dir) / METRICS_FILE
-    record = read_json(path, default={})
+    record = read_json(path, default={}, max_bytes=max_bytes)
     if not isinstance(record, dict):
         raise BadFile(f"{path} is not a ganexp record (a JSON {type(record).__name__}, not an object)")
     return record

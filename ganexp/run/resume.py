@@ -16,19 +16,19 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ganexp.config.checks import FLOAT, INT, is_kind
 from ganexp.errors import ConfigError, shown
 from ganexp.run.files import (
     EXPORT_SUFFIX, BadFile, load_weights, read_checkpoint, read_export, resolve_checkpoint, resumable, select,
 )
 from ganexp.run.jobs import check_folder
-from ganexp.config.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, keys_of, override_keys
+from ganexp.run.writes import refuse_now
+from ganexp.config.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, covers, keys_of, override_keys
 from ganexp.run.folders import (  # noqa: F401  (re-exported: the run-folder names are importable from here too)
     RUN_MARKER, hydra_subdir, in_place_run, is_run_folder, mark_run, register_resolvers, run_dir,
 )
@@ -48,12 +48,9 @@ from ganexp.config import CONF_DIR  # noqa: E402
 
 
 def _leaves(node: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_leaves(value, f"{prefix}.{key}"))
-        return out
-    return {prefix: node}
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {path: leaf for key, value in node.items() for path, leaf in _leaves(value, f"{prefix}.{key}").items()}
 
 
 class _Absent:
@@ -67,25 +64,21 @@ _ABSENT = _Absent()
 def experiment_changes(requested: dict, stored: dict, keys: list[str]) -> list[str]:
     """'key: stored → requested' for every experiment setting the overrides `keys` change."""
     changes: list[str] = []
-    for key in keys:
-        if key.split(".")[0] in NOT_SETTINGS:
-            continue
+    for key in keys:  # plumbing keys (NOT_SETTINGS) lie outside EXPERIMENT: they change nothing here
         scope = EXPERIMENT if key == "experiment" else [key] if key.split(".")[0] in EXPERIMENT else []
         for k in scope:
             new, old = _leaves(select(requested, k, _ABSENT), k), _leaves(select(stored, k, _ABSENT), k)
             for path in sorted(set(new) | set(old)):
-                if any(path == f or path.startswith(f + ".") for f in FREE):
+                if any(covers(f, path) for f in FREE):
                     continue
                 a, b = old.get(path, _ABSENT), new.get(path, _ABSENT)
-                if a != b and not (isinstance(a, _Absent) and isinstance(b, _Absent)):
-                    line = f"{path}: {_show(a)} → {_show(b)}"
-                    if line not in changes:
-                        changes.append(line)
+                if a != b and (line := f"{path}: {_show(a)} → {_show(b)}") not in changes:
+                    changes.append(line)
     return changes
 
 
 def _show(value: Any) -> str:
-    return shown(value if isinstance(value, _Absent) else json.dumps(value))
+    return shown(value if value is _ABSENT else json.dumps(value))
 
 
 def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictConfig, dict]:
@@ -116,16 +109,11 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
     with open_dict(merged):
         if overrides is not None:
             _carry_settings(merged, stored, override_keys(overrides))
-        for key in EXPERIMENT:
-            if key not in stored:
-                continue
+        for key in [k for k in EXPERIMENT if k in stored]:
             value = copy.deepcopy(stored[key])
-            if key == "data" and isinstance(value, dict):
+            if key == "data" and isinstance(value, dict):  # where the files are on this machine
                 data = OmegaConf.to_container(merged.data, resolve=True)
-                for free in FREE:
-                    sub = free.split(".", 1)[1]
-                    if sub in data:
-                        value[sub] = data[sub]
+                value.update({sub: data[sub] for sub in (free.split(".", 1)[1] for free in FREE) if sub in data})
             merged[key] = value
         merged.ckpt_path = str(ckpt_path)
     check_config(merged)  # the stored values obey the same rules as the command line's
@@ -150,9 +138,8 @@ def _carry_settings(merged: DictConfig, stored: dict, keys: list[str]) -> None:
     for top in carried:
         for path, part in _parts(stored[top], top):
             for arg, value in part.items():
-                template = templates.get((_class_name(part["_target_"]), arg))
-                if template is None and arg in LOCATIONS:  # a part conf/ does not know: still this run's folder
-                    template = "${paths.output_dir}"
+                template = templates.get((_class_name(part["_target_"]), arg),  # a part conf/ does not know
+                                         "${paths.output_dir}" if arg in LOCATIONS else None)  # still writes here
                 if template is None:
                     continue
                 OmegaConf.update(probe, f"{path}.{arg}", template)
@@ -205,7 +192,7 @@ def _lay_over(group: Any, parts: list[str], composed: Any) -> Any:
     for i, part in enumerate(parts):
         source = source.get(part, _ABSENT) if isinstance(source, dict) else _ABSENT
         if i == len(parts) - 1 or not isinstance(node.get(part), dict):
-            if isinstance(source, _Absent):
+            if source is _ABSENT:
                 node.pop(part, None)  # ~key
             else:
                 node[part] = copy.deepcopy(source)
@@ -216,15 +203,7 @@ def _lay_over(group: Any, parts: list[str], composed: Any) -> Any:
 
 def _sets_any(override: str, keys: list[str]) -> bool:
     key = override_keys([override])[0]
-    return any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in keys) or key == "experiment"
-
-
-def check_init_from(path: Any) -> None:
-    """init_from must be a readable ganexp checkpoint or export (the weights are loaded at build)."""
-    if Path(str(path)).suffix == EXPORT_SUFFIX:
-        read_export(path)
-    else:
-        read_checkpoint(path)
+    return any(covers(k, key) or covers(key, k) for k in keys) or key == "experiment"
 
 
 def check_run(config: DictConfig) -> None:
@@ -253,8 +232,8 @@ def check_run(config: DictConfig) -> None:
             del cfg["hydra"]
             cfg.ckpt_path = ckpt_path
         resume_config(cfg, task)
-    if config.get("init_from"):
-        check_init_from(config.init_from)
+    if config.get("init_from"):  # a readable ganexp checkpoint or export (its weights are loaded at build)
+        (read_export if Path(str(config.init_from)).suffix == EXPORT_SUFFIX else read_checkpoint)(config.init_from)
 
 
 from hydra.experimental.callback import Callback  # noqa: E402  (hydra-core is a dependency)
@@ -267,26 +246,20 @@ class ResumeCheck(Callback):
         try:
             check_run(config)
         except ConfigError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"ganexp: error: {err}", file=sys.stderr)
-            sys.exit(2)
+            refuse_now(err)
 
 
 def init_weights(module, path: Any) -> None:
     """A new run that starts from a checkpoint's G and D (or an export's G): weights only, fresh
     optimizers, the experiment as configured now."""
     if Path(str(path)).suffix == EXPORT_SUFFIX:
-        weights, _ = read_export(path)
-        load_weights(module.generator, weights, path, "generator")
-        if module.generator_ema is not None:
-            module.generator_ema.load_state_dict(module.generator.state_dict())
-        return
-    source = resolve_checkpoint(path)
-    state = read_checkpoint(source)["state_dict"]
-    for name in ("generator", "discriminator"):
-        part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
-        load_weights(getattr(module, name), part, source, name)
+        load_weights(module.generator, read_export(path)[0], path, "generator")
+    else:
+        source = resolve_checkpoint(path)
+        state = read_checkpoint(source)["state_dict"]
+        for name in ("generator", "discriminator"):
+            part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+            load_weights(getattr(module, name), part, source, name)
     if module.generator_ema is not None:  # the average starts from the loaded weights
         module.generator_ema.load_state_dict(module.generator.state_dict())
 
@@ -301,7 +274,7 @@ def check_training_state(checkpoint: dict, module, source: Any) -> None:
                        f"init_from={source})")
 
     iteration = checkpoint.get("iteration")
-    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+    if not is_kind(iteration, INT) or iteration < 0:
         raise bad(f"iteration={_show(iteration)} is not a count")
     if not isinstance(checkpoint.get("loops"), dict) or not isinstance(checkpoint["loops"].get("fit_loop"), dict):
         raise bad("it has no fit_loop state")
@@ -315,20 +288,17 @@ def check_training_state(checkpoint: dict, module, source: Any) -> None:
         raise bad("it does not hold the two optimizer states (G, D)")
     for state, net in zip(optimizers, (module.generator, module.discriminator)):
         params = list(net.parameters())
-        groups = state.get("param_groups") if isinstance(state, dict) else None
+        groups, per_param = select(state, "param_groups"), select(state, "state")  # state: any shape
         ids = [i for g in groups or [] if isinstance(g, dict) for i in g.get("params", [])]
-        per_param = state.get("state") if isinstance(state, dict) else None
         if len(ids) != len(params) or not isinstance(per_param, dict) or not set(per_param) <= set(ids):
             raise bad("its optimizer state does not fit the model's parameters")
         for idx, entry in per_param.items():
             param = params[ids.index(idx)]
-            for name, value in (entry.items() if isinstance(entry, dict) else [("state", None)]):
-                if not isinstance(value, torch.Tensor) or (value.dim() > 0 and (value.shape != param.shape
-                                                                                or value.dtype != param.dtype)):
-                    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                        raise bad(f"its optimizer state {name} does not fit its parameter")
-    rng = checkpoint.get("rng")
-    if rng is not None:
+            for name, value in (entry.items() if isinstance(entry, dict) else []):  # a number (step) or a tensor
+                if not (value is None or is_kind(value, FLOAT) or isinstance(value, torch.Tensor) and (
+                        value.dim() == 0 or value.shape == param.shape and value.dtype == param.dtype)):
+                    raise bad(f"its optimizer state {name} does not fit its parameter")
+    if (rng := checkpoint.get("rng")) is not None:
         ok = (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
               and rng["torch"].dtype == torch.uint8 and rng["torch"].shape == torch.get_rng_state().shape
               and isinstance(rng.get("numpy"), (list, tuple)) and len(rng["numpy"]) == 5

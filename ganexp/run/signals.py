@@ -36,19 +36,8 @@ class StoppedBeforeTraining(BaseException):
 
 def stop_reason(module) -> str:
     """metrics.json's reason for a run a signal stopped (GANModule, StackedGAN)."""
-    if module.training_started:
-        return f"{module.interrupted} at iteration {module.iteration}"
-    return f"{module.interrupted} before training started (iteration {module.iteration})"
-
-
-def _leave_terminal(fds: list[int]) -> None:
-    """`fds` (stdout, stderr that were a terminal) go to /dev/null; train.log keeps the run's lines."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in fds:
-            os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
+    when = "at iteration {}" if module.training_started else "before training started (iteration {})"
+    return f"{module.interrupted} {when.format(module.iteration)}"
 
 
 @contextmanager
@@ -62,8 +51,13 @@ def stop_on_signals(module) -> Iterator[None]:
 
     def handler(signum, frame) -> None:
         name = signal.Signals(signum).name
-        if name == "SIGHUP":
-            _leave_terminal(terminal)
+        if name == "SIGHUP":  # stdout, stderr that were a terminal go to /dev/null; train.log keeps the run's lines
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                for fd in terminal:
+                    os.dup2(devnull, fd)
+            finally:
+                os.close(devnull)
         if module.interrupted is not None:  # asked twice: stop now
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
             os.kill(os.getpid(), signum)

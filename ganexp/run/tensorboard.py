@@ -14,12 +14,12 @@ from typing import Any
 from pytorch_lightning.callbacks import Callback
 
 from ganexp.run.files import select
-from ganexp.config.keys import override_keys
+from ganexp.config.checks import FLOAT, INT, is_kind
+from ganexp.config import keys as _keys
 from ganexp.run.results import read_metrics, status
 
 GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
 # The GAN hyperparameters every run shows (a key a config does not have is left out): ganexp/config/keys.py's HPARAMS.
-from ganexp.config import keys as _keys  # noqa: E402
 KEYS = _keys.keys_of(_keys.HPARAMS)
 PLUMBING = _keys.keys_of(_keys.PLUMBING)
 
@@ -40,20 +40,9 @@ def _scalar(value: Any) -> float | str | bool:
     """One type per column, as HParams needs: numbers as float, None as "none", lists as text."""
     if value is None:
         return "none"
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    return str(value)
-
-
-def choices_now() -> dict[str, str]:
-    """The option Hydra chose for each config group in this run ({} when composed in code)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    return {k: "none" if v is None else str(v) for k, v in HydraConfig.get().runtime.choices.items() if k in GROUPS}
+    return float(value) if isinstance(value, (int, float)) else str(value)
 
 
 def columns(config: dict, choices: dict[str, str], overrides: list[str] | None, status: str) -> dict[str, Any]:
@@ -66,14 +55,11 @@ def columns(config: dict, choices: dict[str, str], overrides: list[str] | None, 
             name = str(target).rpartition(".")[2] if target else None
         out[group] = _scalar(name)
     for key in KEYS:
-        value = select(config, key, KeyError)
-        if value is not KeyError:
+        if (value := select(config, key, KeyError)) is not KeyError:
             out[key] = _scalar(value)
-    for key in override_keys(overrides or []):
-        if key in GROUPS or key.split(".")[0] in PLUMBING or key.startswith("hydra/") or key == "sweep":
-            continue
-        value = select(config, key, KeyError)
-        if value is not KeyError and not isinstance(value, dict):
+    for key in _keys.override_keys(overrides or []):
+        skip = key in GROUPS or key.split(".")[0] in PLUMBING or key.startswith("hydra/") or key == "sweep"
+        if not skip and (value := select(config, key, KeyError)) is not KeyError and not isinstance(value, dict):
             out[key] = _scalar(value)
     out["status"] = status
     return out
@@ -83,27 +69,24 @@ def metrics(record: dict) -> dict[str, float]:
     """`hparams/final_<score>`, `hparams/best_<score>` and `hparams/iteration` from a run's metrics.json
     record (the iteration is always there, so a run without scores still gets its HParams row)."""
     iteration = record.get("iteration")
-    out = {"hparams/iteration": float(iteration) if isinstance(iteration, int) and not isinstance(iteration, bool) else 0.0}
+    out = {"hparams/iteration": float(iteration) if is_kind(iteration, INT) else 0.0}
     for part in ("final", "best"):
         scores = record.get(part)
         for name, value in (scores.items() if isinstance(scores, dict) else []):
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if is_kind(value, FLOAT) and math.isfinite(value):
                 out[f"hparams/{part}_{name}"] = float(value)
     return out
 
 
 def write_hparams(logger: Any, config: dict, record: dict, overrides: list[str] | None) -> None:
     """The run's HParams entry, written once its record is final (every status, so failures show)."""
+    from hydra.core.hydra_config import HydraConfig
+
     if logger is None or not hasattr(logger, "log_hyperparams"):
         return
-    logger.log_hyperparams(columns(config, choices_now(), overrides, str(record.get("status"))), metrics(record))
-
-
-def write_layout(logger: Any) -> None:
-    """The custom-scalars layout, once per run (TensorBoard's Custom Scalars tab)."""
-    writer = getattr(logger, "experiment", None)
-    if writer is not None and hasattr(writer, "add_custom_scalars"):
-        writer.add_custom_scalars(LAYOUT)
+    chosen = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}  # {}: composed in code
+    choices = {k: "none" if v is None else str(v) for k, v in chosen.items() if k in GROUPS}
+    logger.log_hyperparams(columns(config, choices, overrides, str(record.get("status"))), metrics(record))
 
 
 class HParamsRow(Callback):
@@ -115,8 +98,10 @@ class HParamsRow(Callback):
         self.overrides, self.written = overrides, False
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:  # known only now (DDP): rank 0 writes TensorBoard's custom-scalars layout
-            write_layout(pl_module.run.logger)
+        # known only now (DDP): rank 0 writes TensorBoard's custom-scalars layout, once per run
+        writer = getattr(pl_module.run.logger, "experiment", None) if trainer.is_global_zero else None
+        if hasattr(writer, "add_custom_scalars"):
+            writer.add_custom_scalars(LAYOUT)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and pl_module.interrupted is None:

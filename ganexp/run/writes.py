@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ganexp.errors import ConfigError, shown
+from ganexp.errors import ConfigError, failed, shown
 
 FILES = {"metrics.json", "train.log", "hparams.yaml", ".ganexp-lock", ".ganexp-run", "multirun.yaml", "config.yaml",
          "hydra.yaml", "overrides.yaml", "curves.csv", "last.ckpt", "best.ckpt"}  # written as files: never a folder
@@ -63,10 +63,13 @@ def confine(folder: str | Path) -> Path:
     return Path(folder)
 
 
+def inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _root(path: str) -> str | None:
     """The innermost confined folder that holds `path` (None: none does)."""
-    holders = [root for root in _confined if path == root or path.startswith(root.rstrip(os.sep) + os.sep)]
-    return max(holders, key=len) if holders else None
+    return max((root for root in _confined if inside(path, root)), key=len, default=None)
 
 
 def _refusal(link: str) -> LinkRefused:
@@ -86,10 +89,8 @@ def check_path(path: str | Path, *, final: bool = True) -> Path:
     root = _root(full)
     parts = Path(full).relative_to(root).parts if root else (Path(full).name,)
     current = root or os.path.dirname(full)
-    for index, part in enumerate(parts):
+    for part in parts if final else parts[:-1]:
         current = os.path.join(current, part)
-        if index == len(parts) - 1 and not final:
-            break
         if os.path.islink(current):
             raise _refusal(current)
     return Path(path)
@@ -145,13 +146,12 @@ def _mode() -> int:
     return 0o666 & ~umask
 
 
-def _fsync_dir(folder: str) -> None:
-    with contextlib.suppress(OSError):  # some file systems cannot open or sync a folder
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _fsync(path: str | Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -163,35 +163,27 @@ def replacing(path: str | Path) -> Iterator[Path]:
     check_path(path, final=False)
     for _ in range(100):
         tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _mode())
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _mode()))
             break
-        except FileExistsError:
-            continue
     else:
         raise OSError(f"no free temporary name beside {path}")
-    os.close(fd)
     try:
         yield tmp
         if not tmp.is_file() or tmp.is_symlink():  # a writer that removed or swapped the file
             raise OSError(f"{tmp} was not written")
-        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp, os.O_RDONLY | os.O_NOFOLLOW)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(str(path.parent))
+    with contextlib.suppress(OSError):  # some file systems cannot open or sync a folder
+        _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def replace_bytes(path: str | Path, data: bytes) -> Path:
-    with replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-    return Path(path)
+    return replace_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def replace_text(path: str | Path, text: str) -> Path:
@@ -238,10 +230,7 @@ def is_regular(path: str | Path) -> bool:
 def refuse_now(err: ConfigError) -> None:
     """Where Hydra calls ganexp (callbacks, resolvers) a ConfigError would become Hydra's traceback:
     say it in ganexp's one line and exit 2 (HYDRA_FULL_ERROR=1 keeps the traceback)."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise err
-    print(f"ganexp: error: {err}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(failed("ganexp", err))
 
 
 from hydra.experimental.callback import Callback  # noqa: E402  (hydra-core is a dependency)

@@ -38,10 +38,11 @@ from ganexp.sweeps import search
 
 from ganexp.run import writes
 from ganexp.errors import ConfigError, shown
-from ganexp.run.files import BadFile, read_json, read_yaml
+from ganexp.run.files import BadFile, read_yaml
+from ganexp.config.checks import FLOAT, INT, is_kind
 from ganexp.config.keys import PLUMBING, covers, keys_of
 from ganexp.metrics.scores import HIGHER_IS_BETTER, METRICS  # the metric registry
-from ganexp.run.results import METRICS_FILE
+from ganexp.run.results import METRICS_FILE, read_metrics
 
 LOSS_FALLBACK = "loss/g"
 # Bookkeeping, not a parameter of the run: ganexp/config/keys.py's PLUMBING keys but init_from (the weights a job
@@ -52,7 +53,6 @@ STATUSES = ("finished", "failed", "diverged", "interrupted", "running")  # what 
 
 # Job folders are data someone else may have made: every bound below is far above what ganexp writes.
 MAX_RECORD_BYTES = 1 << 20  # a metrics.json is a few KB (each resume appends one line of overrides)
-MAX_YAML_BYTES = search.MAX_YAML_BYTES  # a job's .hydra/*.yaml
 MAX_JOBS = 5000             # job folders compared (a 5-parameter grid of 4 values, 3 seeds: 3072)
 MAX_OVERRIDES = 100         # command-line overrides of one job
 MAX_KEYS = 16               # swept parameters shown (columns of the tables and summary.csv)
@@ -89,21 +89,14 @@ def direction(metric: str) -> str:
 
 def text(value: object, width: int = MAX_TEXT) -> str:
     """A string from someone's file as one line of a table: control characters escaped, at most `width` long."""
-    value = str(value)
-    if not value.isprintable():
-        value = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
     return shown(value, width)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def possible(metric: str, value) -> bool:
     """Whether `value` can be a measurement of `metric` (finite, inside the registry's possible range)."""
     low, high = METRICS[metric].possible
     try:
-        return _is_number(value) and math.isfinite(value) and low <= value <= high
+        return is_kind(value, FLOAT) and math.isfinite(value) and low <= value <= high
     except OverflowError:  # a 400-digit integer
         return False
 
@@ -129,14 +122,12 @@ def _bad(field: str, value, what: str) -> BadFile:
 
 def _record(run_dir: Path) -> dict:
     """The fields of metrics.json that compare uses, checked ({"status": "no result"} without one)."""
-    record = read_json(run_dir / METRICS_FILE, default={}, max_bytes=MAX_RECORD_BYTES)
-    if not isinstance(record, dict):
-        raise BadFile(f"{METRICS_FILE} is not a ganexp record (a JSON {type(record).__name__}, not an object)")
+    record = read_metrics(run_dir, MAX_RECORD_BYTES)
     status = record.get("status", "no result")
     if status not in STATUSES and status != "no result":
         raise _bad("status", status, f"not one ganexp writes ({', '.join(STATUSES)})")
     iteration = record.get("iteration")
-    if iteration is not None and not (_is_number(iteration) and isinstance(iteration, int) and iteration >= 0):
+    if iteration is not None and not (is_kind(iteration, INT) and iteration >= 0):
         raise _bad("iteration", iteration, "not a count of iterations (an integer >= 0)")
     monitor = record.get("monitor")
     if monitor is not None and not (isinstance(monitor, str) and monitor in METRICS):
@@ -148,22 +139,20 @@ def _record(run_dir: Path) -> dict:
 
 def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
     """The job's command-line overrides and seed, read as plain data (BadFile when malformed)."""
-    lines = read_yaml(run_dir / ".hydra" / "overrides.yaml", default=[], max_bytes=MAX_YAML_BYTES) or []
-    if not isinstance(lines, list) or not all(_is_number(line) or isinstance(line, str) for line in lines):
+    lines = read_yaml(run_dir / ".hydra" / "overrides.yaml", default=[], max_bytes=search.MAX_YAML_BYTES) or []
+    if not isinstance(lines, list) or not all(is_kind(line, FLOAT) or isinstance(line, str) for line in lines):
         raise BadFile(".hydra/overrides.yaml is not a list of overrides")
     if len(lines) > MAX_OVERRIDES:
         raise BadFile(f".hydra/overrides.yaml holds {len(lines)} overrides, more than a ganexp job has "
                       f"({MAX_OVERRIDES})")
-    params = {}
-    for line in lines:
-        key, _, value = str(line).lstrip("+~").partition("=")
-        if not any(covers(k, key) for k in NOT_OVERRIDES) and key not in ("seed",):
-            params[text(key)] = text(value)
-    config = read_yaml(run_dir / ".hydra" / "config.yaml", default={}, max_bytes=MAX_YAML_BYTES) or {}
+    pairs = (str(line).lstrip("+~").partition("=") for line in lines)
+    params = {text(key): text(value) for key, _, value in pairs
+              if key != "seed" and not any(covers(k, key) for k in NOT_OVERRIDES)}
+    config = read_yaml(run_dir / ".hydra" / "config.yaml", default={}, max_bytes=search.MAX_YAML_BYTES) or {}
     if not isinstance(config, dict):
         raise BadFile(".hydra/config.yaml is not a mapping")
     seed = config.get("seed")
-    return params, seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32 else None
+    return params, seed if is_kind(seed, INT) and 0 <= seed < 2**32 else None
 
 
 def read_job(run_dir: Path, sweep_dir: Path) -> Job:
@@ -177,10 +166,6 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
         return Job(run=run, params=params, seed=seed, status="unreadable", folder=run_dir,
                    reason=text(str(err).replace(f"{run_dir}{os.sep}", "")))
     return Job(run=run, params=params, seed=seed, folder=run_dir, **record)
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def scan(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -201,7 +186,7 @@ def scan(sweep_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
                                       "folders; give a sweep folder (outputs/multirun/<date>/<time>)")
                 if entry.is_symlink():
                     with contextlib.suppress(OSError):
-                        if not _inside(os.path.realpath(entry.path), real):
+                        if not writes.inside(os.path.realpath(entry.path), real):
                             links.append((os.path.relpath(entry.path, root), os.readlink(entry.path)))
                 elif entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
@@ -214,8 +199,7 @@ def last_logged(run_dir: Path, tag: str) -> float:
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per event file
     last = math.nan
-    files = sorted(p for p in run_dir.glob("events.out.tfevents.*") if writes.is_regular(p))  # no link, no folder
-    for path in files:
+    for path in sorted(p for p in run_dir.glob("events.out.tfevents.*") if writes.is_regular(p)):  # no link, no folder
         if path.stat().st_size > MAX_EVENTS_BYTES:
             continue  # not the few megabytes a run's scalars take: not read
         try:
@@ -242,15 +226,13 @@ def check_reported(summary: Summary) -> None:
     """ConfigError when jobs finished but none reports the ranking metric: the table would rank nothing."""
     if not any(j.finished for j in summary.jobs) or any(math.isfinite(j.value) for j in summary.jobs):
         return
-    names = {m for j in summary.jobs for m in {**j.final, **j.best}}
-    reported = [m for m in KNOWN if m in names] + sorted(names - set(KNOWN))
-    if summary.metric.startswith("loss/"):
-        why = f"no finished job in {summary.sweep_dir} logged {summary.metric} to TensorBoard"
-    else:
-        why = f"no job in {summary.sweep_dir} reports {summary.metric}"
+    reported = [m for m in KNOWN if any(m in j.final or m in j.best for j in summary.jobs)]  # _metrics keeps KNOWN
+    loss = summary.metric.startswith("loss/")
+    why = (f"no finished job in {summary.sweep_dir} logged {summary.metric} to TensorBoard" if loss
+           else f"no job in {summary.sweep_dir} reports {summary.metric}")
     if reported:
         fix = f"the jobs report {', '.join(reported)}"
-    elif summary.metric.startswith("loss/"):
+    elif loss:
         fix = f"look up the logged tags with tensorboard --logdir {summary.sweep_dir}"
     else:
         fix = f"the jobs report no metrics (eval=none?): try --metric {LOSS_FALLBACK}"
@@ -261,8 +243,7 @@ def choose_metric(jobs: list[Job], metric: str | None) -> str:
     """--metric, else the metric most runs monitor, else the one most runs report, else the G loss."""
     if metric:
         return metric
-    monitors = [j.monitor for j in jobs if j.monitor]
-    if monitors:
+    if monitors := [j.monitor for j in jobs if j.monitor]:
         return max(sorted(set(monitors)), key=monitors.count)
     reported = [m for j in jobs for m in {**j.final, **j.best}]
     return max(sorted(set(reported)), key=reported.count) if reported else LOSS_FALLBACK
@@ -321,11 +302,10 @@ def _fmt(value: float) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|")
+    def line(cells) -> str:
+        return "| " + " | ".join(str(value).replace("|", "\\|") for value in cells) + " |"
 
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return [line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)]
 
 
 def by_rank(jobs: list[Job], metric: str) -> list[Job]:
@@ -352,7 +332,7 @@ def config_table(configs: list[Config], keys: list[str], metric: str) -> list[st
     rows = []
     for i, c in enumerate(ranked(configs, lambda c: c.mean, metric), 1):
         value = f"{_fmt(c.mean)} ± {_fmt(c.std)}" if len(c.values) > 1 else _fmt(c.mean)
-        failed = ", ".join(f"seed {j.seed}: {j.status}" for j in c.jobs if not j.finished) or ""
+        failed = ", ".join(f"seed {j.seed}: {j.status}" for j in c.jobs if not j.finished)
         rows.append([str(i) if math.isfinite(c.mean) else "—", *c.params.values(), value,
                      f"{len(c.values)}/{len(c.jobs)}", failed])
     return markdown_table(header, rows)
@@ -364,19 +344,17 @@ def effects_table(jobs: list[Job], keys: list[str], metric: str) -> list[str]:
     parameter whose values differ most first. Values with no finished job are listed last with "—"."""
     rows, spreads = {}, {}
     for key in keys:
-        scores: dict[str, list[float]] = {}
-        counts: dict[str, int] = {}
+        counts = collections.Counter(j.params.get(key, "") for j in jobs)
+        scores: dict[str, list[float]] = {v: [] for v in counts}
         for j in jobs:  # one pass: thousands of jobs with a value each stay linear
-            v = j.params.get(key, "")
-            counts[v] = counts.get(v, 0) + 1
-            scores.setdefault(v, []).extend([j.value] if j.finished and math.isfinite(j.value) else [])
+            scores[j.params.get(key, "")] += [j.value] if j.finished and math.isfinite(j.value) else []
         means = {v: statistics.fmean(xs) if xs else math.nan for v, xs in scores.items()}
-        if sum(math.isfinite(m) for m in means.values()) < 2:
+        finite = [m for m in means.values() if math.isfinite(m)]
+        if len(finite) < 2:
             continue
         order = ranked(list(scores), means.get, metric)
         rows[key] = [[key, v, _fmt(means[v]), f"{len(scores[v])}/{counts[v]}", "best" if i == 0 else ""]
                      for i, v in enumerate(order)]
-        finite = [m for m in means.values() if math.isfinite(m)]
         spreads[key] = max(finite) - min(finite)
     if not rows:
         return []
@@ -442,9 +420,8 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
     if found:
         for job in jobs:
             job.number = search.trial_number(job.folder)
-        best = next(iter(by_rank(jobs, metric)), None)
-        searched = search.section(found, jobs, metric, best if best and best.finished and math.isfinite(best.value)
-                                  else None)
+        best = next((j for j in by_rank(jobs, metric) if j.finished and math.isfinite(j.value)), None)  # row 1
+        searched = search.section(found, jobs, metric, best)
     lines += ["", f"TensorBoard: `tensorboard --logdir {sweep_dir}`; the HParams tab has a row per job, with the "
                   f"swept parameters as the columns {', '.join(keys) or '(none swept)'} and the metrics as "
                   "hparams/final_<metric> and hparams/best_<metric>.", *([""] + searched if searched else [])]
@@ -453,8 +430,7 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
         lines += ["", "## Per configuration (mean ± std over seeds)", "", *config_table(configs, keys, metric),
                   "", "## Per job"]
     lines += ["", *job_table(jobs, keys, metric)]
-    effects = effects_table(jobs, keys, metric) if not found else []  # a search tries each value once: trials.png
-    if effects:
+    if not found and (effects := effects_table(jobs, keys, metric)):  # a search tries each value once: trials.png
         lines += ["", "## Why: the effect of each swept parameter (mean over the jobs with that value)", "", *effects]
     if links:  # a folder from someone else: its links may lead anywhere (compare only reads through them)
         lines += ["", "## Links that point outside the sweep folder", "",
@@ -506,8 +482,7 @@ def plot(summary: Summary, path: Path) -> bool:
         means = [(x_of[v], statistics.fmean(vals)) for v in levels
                  if (vals := [j.value for j in done if j.params.get(key, j.run) == v])]
         ax.plot(*zip(*means), "-", color="black", lw=1, label="mean")
-        failed = [x_of[j.params.get(key, j.run)] for j in summary.failures]
-        if failed:  # a failure at the bottom of the axis, so it is not mistaken for a value
+        if failed := [x_of[j.params.get(key, j.run)] for j in summary.failures]:  # at the bottom: not a value
             ax.plot(failed, [ax.get_ylim()[0]] * len(failed), "x", color="red", label="not finished")
         if numeric and min(numeric) > 0 and max(numeric) >= 4 * min(numeric):
             ax.set_xscale("log")  # learning rates and other scales
@@ -545,17 +520,6 @@ def write(summary: Summary) -> list[Path]:
                             and search.plot(summary.jobs, summary.metric, lower, trials))
 
 
-def write_or_say(summary: Summary) -> str:
-    """`write`, for the CLI: the one line to print when the sweep folder cannot take the files, else ""."""
-    try:
-        write(summary)
-    except OSError as err:
-        why = err.strerror or type(err).__name__
-        return (f"ganexp.compare: note: could not write {', '.join(FILES)} into {summary.sweep_dir} ({why}); "
-                "the table above is the whole summary")
-    return ""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder, e.g. outputs/multirun/<date>/<time>")
@@ -573,12 +537,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.metric is not None:
             check_reported(summary)
         print(summary.markdown, flush=True)  # first: the table is the answer, whether or not the files can be written
-        note = write_or_say(summary)
+        try:
+            write(summary)
+        except OSError as err:
+            print(f"ganexp.compare: note: could not write {', '.join(FILES)} into {summary.sweep_dir} "
+                  f"({err.strerror or type(err).__name__}); the table above is the whole summary", file=sys.stderr)
     except ConfigError as err:
         print(f"ganexp.compare: error: {err}", file=sys.stderr)
         return 2
-    if note:
-        print(note, file=sys.stderr)
     return 0
 
 

@@ -72,17 +72,10 @@ def check_launcher(args: list[str]) -> None:
         key = key.lstrip("+")
         needs = (PLUGINS.get(name) if key == "hydra/launcher" else
                  SEARCH if (key, name) in (("hydra/sweeper", "optuna"), ("sweep", "search")) else None)
-        if needs:
-            module, extra = needs
-            if not _installed(module):
-                raise ConfigError(f"{key}={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
-                                  f"install it with: pip install -e '.[{extra}]'")
-
-
-def _concurrent_jobs(launcher: DictConfig) -> int:
-    n_jobs = int(launcher.get("n_jobs") or 1)
-    cores = os.cpu_count() or 1
-    return max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores, -2 = all but one
+        module, extra = needs or ("", "")
+        if module and not _installed(module):
+            raise ConfigError(f"{key}={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
+                              f"install it with: pip install -e '.[{extra}]'")
 
 
 def lock_free_gpu(count: int, folder: Path = GPU_LOCKS, poll_s: float = 1.0) -> tuple[int, object]:
@@ -113,8 +106,9 @@ def job_resources(cfg: DictConfig) -> Iterator[None]:
         return
     import torch
 
-    jobs = _concurrent_jobs(launcher)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cores, n_jobs = os.cpu_count() or 1, int(launcher.get("n_jobs") or 1)
+    jobs = max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)  # joblib: -1 = all cores, -2 = all but one
+    threads = max(1, cores // jobs)
     torch.set_num_threads(threads)
     held = None
     gpus = visible_gpus() if str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") else 0

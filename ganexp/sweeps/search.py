@@ -6,12 +6,14 @@ they differ: two studies in one folder), how many trials failed, and trials.png.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
 
 from ganexp.run import writes
-from ganexp.run.files import BadFile, read_yaml
+from ganexp.config.checks import FLOAT, INT, is_kind
+from ganexp.run.files import BadFile, read_yaml, select
 
 RESULTS = "optimization_results.yaml"
 PLOT = "trials.png"
@@ -35,7 +37,7 @@ def results(sweep_dir: Path) -> dict[str, Any] | None:
     params, value = (data.get("best_params"), data.get("best_value")) if isinstance(data, dict) else (None, None)
     if (not isinstance(params, dict) or len(params) > MAX_PARAMS
             or not all(isinstance(k, str) and _plain(k) and _plain(v) for k, v in params.items())
-            or not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
+            or not is_kind(value, FLOAT) or not math.isfinite(value)):
         raise BadFile(f"{path} is not Optuna's result (best_params: a mapping, best_value: a number)")
     return {"best_params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))},
             "best_value": float(value)}
@@ -47,9 +49,8 @@ def trial_number(run_dir: Path | None) -> int | None:
         hydra = read_yaml(run_dir / ".hydra" / "hydra.yaml", default={}, max_bytes=MAX_YAML_BYTES) if run_dir else {}
     except BadFile:
         return None
-    job = hydra.get("hydra", {}).get("job", {}) if isinstance(hydra, dict) and isinstance(hydra.get("hydra"), dict) else {}
-    num = job.get("num") if isinstance(job, dict) else None
-    return num if isinstance(num, int) and not isinstance(num, bool) and 0 <= num < MAX_NUMBER else None
+    num = select(hydra, "hydra.job.num")
+    return num if is_kind(num, INT) and 0 <= num < MAX_NUMBER else None
 
 
 def order(jobs: list) -> list[tuple[int, Any]]:
@@ -81,8 +82,7 @@ def section(found: dict[str, Any], jobs: list, metric: str, best) -> list[str]:
     the best trial named is always that one; Optuna's own is said beside it when it differs (a folder of
     two studies holds the last one's file only)."""
     optuna = f"{_shown(found['best_params'])} → {metric} {found['best_value']:.4g} ({RESULTS})"
-    failed = [j for j in jobs if not j.finished]
-    tail = f"{len(jobs)} trials, {len(failed)} failed (recorded as FAIL, the study went on)"
+    tail = f"{len(jobs)} trials, {sum(not j.finished for j in jobs)} failed (recorded as FAIL, the study went on)"
     if best is None:
         return [f"Optuna's best trial: {optuna}, but no trial in this folder finished; {tail}; no {PLOT}."]
     tail += f"; {PLOT}: {metric} over trials with the best so far."
@@ -105,13 +105,9 @@ def plot(jobs: list, metric: str, lower_is_better: bool, path: Path) -> bool:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(*zip(*done), "o", alpha=0.7, label="trial")
-    best, steps = math.inf if lower_is_better else -math.inf, []
-    for n, value in done:
-        best = min(best, value) if lower_is_better else max(best, value)
-        steps.append((n, best))
-    ax.step(*zip(*steps), where="post", color="black", lw=1, label="best so far")
-    failed = [n for n, j in trials if not j.finished]
-    if failed:
+    best = itertools.accumulate((value for _, value in done), min if lower_is_better else max)
+    ax.step([n for n, _ in done], list(best), where="post", color="black", lw=1, label="best so far")
+    if failed := [n for n, j in trials if not j.finished]:
         ax.plot(failed, [ax.get_ylim()[0]] * len(failed), "x", color="red", label="failed")
     ax.set_xlabel("trial" + (" (numbers repeat: more than one study)" if repeated(jobs) else ""))
     ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")

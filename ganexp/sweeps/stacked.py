@@ -15,18 +15,23 @@ import logging
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ganexp.config.build import build_callbacks, build_logger, build_parts, plain
 from ganexp.config.keys import STACKABLE  # what may differ inside one stack: per-member numbers the step takes as [M] vectors
 from ganexp.config.registry import _resolve, build, kind_of
 from ganexp.config.validate import check_config
+from ganexp.errors import ConfigError
 from ganexp.gan.stack import Members, StackedData, StackedGAN, share_data
 from ganexp.gan.stacked_nets import stack_problem
 from ganexp.run import lifecycle, writes
-from ganexp.run.lock import folder_lock
-from ganexp.run.results import update_metrics
+from ganexp.run.files import select
+from ganexp.run.lock import FolderInUse, folder_lock
+from ganexp.run.results import read_metrics, sweeper_value, update_metrics
 from ganexp.run.tensorboard import HParamsRow
+from ganexp.sweeps.summary import SweepInterrupted
 
 log = logging.getLogger("ganexp")
 
@@ -61,10 +66,8 @@ def group_key(cfg: DictConfig) -> str:
     """Jobs with equal keys can share a stack: everything but the STACKABLE keys is equal."""
     settings = _settings(cfg)
     for dotted in STACKABLE:
-        *parents, last = dotted.split(".")
-        node = settings
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
+        parent, _, last = dotted.rpartition(".")
+        node = select(settings, parent) if parent else settings
         if isinstance(node, dict):
             node.pop(last, None)
     return json.dumps(settings, sort_keys=True, default=str)
@@ -88,8 +91,7 @@ def why_alone(cfg: DictConfig) -> str | None:
     with torch.device("meta"):
         parts = build_parts({k: settings[k] for k in ("model", "data", "loss", "optimizer", "noise")})
     for side in ("generator", "discriminator"):
-        problem = stack_problem(parts[side])
-        if problem:
+        if problem := stack_problem(parts[side]):
             return f"model.{side}: {problem}"
     return None
 
@@ -147,8 +149,6 @@ def _train_stack(cfgs: list[DictConfig], overrides: list[list[str] | None]) -> l
 def launch(launcher, job_overrides, initial_job_idx: int) -> list:
     """StackedLauncher.launch: Hydra's BasicLauncher, with the jobs grouped (`plan`) and each group of two
     or more trained by `train_stack`; a job that cannot stack runs as a separate run, said in one line."""
-    from hydra.core.utils import configure_log, filter_overrides, run_job, setup_globals
-
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -156,8 +156,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
         config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         with open_dict(config):
-            config.hydra.job.id = idx
-            config.hydra.job.num = idx
+            config.hydra.job.id = config.hydra.job.num = idx
         reason = _why_alone_here(config)
         if reason:
             alone.setdefault(reason, []).append(idx)
@@ -176,11 +175,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
     results: list = [None] * len(jobs)
     for group in groups:
         if len(group) == 1:
-            idx, overrides, config = jobs[group[0]]
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            results[group[0]] = run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function,
-                                        config=config, job_dir_key="hydra.sweep.dir",
-                                        job_subdir_key="hydra.sweep.subdir")
+            results[group[0]] = _run_job(launcher, *jobs[group[0]], launcher.task_function)
         else:
             for i, ret in zip(group, _run_stack(launcher, [jobs[i] for i in group])):
                 results[i] = ret
@@ -188,11 +183,16 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
     return results
 
 
+def _run_job(launcher, idx: int, overrides: list[str], config: DictConfig, task, note: str = ""):
+    """Hydra's run_job of one job in its sweep folder, logged as BasicLauncher logs it."""
+    log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}{note}")
+    return run_job(hydra_context=launcher.hydra_context, task_function=task, config=config,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
 def _why_alone_here(config: DictConfig) -> str | None:
     """why_alone, plus the job folder's state: a finished job is skipped and an unfinished one resumed by
     the separate-run path; a config that does not build is reported by it too."""
-    from ganexp.run.results import read_metrics
-
     out = Path(str(config.hydra.sweep.dir)) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
     try:
         if read_metrics(out).get("status") == "finished":
@@ -207,8 +207,6 @@ def _why_alone_here(config: DictConfig) -> str | None:
 def _prepare(cfg: DictConfig) -> dict:
     """The task function of a stack member inside Hydra's run_job: Hydra has made the job's folder, written
     its .hydra/ and opened its train.log; what the member needs from Hydra is taken now, while it is set."""
-    from hydra.core.hydra_config import HydraConfig
-
     hydra = HydraConfig.get()
     with open_dict(cfg):
         cfg.paths.output_dir = hydra.runtime.output_dir
@@ -217,19 +215,10 @@ def _prepare(cfg: DictConfig) -> dict:
 
 
 def _run_stack(launcher, jobs: list) -> list:
-    from hydra.core.utils import JobStatus, configure_log, filter_overrides, run_job
-
-    from ganexp.errors import ConfigError
-    from ganexp.run.lock import FolderInUse
-    from ganexp.run.results import sweeper_value
-    from ganexp.sweeps.summary import SweepInterrupted
-
     returns = []
     for idx, overrides, config in jobs:
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # not into the last job's log
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} (stacked)")
-        returns.append(run_job(hydra_context=launcher.hydra_context, task_function=_prepare, config=config,
-                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+        returns.append(_run_job(launcher, idx, overrides, config, _prepare, " (stacked)"))
     ready = [r for r in returns if r.status == JobStatus.COMPLETED]
     for r in returns:
         if r.status != JobStatus.COMPLETED:
