@@ -16,12 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.errors import ConfigError, failed, shown
-from ganexp.run.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, load_generator, resolve_checkpoint
+from ganexp.io.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, load_generator, resolve_checkpoint
 from ganexp.run.resume import is_run_folder
-from ganexp.run.results import read_metrics
-from ganexp.run.writes import LinkRefused
+from ganexp.io.results import read_metrics
+from ganexp.io.writes import LinkRefused
 
 LOCAL_KEYS = ("root", "path", "download")  # where the data lay on the exporting machine
 
@@ -91,7 +91,7 @@ def _target(link: Path) -> str:
 
 
 def confine_out(out: Path, source: Path) -> None:
-    """Declare the folder --out is written into (ganexp.run.writes): the user's own, unless --out lies inside
+    """Declare the folder --out is written into (ganexp.io.writes): the user's own, unless --out lies inside
     the run folder the generator came from (someone else's, where no link below it is written through)."""
     source = Path(os.path.abspath(source))
     run = source if source.is_dir() else source.parents[1] if source.parent.name == "checkpoints" else None

@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ganexp.run import writes
-from ganexp.run.files import BadFile, read_yaml
+from ganexp.io import writes
+from ganexp.io.files import BadFile, read_yaml
 
 RESULTS = "optimization_results.yaml"
 PLOT = "trials.png"
@@ -130,7 +130,7 @@ def pyplot():
 
 
 def save(plt, fig, path: Path) -> None:
-    """`fig` laid out and written to `path` through ganexp/run/writes.py, then closed."""
+    """`fig` laid out and written to `path` through ganexp/io/writes.py, then closed."""
     fig.tight_layout()
     try:
         writes.replace_with(path, lambda tmp: fig.savefig(tmp, dpi=100))

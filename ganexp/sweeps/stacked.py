@@ -17,15 +17,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ganexp.config.build import build_callbacks, build_logger, build_parts, plain
+from ganexp.run.build import build_callbacks, build_logger, build_parts, plain
 from ganexp.config.keys import STACKABLE  # what may differ inside one stack: per-member numbers the step takes as [M] vectors
 from ganexp.config.registry import _resolve, build, kind_of
-from ganexp.config.validate import check_config
+from ganexp.run.validate import check_config
 from ganexp.gan.stack import Members, StackedData, StackedGAN, share_data
 from ganexp.gan.stacked_nets import stack_problem
-from ganexp.run import lifecycle, writes
+from ganexp.run import lifecycle
+from ganexp.io import writes
 from ganexp.run.lock import folder_lock
-from ganexp.run.results import update_metrics
+from ganexp.io.results import update_metrics
 from ganexp.run.tensorboard import HParamsRow
 
 log = logging.getLogger("ganexp")
@@ -191,7 +192,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
 def _why_alone_here(config: DictConfig) -> str | None:
     """why_alone, plus the job folder's state: a finished job is skipped and an unfinished one resumed by
     the separate-run path; a config that does not build is reported by it too."""
-    from ganexp.run.results import read_metrics
+    from ganexp.io.results import read_metrics
 
     out = Path(str(config.hydra.sweep.dir)) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
     try:
@@ -221,7 +222,7 @@ def _run_stack(launcher, jobs: list) -> list:
 
     from ganexp.errors import ConfigError
     from ganexp.run.lock import FolderInUse
-    from ganexp.run.results import sweeper_value
+    from ganexp.io.results import sweeper_value
     from ganexp.sweeps.summary import SweepInterrupted
 
     returns = []

@@ -22,7 +22,7 @@ class StackedLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from ganexp.config.compose import install
+        from ganexp.run.compose import install
 
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         install(hydra_context.config_loader)  # each job composed once: the pre-run check's configs (config/compose.py)

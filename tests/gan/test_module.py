@@ -158,7 +158,7 @@ def test_reuse_fake_g_step_is_the_loss_of_the_updated_d_on_that_very_batch(cfg_f
 
     import pytorch_lightning as pl
 
-    from ganexp.config.build import build_datamodule, build_module
+    from ganexp.run.build import build_datamodule, build_module
 
     cfg = cfg_factory("trainer.limit_train_batches=1", "reuse_fake=true", "model=mlp_small", "batch_size=32",
                       "eval=none", "image_every=0", "model.discriminator.dropout=0",
