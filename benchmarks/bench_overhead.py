@@ -38,7 +38,7 @@ from ganexp.config.registry import build  # noqa: E402
 from pytorch_lightning.profilers import PassThroughProfiler  # noqa: E402
 
 import train  # noqa: E402,F401  (registers the ganexp_run_dir resolver)
-from ganexp.config.build import build_module, build_prior, build_trainer  # noqa: E402
+from ganexp.run.build import build_module, build_prior, build_trainer  # noqa: E402
 from ganexp.errors import ConfigError  # noqa: E402
 from ganexp.gan.losses import gradient_penalty  # noqa: E402
 from ganexp.gan.module import GANModule  # noqa: E402

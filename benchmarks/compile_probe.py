@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from ganexp.config.build import build_module  # noqa: E402
+from ganexp.run.build import build_module  # noqa: E402
 from ganexp.run.resume import register_resolvers  # noqa: E402
 
 WARMUP = 5  # compiled: the first calls compile (forward, then backward graphs)

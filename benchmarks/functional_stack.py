@@ -37,7 +37,7 @@ SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 
 def build_nets(data: str, members: int) -> tuple[list[nn.Module], list[nn.Module], dict]:
     """`members` generators and discriminators, built from the real config (conf/), seeds 0..M-1."""
-    from ganexp.config.build import build_parts, plain
+    from ganexp.run.build import build_parts, plain
     from tests.helpers import make_cfg
 
     cfg = plain(make_cfg(Path(tempfile.gettempdir()) / "ganexp-bench", f"data={data}", "model=dcgan", "eval=none"))

@@ -24,7 +24,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
 from bench_overhead import compose_config, load_data, quiet  # noqa: E402  (puts the repository on sys.path)
-from ganexp.config.build import build_module, build_trainer  # noqa: E402
+from ganexp.run.build import build_module, build_trainer  # noqa: E402
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 WARMUP = 10

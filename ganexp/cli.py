@@ -19,13 +19,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ganexp.config import CONF_DIR
-from ganexp.config.validate import check_command_line
+from ganexp.run.validate import check_command_line
 from ganexp.errors import ConfigError
 from ganexp.run.lifecycle import lightning_logs_to_hydra, record_failure, train
 from ganexp.run.lock import FolderInUse
-from ganexp.run.results import sweeper_value
+from ganexp.io.results import sweeper_value
 from ganexp.run.signals import EXIT_CODES
-from ganexp.run.writes import FolderRefused
+from ganexp.io.writes import FolderRefused
 from ganexp.sweeps.launch import check_launcher, job_resources
 from ganexp.sweeps.summary import SweepInterrupted, ended_without_summary, exit_status, interrupted, with_grid
 

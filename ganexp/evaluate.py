@@ -23,8 +23,9 @@ import torch
 
 from ganexp.errors import ConfigError, failed, shown
 from ganexp.metrics.classifier import LABELLED
-from ganexp.metrics.evaluator import Evaluator, quantize
-from ganexp.config.validate import machine_memory
+from ganexp.data.base import quantize
+from ganexp.metrics.evaluator import Evaluator
+from ganexp.run.validate import machine_memory
 
 # Bytes a sample's scores take besides the sample (measured, with room): images, the classifier's features and
 # logits and the float64 copies torchmetrics keeps of them; toy points, their 256 sorted projections, the
@@ -95,8 +96,8 @@ def _size(nbytes: int) -> str:
 def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None) -> tuple[torch.Tensor, Evaluator]:
     """Samples of a run, .ckpt or .safetensors export, and an evaluator for the data it names; --n is checked
     against this machine's memory before the data or the classifier are loaded."""
-    from ganexp.config.build import build_datamodule
-    from ganexp.run.files import load_generator
+    from ganexp.run.build import build_datamodule
+    from ganexp.io.files import load_generator
     from ganexp.sample import FLOAT, check_n, draw, is_image, sample_size
 
     generator, config, _ = load_generator(path)

@@ -17,12 +17,12 @@ import os
 import sys
 from pathlib import Path
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.errors import ConfigError, failed, shown
-from ganexp.run.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, load_generator, resolve_checkpoint
+from ganexp.io.files import EXPORT_FORMAT, EXPORT_SUFFIX, BadFile, generator_weights, load_generator, resolve_checkpoint
 from ganexp.run.resume import is_run_folder
-from ganexp.run.results import read_metrics
-from ganexp.run.writes import LinkRefused
+from ganexp.io.results import read_metrics
+from ganexp.io.writes import LinkRefused
 
 LOCAL_KEYS = ("root", "path", "download")  # where the data lay on the exporting machine
 
@@ -89,7 +89,7 @@ def check_out(out: Path, suffixes: tuple[str, ...], force: bool = False, flag: s
 
 def confine_out(out: Path, source: Path, suffixes: tuple[str, ...], force: bool) -> None:
     """Just before --out is written: check_out again (a file may have appeared meanwhile), and declare the folder
-    it is written into (ganexp.run.writes): the user's own, unless --out lies inside the run folder the generator
+    it is written into (ganexp.io.writes): the user's own, unless --out lies inside the run folder the generator
     came from (someone else's, where no link below it is written through)."""
     check_out(out, suffixes, force=force)
     source = Path(os.path.abspath(source))

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganexp.run import writes
-from ganexp.config.build import build_prior
+from ganexp.io import writes
+from ganexp.run.build import build_prior
 from ganexp.errors import ConfigError, failed
 from ganexp.export import check_out, confine_out
-from ganexp.run.files import load_generator
-from ganexp.config.validate import machine_memory
+from ganexp.io.files import load_generator
+from ganexp.run.validate import machine_memory
 
 SUFFIXES = (".png", ".npz")
 FLOAT = 4  # bytes of a float32
@@ -71,7 +71,7 @@ def value_range(config: dict):
 
 def to_uint8(images: torch.Tensor, value_range) -> torch.Tensor:
     """Generator images in `value_range` -> uint8 as the .npz holds them: [N, H, W] grey, [N, C, H, W] colour."""
-    from ganexp.metrics.evaluator import quantize
+    from ganexp.data.base import quantize
 
     images = quantize(images, value_range)
     return images[:, 0] if images.shape[1] == 1 else images

@@ -1,5 +1,6 @@
-"""The package's import graph has no cycle, counting every import of a ganexp module (function-level ones
-included: a cycle hidden inside a function is still a cycle), and every module imports on its own."""
+"""The package's import graph has no cycle, between modules or between subpackages (LAYERS, top first),
+counting every import of a ganexp module (function-level ones included: a cycle hidden inside a function is
+still a cycle), and every module imports on its own."""
 from __future__ import annotations
 
 import pytest
@@ -106,9 +107,9 @@ def _cycle_through(start: str, component: set[str], edges: dict[str, set[str]]) 
 def test_graph_sees_every_kind_of_import():
     edges = graph()
     assert "ganexp.config.keys" in edges["ganexp.run.tensorboard"]  # module level
-    assert "ganexp.run.results" in edges["ganexp.run.jobs"]
-    assert "ganexp.config.build" in edges["ganexp.config.validate"]  # inside a function
-    assert "ganexp.run.writes" in edges["ganexp.run.folders"]  # `from ganexp import writes`
+    assert "ganexp.io.results" in edges["ganexp.run.jobs"]
+    assert "ganexp.run.build" in edges["ganexp.run.validate"]  # inside a function
+    assert "ganexp.io.writes" in edges["ganexp.run.folders"]  # `from ganexp import writes`
 
 
 def test_cycle_detection_spells_the_cycle():
@@ -120,6 +121,56 @@ def test_cycle_detection_spells_the_cycle():
 def test_no_import_cycles():
     found = cycles(graph())
     assert not found, "import cycles in ganexp:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+# The subpackages' layers, top first: a module imports only from its own subpackage or a layer below it
+# (../STYLE.md: "arrows run down only"). The CLIs are the top-level modules; ganexp itself and errors the base.
+LAYERS = [
+    {"cli", "sample", "evaluate", "export", "compare"},  # python -m ganexp.<cli>, train.py's ganexp.cli
+    {"sweeps"},              # summary, compare, search, launchers
+    {"run"},                 # one run's lifecycle: check, build, lock, resume, signals, HParams row
+    {"gan"},                 # the step (module.py), losses, noise, stacking
+    {"metrics"},             # classifier, scores, evaluator, the eval callback
+    {"callbacks"},           # one module per callback
+    {"models", "data"},      # plain nn.Modules; datamodules
+    {"io"},                  # the one writer, the readers of untrusted files, metrics.json
+    {"config"},              # registry, value checks, key kinds
+    {"", "errors"},          # ganexp/__init__.py, ganexp/errors.py
+]
+
+
+def layer(module: str) -> int:
+    """The layer index of a ganexp module: its subpackage's (ganexp.run.lock: run), or a top-level module's own."""
+    part = module.split(".")[1] if "." in module else ""
+    found = [i for i, names in enumerate(LAYERS) if part in names]
+    assert found, f"{module}: subpackage {part!r} has no layer in tests/test_imports.py's LAYERS; place it there"
+    return found[0]
+
+
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    """Each import that goes to another subpackage of the same or a higher layer, as 'a -> b'."""
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+
+    def unit(m: str) -> str:  # a subpackage, or the layer of a top-level module (the CLIs may import each other)
+        part = m.split(".")[1] if "." in m else ""
+        return part if part in subpackages else f"layer {layer(m)}"
+
+    return sorted(f"{a} -> {b}" for a, deps in edges.items() for b in deps
+                  if unit(a) != unit(b) and layer(b) <= layer(a))
+
+
+def test_upward_detection_names_the_import():
+    assert upward({"ganexp.io.files": {"ganexp.run.lock"}, "ganexp.run.lock": {"ganexp.io.files"}}) == \
+        ["ganexp.io.files -> ganexp.run.lock"]
+    assert upward({"ganexp.models.mlp": {"ganexp.data.base"}}) == ["ganexp.models.mlp -> ganexp.data.base"]  # same layer
+    assert upward({"ganexp.run.lock": {"ganexp.run.signals", "ganexp.errors"}, "ganexp.sample": {"ganexp.export"}}) == []
+    assert upward({"ganexp.errors": {"ganexp.sample"}}) == ["ganexp.errors -> ganexp.sample"]
+
+
+def test_subpackages_import_downward_only():
+    """No cycle between subpackages either: every import of another subpackage goes to a lower layer."""
+    found = upward(graph())
+    assert not found, "imports that go up or sideways between subpackages:\n" + "\n".join(found)
 
 
 @pytest.mark.slow

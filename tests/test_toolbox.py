@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganexp.config.build import build_module
+from ganexp.run.build import build_module
 from ganexp.gan.losses import GANLoss, r1_penalty
 from ganexp.models.dcgan import DCGANDiscriminator
 from ganexp.models.mlp import MLPDiscriminator

@@ -1,11 +1,11 @@
-"""`checkpoints/last.ckpt` every `every` iterations and at the end, written whole (ganexp/run/writes.py)."""
+"""`checkpoints/last.ckpt` every `every` iterations and at the end, written whole (ganexp/io/writes.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytorch_lightning as pl
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.callbacks.base import Periodic
 
 

@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import Callback
 
 from ganexp.callbacks import figures
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.callbacks.base import epochs, tb_writer
 
 

@@ -24,7 +24,7 @@ PROGRESSION_CELL = 0.5        # inches per sample in the progression strip
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write `fig` at its own size: width x height inches x DPI pixels."""
-    from ganexp.run import writes
+    from ganexp.io import writes
     return writes.replace_with(path, lambda tmp: fig.savefig(tmp, dpi=fig.dpi))
 
 

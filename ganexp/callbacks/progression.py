@@ -8,7 +8,7 @@ from pytorch_lightning.callbacks import Callback
 
 from ganexp.callbacks import figures
 from ganexp.callbacks.base import epochs, pick, tb_writer
-from ganexp.metrics.evaluator import quantize
+from ganexp.data.base import quantize
 
 
 class ImageProgression(Callback):

@@ -10,8 +10,8 @@ import torch
 from ganexp.callbacks import figures
 from ganexp.callbacks.base import Periodic, pick, tb_writer
 from ganexp.errors import ConfigError
-from ganexp.gan.module import eval_mode
-from ganexp.metrics.scores import quadratic_residual
+from ganexp.data.toy import quadratic_residual
+from ganexp.models import eval_mode
 
 
 def feature_layer_problem(discriminator: torch.nn.Module, in_shape) -> str | None:

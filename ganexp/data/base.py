@@ -57,6 +57,12 @@ class IndexedTensor(Dataset):
         return self.data[index.to(self.data.device, non_blocking=True)]
 
 
+def quantize(images: Tensor, value_range) -> Tensor:
+    """Generator output in `value_range` → uint8 [N, C, H, W], as real images are stored."""
+    lo, hi = value_range or (-1.0, 1.0)
+    return ((images.float().clamp(lo, hi) - lo) / (hi - lo) * 255).round().to(torch.uint8)
+
+
 def scale_unit(x: Tensor, value_range: Sequence[float] | None) -> Tensor:
     """Map images in [0, 1] to `value_range` ([-1, 1] for tanh generators, [0, 1] for sigmoid)."""
     if value_range is None:
@@ -71,7 +77,7 @@ class TensorDataModule(pl.LightningDataModule):
     metrics_name: str | None = None  # which ganexp.metrics evaluator scores samples of this data
 
     def __init__(self, batch_size: int, seed: int = 0, shape: Sequence[int] = (), value_range=(-1, 1)):
-        super().__init__()  # batch_size >= 1 is train.yaml's rule, checked in ganexp/config/validate.py
+        super().__init__()  # batch_size >= 1 is train.yaml's rule, checked in ganexp/run/validate.py
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.shape = tuple(int(s) for s in shape)
         self.value_range = None if value_range is None else tuple(float(v) for v in value_range)

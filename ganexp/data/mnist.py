@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.data.base import TensorDataModule, scale_unit
 from ganexp.errors import ConfigError
 

@@ -11,7 +11,6 @@ import copy
 import math
 import os
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from ganexp.models import eval_mode
 from ganexp.gan.losses import GANLoss, gradient_penalty, r1_penalty
 from ganexp.gan.noise import InstanceNoise, LatentPrior, add_noise
 
@@ -400,17 +400,6 @@ class GANModule(pl.LightningModule):
         self.stopped = True
         if self.stack is None and self._trainer is not None:
             self.trainer.should_stop = True
-
-
-@contextmanager
-def eval_mode(net: nn.Module):
-    """`net` in eval mode inside the block; its own mode is restored after it."""
-    was_training = net.training
-    net.eval()
-    try:
-        yield net
-    finally:
-        net.train(was_training)
 
 
 def scalars(d_loss, g_loss, real_logits, fake_logits, d_norm, g_norm) -> dict[str, Tensor]:

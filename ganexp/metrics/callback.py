@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.callbacks.base import Periodic
-from ganexp.gan.module import eval_mode
-from ganexp.run.files import generator_weights, load_weights, read_checkpoint
-from ganexp.metrics.evaluator import Evaluator, quantize
+from ganexp.models import eval_mode
+from ganexp.io.files import generator_weights, load_weights, read_checkpoint
+from ganexp.data.base import quantize
+from ganexp.metrics.evaluator import Evaluator
 from ganexp.metrics.scores import better
-from ganexp.run.results import update_metrics
+from ganexp.io.results import update_metrics
 
 log = logging.getLogger("ganexp")
 EVAL_SEED = 1234  # the same latent sample at every evaluation, so curves move only with G

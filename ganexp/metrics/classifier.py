@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.errors import ConfigError, shown
 
 # dataset → the test accuracy it must reach, and the training that reaches it in minutes on 2 CPU cores

@@ -12,22 +12,16 @@ import torch
 from torch import Tensor
 
 import ganexp
-from ganexp.run import writes
-from ganexp.data.toy import mode_centers, sample_toy
+from ganexp.io import writes
+from ganexp.data.toy import mode_centers, quadratic_residual, sample_toy
 from ganexp.errors import ConfigError
-from ganexp.run.files import BadFile, read_json
+from ganexp.io.files import BadFile, read_json
 from ganexp.metrics.classifier import LABELLED, cache_dir, load_classifier, load_split
-from ganexp.metrics.scores import (IMAGE_METRICS, image_scores, min_samples, mode_scores, quadratic_residual,
-                                   require_samples, sorted_projections)
+from ganexp.metrics.scores import (IMAGE_METRICS, image_scores, min_samples, mode_scores, require_samples,
+                                   sorted_projections)
 
 MAX_FLOOR_BYTES = 64 << 10  # a cached floor is ~200 bytes of JSON
 _SHARED: dict[tuple, Evaluator] = {}  # one per data and device in a process: a sweep's jobs, a stack's members
-
-
-def quantize(images: Tensor, value_range) -> Tensor:
-    """Generator output in `value_range` → uint8 [N, C, H, W], as real images are stored."""
-    lo, hi = value_range or (-1.0, 1.0)
-    return ((images.float().clamp(lo, hi) - lo) / (hi - lo) * 255).round().to(torch.uint8)
 
 
 class Evaluator:

@@ -182,9 +182,3 @@ def mode_scores(points: Tensor, centers: Tensor, sigma: float) -> dict[str, floa
     good = distance <= 3 * sigma
     counts = torch.bincount(nearest[good], minlength=len(centers))
     return {"modes": int((counts >= 0.1 * len(points) / len(centers)).sum()), "hq": float(good.double().mean())}
-
-
-def quadratic_residual(points: Tensor) -> float:
-    """Median |y − (10 + x²)| of points in data units: 0 when every point lies on the toy_quadratic recipe's curve."""
-    x, y = points.double().unbind(1)
-    return float((y - (10.0 + x.square())).abs().median())

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ganexp import __version__
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.run.jobs import job_dir
 
 RUN_MARKER = ".ganexp-run"

@@ -18,7 +18,7 @@ from typing import Any
 from ganexp.errors import ConfigError, shown
 from ganexp.config.keys import DISPLAY as _DISPLAY, MACHINE_LOCAL, PLUMBING, is_kind, keys_of
 from ganexp.run.lock import check_free
-from ganexp.run.results import read_metrics
+from ganexp.io.results import read_metrics
 
 # Not settings of the experiment: where it is written, a resume's source, the grid's name (its
 # values are overrides of their own), launcher and output plumbing.
@@ -68,7 +68,7 @@ def settings(overrides: list[str]) -> dict[str, Any]:
 
 def check_same_job(folder: str | Path, overrides: list[str] | None) -> None:
     """ConfigError when `folder`'s finished run was made with other overrides than `overrides`."""
-    from ganexp.run.files import read_yaml
+    from ganexp.io.files import read_yaml
 
     stored_path = Path(folder) / ".hydra" / "overrides.yaml"
     if overrides is None or not stored_path.is_file():

@@ -14,15 +14,15 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ganexp.config.build import build_datamodule, build_module, build_trainer
-from ganexp.config.validate import check_config
+from ganexp.run.build import build_datamodule, build_module, build_trainer
+from ganexp.run.validate import check_config
 from ganexp.errors import ConfigError
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.run.jobs import check_same_job
 from ganexp.run.lock import folder_lock
-from ganexp.run.results import outcome, read_metrics, update_metrics
+from ganexp.io.results import read_metrics, update_metrics
 from ganexp.run.resume import check_training_state, in_place_run, init_weights, is_run_folder, mark_run, resume_config
-from ganexp.run.signals import StoppedBeforeTraining, stop_on_signals
+from ganexp.run.signals import StoppedBeforeTraining, outcome, stop_on_signals
 from ganexp.run.tensorboard import HParamsRow
 
 log = logging.getLogger("ganexp")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.errors import ConfigError
 
 LOCK_FILE = ".ganexp-lock"

@@ -23,16 +23,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ganexp.config.checks import FLOAT, INT, is_kind
 from ganexp.errors import ConfigError, shown
-from ganexp.run.files import (
+from ganexp.io.files import (
     EXPORT_SUFFIX, BadFile, load_weights, read_checkpoint, read_export, resolve_checkpoint, resumable, select,
 )
 from ganexp.run.jobs import check_folder
-from ganexp.run.writes import refuse_now
+from ganexp.io.writes import refuse_now
 from ganexp.config.keys import EXPERIMENT as _EXPERIMENT, MACHINE_LOCAL, PLUMBING, covers, keys_of, override_keys
 from ganexp.run.folders import (  # noqa: F401  (re-exported: the run-folder names are importable from here too)
     RUN_MARKER, hydra_subdir, in_place_run, is_run_folder, mark_run, register_resolvers, run_dir,
 )
-from ganexp.config.validate import check_config
+from ganexp.run.validate import check_config
 
 # What the experiment is; a resume keeps the checkpoint's values of all of these.
 EXPERIMENT = keys_of(_EXPERIMENT, top=True)  # model, data, loss, optimizer, noise, seed, batch_size, ...

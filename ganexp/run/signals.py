@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 EXIT_CODES = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
 
@@ -73,3 +73,20 @@ def stop_on_signals(module) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def status(module) -> str:
+    """finished, diverged or interrupted: what a run that left fit ended as."""
+    if module.diverged_at is not None:
+        return "diverged"
+    return "interrupted" if module.interrupted is not None else "finished"
+
+
+def outcome(module) -> dict[str, Any]:
+    """The final metrics.json fields of a run that left fit: its status, iteration and why."""
+    fields: dict[str, Any] = {"status": status(module), "iteration": module.iteration}
+    if fields["status"] == "diverged":
+        fields.update(diverged_at=module.diverged_at, reason=module.divergence)
+    elif fields["status"] == "interrupted":
+        fields.update(signal=module.interrupted, reason=stop_reason(module))
+    return fields

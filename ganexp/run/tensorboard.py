@@ -13,10 +13,11 @@ from typing import Any
 
 from pytorch_lightning.callbacks import Callback
 
-from ganexp.run.files import select
+from ganexp.io.files import select
 from ganexp.config.checks import FLOAT, INT, is_kind
 from ganexp.config import keys as _keys
-from ganexp.run.results import read_metrics, status
+from ganexp.io.results import read_metrics
+from ganexp.run.signals import status
 
 GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
 # The GAN hyperparameters every run shows (a key a config does not have is left out): ganexp/config/keys.py's HPARAMS.

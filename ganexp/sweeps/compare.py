@@ -15,7 +15,7 @@ finished job reports, is an error (exit 2), not a table of dashes.
 
 A sweep folder may come from someone else, so it is read as data: records are bounded and checked, and a
 job whose record is malformed or impossible is `unreadable`, with the reason, never ranked. Tables are
-bounded; files are written through ganexp/run/writes.py; links below SWEEP_DIR that point outside it are
+bounded; files are written through ganexp/io/writes.py; links below SWEEP_DIR that point outside it are
 listed as suspicious.
 """
 from __future__ import annotations
@@ -36,13 +36,13 @@ from pathlib import Path
 
 from ganexp.sweeps import search
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.errors import ConfigError, shown
-from ganexp.run.files import BadFile, read_yaml
+from ganexp.io.files import BadFile, read_yaml
 from ganexp.config.checks import FLOAT, INT, is_kind
 from ganexp.config.keys import PLUMBING, covers, keys_of
 from ganexp.metrics.scores import HIGHER_IS_BETTER, METRICS  # the metric registry
-from ganexp.run.results import METRICS_FILE, read_metrics
+from ganexp.io.results import METRICS_FILE, read_metrics
 
 LOSS_FALLBACK = "loss/g"
 # Bookkeeping, not a parameter of the run: ganexp/config/keys.py's PLUMBING keys but init_from (the weights a job
@@ -510,7 +510,7 @@ def _drawn(path: Path, drew: bool) -> list[Path]:
 
 def write(summary: Summary) -> list[Path]:
     """summary.md, summary.csv, summary.png and, for a search, trials.png in the sweep folder (through
-    ganexp/run/writes.py: a link in the way is replaced, never written through); returns the paths written."""
+    ganexp/io/writes.py: a link in the way is replaced, never written through); returns the paths written."""
     folder = writes.confine(summary.sweep_dir)
     md, table, png = (folder / name for name in FILES)
     written = [writes.replace_text(md, summary.markdown), write_csv(summary, table), *_drawn(png, plot(summary, png))]

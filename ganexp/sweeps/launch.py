@@ -24,7 +24,7 @@ from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.errors import ConfigError
 
 log = logging.getLogger("ganexp")

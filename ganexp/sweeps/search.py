@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.config.checks import FLOAT, INT, is_kind
-from ganexp.run.files import BadFile, read_yaml, select
+from ganexp.io.files import BadFile, read_yaml, select
 
 RESULTS = "optimization_results.yaml"
 PLOT = "trials.png"
@@ -126,7 +126,7 @@ def pyplot():
 
 
 def save(plt, fig, path: Path) -> None:
-    """`fig` laid out and written to `path` through ganexp/run/writes.py, then closed."""
+    """`fig` laid out and written to `path` through ganexp/io/writes.py, then closed."""
     fig.tight_layout()
     try:
         writes.replace_with(path, lambda tmp: fig.savefig(tmp, dpi=100))

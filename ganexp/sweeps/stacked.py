@@ -19,17 +19,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ganexp.config.build import build_callbacks, build_logger, build_parts, plain
+from ganexp.run.build import build_callbacks, build_logger, build_parts, plain
 from ganexp.config.keys import STACKABLE  # what may differ inside one stack: per-member numbers the step takes as [M] vectors
 from ganexp.config.registry import _resolve, build, kind_of
-from ganexp.config.validate import check_config
+from ganexp.run.validate import check_config
 from ganexp.errors import ConfigError
 from ganexp.gan.stack import Members, StackedData, StackedGAN, share_data
 from ganexp.gan.stacked_nets import stack_problem
-from ganexp.run import lifecycle, writes
-from ganexp.run.files import select
+from ganexp.run import lifecycle
+from ganexp.io import writes
+from ganexp.io.files import select
 from ganexp.run.lock import FolderInUse, folder_lock
-from ganexp.run.results import read_metrics, sweeper_value, update_metrics
+from ganexp.io.results import read_metrics, sweeper_value, update_metrics
 from ganexp.run.tensorboard import HParamsRow
 from ganexp.sweeps.summary import SweepInterrupted
 

@@ -13,7 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ganexp.config.compose import hydra_config
+from ganexp.run.compose import hydra_config
 
 _unfinished: int | None = None  # jobs of the last multirun in this process that did not finish
 _running: tuple[Path, str | None] | None = None  # (sweep folder, metric) of the multirun in progress

@@ -19,7 +19,7 @@ class StackedLauncher(Launcher):
         self.max_stack = int(max_stack)  # config, hydra_context and task_function: set by setup, as in Hydra's launchers
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from ganexp.config.compose import install
+        from ganexp.run.compose import install
 
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         install(hydra_context.config_loader)  # each job composed once: the pre-run check's configs (config/compose.py)

@@ -19,9 +19,9 @@ import torch
 
 from ganexp import evaluate, export, sample
 from ganexp.errors import ConfigError
-from ganexp.run.files import load_generator, read_checkpoint
-from ganexp.metrics.evaluator import quantize
-from ganexp.config.validate import machine_memory
+from ganexp.io.files import load_generator, read_checkpoint
+from ganexp.data.base import quantize
+from ganexp.run.validate import machine_memory
 from tests.helpers import ROOT, run_python, run_train
 
 RUN = ["model=mlp_small", "eval=none", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "log_every=1",

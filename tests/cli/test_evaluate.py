@@ -13,12 +13,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ganexp.metrics.classifier import load_classifier
-from ganexp.run.results import read_metrics
-from ganexp.run.writes import replace_json
-from ganexp.run.files import read_checkpoint
+from ganexp.io.results import read_metrics
+from ganexp.io.writes import replace_json
+from ganexp.io.files import read_checkpoint
 from ganexp.metrics.scores import IMAGE_METRICS
 from tests.helpers import make_cfg, run_python
-from ganexp.run.results import monitored
+from ganexp.io.results import monitored
 from train import train
 
 pytestmark = pytest.mark.slow
@@ -144,7 +144,7 @@ def test_metrics_json_write_is_atomic(tmp_path, monkeypatch):
     def crash(*_):
         raise OSError("killed mid-rename")
 
-    monkeypatch.setattr("ganexp.run.writes.os.replace", crash)
+    monkeypatch.setattr("ganexp.io.writes.os.replace", crash)
     with pytest.raises(OSError):
         replace_json(path, {"status": "finished"})
     assert json.loads(path.read_text()) == {"status": "running"}  # the old record, whole

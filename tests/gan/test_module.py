@@ -3,45 +3,9 @@
 import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
-from PIL import Image
 
-from tests.helpers import train_module, CONF, data_dir_with
+from tests.helpers import train_module
 from train import train
-
-SLOW_CASES = {("data", "mnist"), ("data", "fashion_mnist"), ("data", "image_folder")}  # MNIST's classifier trains here
-SMALL = ["model=mlp_small", "batch_size=16", "trainer.limit_train_batches=2", "log_every=1", "image_every=1"]
-
-
-def _options(group):
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-CASES = [pytest.param(g, o, id=f"{g}={o}", marks=[pytest.mark.slow] if (g, o) in SLOW_CASES else [])
-         for g in ["data", "model", "loss", "optimizer", "noise", "trainer", "logger"] for o in _options(g)]
-
-
-@pytest.mark.parametrize("group, option", CASES)
-def test_every_option_of_every_group_trains_two_iterations(group, option, cfg_factory, tmp_path):
-    extra = []
-    if group == "data" and option in ("mnist", "fashion_mnist"):
-        name = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[option]
-        if data_dir_with(name) is None:
-            pytest.skip(f"GANEXP_DATA_DIR does not hold {name}")
-        if option == "fashion_mnist":
-            extra = ["eval=none"]  # its domain classifier trains for minutes; MNIST's (trained here) covers that code
-    if group == "data" and option == "image_folder":
-        for i in range(40):
-            Image.new("L", (12, 12), i * 10).save(tmp_path / f"{i}.png")
-        extra = [f"data.path={tmp_path}", "data.size=8", "data.channels=1"]
-    if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
-        pytest.skip("no GPU")
-    if group == "model" and option == "toy_mlp":
-        extra = ["data=toy"]
-    cfg = cfg_factory(*SMALL, f"{group}={option}", *extra)
-    train(cfg)
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["iteration"] == 2
-
 
 @pytest.mark.parametrize("d_steps", [1, 3])
 def test_limit_train_batches_runs_exactly_n_iterations_with_k_d_updates_each(d_steps, cfg_factory, tmp_path):
@@ -158,7 +122,7 @@ def test_reuse_fake_g_step_is_the_loss_of_the_updated_d_on_that_very_batch(cfg_f
 
     import pytorch_lightning as pl
 
-    from ganexp.config.build import build_datamodule, build_module
+    from ganexp.run.build import build_datamodule, build_module
 
     cfg = cfg_factory("trainer.limit_train_batches=1", "reuse_fake=true", "model=mlp_small", "batch_size=32",
                       "eval=none", "image_every=0", "model.discriminator.dropout=0",

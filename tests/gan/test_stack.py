@@ -14,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ganexp.run.results import read_metrics
+from ganexp.io.results import read_metrics
 from ganexp.sweeps.stacked import group_key, plan, train_stack, why_alone
 from tests.helpers import make_cfg, run_train
 from train import train
@@ -261,7 +261,7 @@ def test_a_stack_scores_its_members_together_as_their_separate_runs_score(tmp_pa
 
 
 def test_members_with_equal_data_hold_one_copy_as_they_are_built(tmp_path):
-    from ganexp.config.build import build_datamodule
+    from ganexp.run.build import build_datamodule
     from ganexp.gan.stack import share_data
 
     distinct, datas = [], []

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import ganexp
-from ganexp.run import writes
+from ganexp.io import writes
 from ganexp.metrics import classifier as clf
 from ganexp.metrics.evaluator import Evaluator
 

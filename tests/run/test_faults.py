@@ -14,7 +14,7 @@ from tests.helpers import ROOT, run_train
 pytestmark = pytest.mark.slow
 
 # Command-line smoke tests of the exit code and "nothing written"; the whole catalogue of bad values
-# runs in-process against the check itself (tests/config/test_validate.py).
+# runs in-process against the check itself (tests/run/test_validate.py).
 BAD_INPUTS = [
     (["loss=nonsaturatingg"], ["loss=nonsaturatingg", "choose one of", "nonsaturating, wgan_gp"]),
     (["optimizer.lr=inf"], ["optimizer.lr=inf is not finite"]),

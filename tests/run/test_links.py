@@ -1,4 +1,4 @@
-"""A folder from someone else cannot make ganexp write outside it (ganexp/run/writes.py).
+"""A folder from someone else cannot make ganexp write outside it (ganexp/io/writes.py).
 
 Real run and sweep folders are made once by train.py; then every file and folder in them that ganexp
 or Hydra writes (and the ones they write later: summaries, best.ckpt, .hydra/attempts) is in turn made
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ganexp.run import writes
+from ganexp.io import writes
 from tests.helpers import make_cfg, run_train
 
 RUN_ARGS = ["data=toy", "model=toy_mlp", "callbacks=toy", "eval=none", "trainer.max_epochs=1",

@@ -11,7 +11,7 @@ import torch
 
 from ganexp.config import registry
 from ganexp.gan.losses import GANLoss
-from ganexp.run.results import read_metrics
+from ganexp.io.results import read_metrics
 from tests.helpers import ROOT, run_train
 
 FIXTURE = ROOT / "tests" / "fixtures" / "flat_layout_run"

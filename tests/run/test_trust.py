@@ -21,9 +21,9 @@ from ganexp.sweeps import compare
 from ganexp import evaluate, export, sample
 
 from ganexp.config import registry
-from ganexp.config.build import build_module, plain
+from ganexp.run.build import build_module, plain
 from ganexp.errors import ConfigError
-from ganexp.run.files import BadFile, read_checkpoint
+from ganexp.io.files import BadFile, read_checkpoint
 from ganexp.config.registry import build, check_stored
 from ganexp.run.resume import RUN_MARKER, in_place_run, init_weights, resume_config
 from tests.helpers import ROOT, make_cfg, run_train
@@ -84,7 +84,7 @@ CRAFTED = [  # (where, value, the key the refusal must name)
     ("model.generator._target_", "torch.save", "model.generator._target_"),
     ("model.generator._target_", "torch.hub.load", "model.generator._target_"),
     ("model.generator._target_", "torch.nn.Linear", "model.generator._target_"),
-    ("model.generator._target_", "ganexp.run.files.read_json", "model.generator._target_"),
+    ("model.generator._target_", "ganexp.io.files.read_json", "model.generator._target_"),
     ("model.generator._args_", [VICTIM, "w"], "model.generator._args_"),
     ("model.generator._partial_", True, "model.generator._partial_"),
     ("model.generator._call_", True, "model.generator._call_"),

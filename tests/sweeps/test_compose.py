@@ -1,4 +1,4 @@
-"""Each job of a sweep composed once (ganexp/config/compose.py): the pre-run check's compositions are what
+"""Each job of a sweep composed once (ganexp/run/compose.py): the pre-run check's compositions are what
 Hydra's sweeper and launcher would compose, and a multirun composes each job once."""
 import os
 import re
@@ -12,8 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from ganexp.config import compose as store
-from ganexp.config.validate import check_command_line, job_overrides
+from ganexp.run import compose as store
+from ganexp.run.validate import check_command_line, job_overrides
 from ganexp.sweeps.summary import with_grid
 from tests.helpers import CONF, FAST, ROOT
 

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import Callback
 
-from ganexp.config.validate import job_overrides
+from ganexp.run.validate import job_overrides
 from tests.helpers import CONF, run_train
 
 NO_EVAL = ["eval=none"] if (CONF / "eval" / "none.yaml").is_file() else []  # metrics cost minutes on 2 cores
@@ -260,7 +260,7 @@ def test_parallel_jobs_on_two_gpus_get_one_each_and_half_the_cpu_threads(tmp_pat
 def test_every_job_of_a_ready_made_grid_is_checked_before_the_sweep_starts():
     from ganexp.errors import ConfigError
     from ganexp.sweeps.summary import with_grid
-    from ganexp.config.validate import check_command_line
+    from ganexp.run.validate import check_command_line
 
     args = ["-m", f"{SWEEP_GROUP}=lr_smoothing_noise", "seed=0,1", "optimizer.lr=0.1"]
     assert with_grid(args, CONF) == [*args, "loss.label_smoothing=0,0.1", "noise.instance_sigma=0,0.1"]  # CLI wins

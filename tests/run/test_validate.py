@@ -6,7 +6,7 @@ import pytest
 
 from ganexp.errors import ConfigError
 from ganexp.sweeps.summary import with_grid
-from ganexp.config.validate import check_command_line
+from ganexp.run.validate import check_command_line
 from tests.helpers import CONF
 
 BAD_INPUTS = [

@@ -1,7 +1,7 @@
-"""metrics.json: one record per run, always written whole (ganexp/run/writes.py: temp file, fsync, rename).
+"""metrics.json: one record per run, always written whole (ganexp/io/writes.py: temp file, fsync, rename).
 
 Fields every writer may merge in: `status` (running | finished | failed | diverged | interrupted;
-`status` below derives a run's final one),
+ganexp/run/signals.py's `status` derives a run's final one),
 `reason`, `iteration`, `final` / `best` metric dicts, `protocol`. Readers (compare,
 sweeps, resume) trust only what this module wrote.
 """
@@ -11,9 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ganexp.run import writes
-from ganexp.run.files import MAX_RECORD_BYTES, BadFile, read_json
-from ganexp.run.signals import stop_reason
+from ganexp.io import writes
+from ganexp.io.files import MAX_RECORD_BYTES, BadFile, read_json
 
 METRICS_FILE = "metrics.json"
 
@@ -49,20 +48,3 @@ def sweeper_value(record: dict) -> float | None:
     """What a job returns to Hydra's sweeper: the monitored value when finite, else none (Optuna: FAIL)."""
     value = monitored(record)
     return value if value is None or math.isfinite(value) else None
-
-
-def status(module) -> str:
-    """finished, diverged or interrupted: what a run that left fit ended as."""
-    if module.diverged_at is not None:
-        return "diverged"
-    return "interrupted" if module.interrupted is not None else "finished"
-
-
-def outcome(module) -> dict[str, Any]:
-    """The final metrics.json fields of a run that left fit: its status, iteration and why."""
-    fields: dict[str, Any] = {"status": status(module), "iteration": module.iteration}
-    if fields["status"] == "diverged":
-        fields.update(diverged_at=module.diverged_at, reason=module.divergence)
-    elif fields["status"] == "interrupted":
-        fields.update(signal=module.interrupted, reason=stop_reason(module))
-    return fields

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ganexp.config import compose as store
+from ganexp.run import compose as store
 from ganexp.config.checks import FLOAT, INT, flag, number
 from ganexp.errors import ConfigError, shown
 from ganexp.run.jobs import check_folder
@@ -55,7 +55,7 @@ def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad value or nonsensical combination in `cfg`: the keys
     above, then the cheap parts built as a run builds them (loss, prior, instance noise, datamodule
     without its data, G and D), so that each part's own check is the one-line error."""
-    from ganexp.config.build import build_cheap_parts
+    from ganexp.run.build import build_cheap_parts
     from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS, min_samples
 
     for key, kind, ok, allowed in RULES:
@@ -96,7 +96,7 @@ def check_config(cfg: DictConfig) -> None:
 def _check_batches(cfg: DictConfig) -> None:
     """A fraction of an epoch's batches that rounds down to none is Lightning's traceback at the first epoch.
     How many batches there are is known once the data is loaded, so only a fraction below 1 loads it here."""
-    from ganexp.config.build import plain
+    from ganexp.run.build import plain
 
     limit = OmegaConf.select(cfg, "trainer.limit_train_batches", default=1.0)
     if not isinstance(limit, float) or limit >= 1:
@@ -112,7 +112,7 @@ def _check_batches(cfg: DictConfig) -> None:
 
 @functools.lru_cache(maxsize=8)  # a sweep's jobs share their data
 def _dataset_size(data: str) -> int:
-    from ganexp.config.build import build_datamodule
+    from ganexp.run.build import build_datamodule
 
     datamodule = build_datamodule(json.loads(data))
     datamodule.setup("fit")  # a missing dataset is its one line, as in a run
@@ -344,7 +344,7 @@ def _run_folder(cfg: DictConfig) -> None:
 def _job_folder(cfg: DictConfig) -> str | None:
     """A sweep job's folder within its sweep (None: named only at run time): one the file system can make;
     when it exists (a re-run), it must be free and, if finished, hold the same job (ganexp/run/jobs.py)."""
-    from ganexp.run.files import BadFile
+    from ganexp.io.files import BadFile
 
     try:
         sweep_dir, subdir = Path(str(cfg.hydra.sweep.dir)), str(cfg.hydra.sweep.subdir)
