@@ -14,9 +14,14 @@ from ganexp.errors import ConfigError
 INT, FLOAT = "an integer", "a number"
 
 
+def is_kind(value: Any, kind: str) -> bool:
+    """An int (INT) or an int or float (FLOAT), never a bool: how every reader of a file checks a number."""
+    return not isinstance(value, bool) and isinstance(value, int if kind == INT else (int, float))
+
+
 def number(key: str, value: Any, kind: str, ok: Callable[[Any], bool], allowed: str) -> Any:
     """`value` when it is a finite `kind` for which `ok` holds; else ConfigError naming key, value and `allowed`."""
-    if isinstance(value, bool) or not isinstance(value, int if kind == INT else (int, float)):
+    if not is_kind(value, kind):
         raise ConfigError(f"{key}={value} is not {kind}; use {allowed}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}={value} is not finite; use {allowed}")
