@@ -53,10 +53,6 @@ def curves_figure(epochs: Sequence[float], series: Mapping[str, Sequence[float]]
 def progression_figure(rows: Sequence[np.ndarray], labels: Sequence[str]) -> Figure:
     """The instance_noise recipe's image progression: row i shows `rows[i]` (uint8 [n, C, H, W]) labelled `labels[i]`;
     a column follows one z through training."""
-    if not rows:
-        raise ValueError("progression_figure needs at least one row of samples")
-    if len(rows) != len(labels):
-        raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
     n, c, h, w = rows[0].shape
     mosaic = np.concatenate([np.concatenate(list(row), axis=2) for row in rows], axis=1)  # [C, rows*H, n*W]
     cell = PROGRESSION_CELL
@@ -81,8 +77,6 @@ def bounds(*points: np.ndarray, margin: float = 0.1) -> tuple[float, float, floa
 
 def scatter_panels_figure(real: np.ndarray, snapshots: Sequence[tuple[str, np.ndarray]]) -> Figure:
     """The toy_quadratic recipe's real vs generated points over training: one panel per (title, generated [n, 2])."""
-    if not snapshots:
-        raise ValueError("scatter_panels_figure needs at least one snapshot")
     fig = Figure(figsize=(SQUARE_PANEL * len(snapshots), SQUARE_PANEL), dpi=DPI, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(snapshots), sharex=True, sharey=True))
     x0, x1, y0, y1 = bounds(real, *(fake for _, fake in snapshots))
@@ -117,9 +111,18 @@ class ScatterSnapshots:
 
     def image(self, title: str, fake: np.ndarray) -> np.ndarray:
         fake = np.asarray(fake, dtype=float)
-        wanted = bounds(self.real, fake)
-        if self.limits is None or not _fits(fake, wanted, self.limits):
-            self._draw_background(wanted)
+        wanted, lo, hi, old = bounds(self.real, fake), fake.min(0), fake.max(0), self.limits
+        # new limits unless every point lies within the old ones and its own limits span half of each axis or more
+        if old is None or not all(old[2 * i] <= lo[i] and hi[i] <= old[2 * i + 1] and
+                                  wanted[2 * i + 1] - wanted[2 * i] >= 0.5 * (old[2 * i + 1] - old[2 * i])
+                                  for i in (0, 1)):
+            self.limits = wanted
+            self.ax.set(xlim=wanted[:2], ylim=wanted[2:])
+            self.title.set_text("")
+            self.fake.set_visible(False)
+            self.canvas.draw()
+            self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+            self.fake.set_visible(True)
         self.canvas.restore_region(self.background)
         self.fake.set_offsets(fake)
         self.title.set_text(title)
@@ -127,29 +130,10 @@ class ScatterSnapshots:
             self.ax.draw_artist(artist)
         return np.asarray(self.canvas.buffer_rgba())[..., :3].transpose(2, 0, 1).copy()
 
-    def _draw_background(self, limits: tuple[float, float, float, float]) -> None:
-        self.limits = limits
-        self.ax.set(xlim=limits[:2], ylim=limits[2:])
-        self.title.set_text("")
-        self.fake.set_visible(False)
-        self.canvas.draw()
-        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
-        self.fake.set_visible(True)
-
-
-def _fits(points: np.ndarray, wanted: tuple[float, ...], limits: tuple[float, ...]) -> bool:
-    """Every point lies within `limits` (x0, x1, y0, y1), and the limits `wanted` for the points span at least
-    half of each axis (else the points would look small and new limits are drawn)."""
-    lo, hi = points.min(0), points.max(0)
-    return all(limits[2 * i] <= lo[i] and hi[i] <= limits[2 * i + 1] and
-               wanted[2 * i + 1] - wanted[2 * i] >= 0.5 * (limits[2 * i + 1] - limits[2 * i]) for i in (0, 1))
-
 
 def decision_surface_figure(xs: np.ndarray, ys: np.ndarray, prob: np.ndarray, real: np.ndarray,
                             fake: np.ndarray, title: str = "") -> Figure:
     """D(x) = σ(logit) on the grid xs × ys (`prob` is [len(ys), len(xs)]) as a heatmap, points on top."""
-    if prob.shape != (len(ys), len(xs)):
-        raise ValueError(f"prob is {prob.shape}, expected (len(ys), len(xs)) = {(len(ys), len(xs))}")
     fig = Figure(figsize=(SQUARE_PANEL * 1.25, SQUARE_PANEL), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     mesh = ax.pcolormesh(xs, ys, prob, cmap="RdBu_r", vmin=0.0, vmax=1.0, shading="auto")
