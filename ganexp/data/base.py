@@ -28,16 +28,13 @@ class EpochBatchSampler(Sampler[Tensor]):
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
         self.epoch = epoch
 
-    def _shard(self) -> int:
-        return self.n // self.world_size
-
     def __len__(self) -> int:
-        per_rank = self._shard()
+        per_rank = self.n // self.world_size
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g)[self.rank::self.world_size][: self._shard()]
+        order = torch.randperm(self.n, generator=g)[self.rank::self.world_size][: self.n // self.world_size]
         skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
         self.resume_at = None
         for start in range(skip * self.batch_size, len(self) * self.batch_size, self.batch_size):

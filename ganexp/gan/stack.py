@@ -146,8 +146,7 @@ class StackedGAN(GANModule):
             "callbacks": {cb.state_key: state for cb in run.callbacks if (state := cb.state_dict())},
             "hparams_name": "kwargs", "hyper_parameters": copy.deepcopy(dict(member.hparams)),
         })
-        data_state = run.data.state_dict()
-        if data_state:
+        if data_state := run.data.state_dict():
             checkpoint[type(run.data).__qualname__] = data_state
         for cb in run.callbacks:
             cb.on_save_checkpoint(self.trainer, member, checkpoint)
