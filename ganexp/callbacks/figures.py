@@ -148,16 +148,8 @@ def decision_surface_figure(xs: np.ndarray, ys: np.ndarray, prob: np.ndarray, re
 def feature_space_figure(panels: Sequence[dict]) -> Figure:
     """The toy_quadratic recipe's "effect of one generator update" in D's 2-d feature space, one panel per dict:
     `real`, `fake_before`, `fake_after` (features [n, 2]), `title`, and optionally `surface` = (xs, ys, prob),
-    σ(head(f)) on a grid of feature space. The arrow shows how the generated centroid moved."""
-    if not panels:
-        raise ValueError("feature_space_figure needs at least one panel")
-    for panel in panels:
-        for name in ("real", "fake_before", "fake_after"):
-            features = np.asarray(panel[name])
-            if features.ndim != 2 or features.shape[1] != 2:
-                dims = "x".join(map(str, features.shape[1:])) or "0"
-                raise ValueError(f"the feature-space figure needs 2-d discriminator features, but {name} is {dims}-d: "
-                                 f"use a discriminator whose last hidden layer has 2 units (model=toy_mlp)")
+    σ(head(f)) on a grid of feature space (2-d features: ToyFigures.setup checks D's feature layer). The arrow shows
+    how the generated centroid moved."""
     fig = Figure(figsize=(SQUARE_PANEL * len(panels), SQUARE_PANEL), dpi=DPI, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, panel in zip(axes, panels):
