@@ -94,8 +94,7 @@ def load_split(name: str, train: bool, root: str | Path | None = None) -> tuple[
         from ganexp.data.mnist import FashionMNISTDataModule, MNISTDataModule
 
         cls = MNISTDataModule if name == "mnist" else FashionMNISTDataModule
-        root = root or os.environ.get("GANEXP_DATA_DIR", "./data")
-        return cls(root=str(root), batch_size=1).split(train)
+        return cls(root=root and str(root), batch_size=1).split(train)  # no root: $GANEXP_DATA_DIR, else ./data
     raise ConfigError(f"no domain classifier for data '{name}'; metrics need one of {', '.join(LABELLED)}")
 
 
