@@ -165,8 +165,7 @@ class FunctionalStacked(Stacked):
 
     def bind(self) -> None:
         for net in self.nets:
-            problem = functional_problem(net)
-            if problem:
+            if problem := functional_problem(net):
                 raise ValueError(f"cannot stack {type(net).__name__}: {problem}")
             if [n for n, _ in net.named_parameters()] != self.names or \
                     [n for n, _ in net.named_buffers()] != self.buffer_names:
