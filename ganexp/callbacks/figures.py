@@ -157,13 +157,12 @@ def feature_space_figure(panels: Sequence[dict]) -> Figure:
         if panel.get("surface") is not None:
             xs, ys, prob = panel["surface"]
             ax.pcolormesh(xs, ys, prob, cmap="RdBu_r", vmin=0.0, vmax=1.0, shading="auto", alpha=0.6)
-        ax.scatter(real[:, 0], real[:, 1], s=3, alpha=0.4, c="tab:blue", label="real")
-        ax.scatter(before[:, 0], before[:, 1], s=3, alpha=0.3, c="tab:orange", label="generated, before G step")
-        ax.scatter(after[:, 0], after[:, 1], s=3, alpha=0.3, c="tab:green", label="generated, after G step")
-        c_real, c_before, c_after = real.mean(0), before.mean(0), after.mean(0)
-        for c, color, marker in ((c_real, "tab:blue", "o"), (c_before, "tab:orange", "X"), (c_after, "tab:green", "X")):
-            ax.scatter(*c, s=160, c=color, marker=marker, edgecolors="k", linewidths=1.2, zorder=5)
-        ax.annotate("", xy=c_after, xytext=c_before, zorder=6,
+        for points, color, alpha, marker, label in ((real, "tab:blue", 0.4, "o", "real"),
+                                                    (before, "tab:orange", 0.3, "X", "generated, before G step"),
+                                                    (after, "tab:green", 0.3, "X", "generated, after G step")):
+            ax.scatter(points[:, 0], points[:, 1], s=3, alpha=alpha, c=color, label=label)
+            ax.scatter(*points.mean(0), s=160, c=color, marker=marker, edgecolors="k", linewidths=1.2, zorder=5)
+        ax.annotate("", xy=after.mean(0), xytext=before.mean(0), zorder=6,
                     arrowprops=dict(arrowstyle="->", color="k", lw=1.5))
         x0, x1, y0, y1 = bounds(real, before, after)
         ax.set(title=panel.get("title", ""), xlim=(x0, x1), ylim=(y0, y1), xlabel="feature 1", ylabel="feature 2")
