@@ -81,26 +81,23 @@ class ToyFigures(Periodic):
             snap = {"iteration": pl_module.iteration, "fake": fake_data.cpu(), "title": f"iteration {pl_module.iteration}"}
             if getattr(dm, "dist", None) == "quadratic":
                 snap["title"] += f"\nmedian |y − (10 + x²)| = {quadratic_residual(fake_data.cpu()):.4g}"
-            x0, x1, y0, y1 = figures.bounds(real_data.cpu().numpy(), fake_data.cpu().numpy())
-            xs, ys = np.linspace(x0, x1, self.grid), np.linspace(y0, y1, self.grid)
-            snap["surface"] = self._surface(lambda p: discriminator((p - mean) / std), xs, ys, device)
+            real_units = real_data.cpu().numpy()
+            snap["surface"] = self._surface(lambda p: discriminator((p - mean) / std), device, real_units,
+                                            fake_data.cpu().numpy())
             if self.feature_space:
                 snap["real_f"] = discriminator.features(real).cpu()
                 snap["before_f"] = discriminator.features(fake).cpu()
                 snap["after_f"] = discriminator.features(after_one_generator_update(pl_module, z)).cpu()
                 head = getattr(discriminator, "head", None)
                 if head is not None:  # D's decision surface over its own feature plane
-                    f0, f1, g0, g1 = figures.bounds(snap["real_f"].numpy(), snap["before_f"].numpy(),
-                                                    snap["after_f"].numpy())
-                    fx, fy = np.linspace(f0, f1, self.grid), np.linspace(g0, g1, self.grid)
-                    snap["feature_surface"] = self._surface(lambda f: head(f).squeeze(-1), fx, fy, device)
+                    features = (snap[k].numpy() for k in ("real_f", "before_f", "after_f"))
+                    snap["feature_surface"] = self._surface(lambda f: head(f).squeeze(-1), device, *features)
         self.snapshots.append(snap)
         if len(self.snapshots) > 4 * self.max_panels:
             self.snapshots = [self.snapshots[i] for i in pick([s["iteration"] for s in self.snapshots],
                                                                2 * self.max_panels)]
         if trainer.is_global_zero and (writer := tb_writer(pl_module)) is not None:
-            real = real_data.cpu().numpy()
-            writer.add_figure("figures/decision_surface", self._decision_figure(real, snap), snap["iteration"])
+            writer.add_figure("figures/decision_surface", self._decision_figure(real_units, snap), snap["iteration"])
             if self.feature_space:
                 writer.add_figure("figures/feature_space", figures.feature_space_figure([self._panel(snap)]),
                                   snap["iteration"])
@@ -113,9 +110,11 @@ class ToyFigures(Periodic):
         return (dm.train_data[: self.n_points].to(device), getattr(dm, "mean", torch.zeros(2)).to(device),
                 getattr(dm, "std", torch.ones(2)).to(device))
 
-    @staticmethod
-    def _surface(logits_of, xs: np.ndarray, ys: np.ndarray, device) -> tuple[torch.Tensor, ...]:
-        """(xs, ys, σ(logits) on the grid as [len(ys), len(xs)]), as CPU tensors (checkpoint-safe)."""
+    def _surface(self, logits_of, device, *points: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """(xs, ys, σ(logits) on the `grid` x `grid` points xs × ys spanning `points` as [len(ys), len(xs)]), as CPU
+        tensors (checkpoint-safe)."""
+        x0, x1, y0, y1 = figures.bounds(*points)
+        xs, ys = np.linspace(x0, x1, self.grid), np.linspace(y0, y1, self.grid)
         gx, gy = np.meshgrid(xs, ys)
         points = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32, device=device)
         prob = torch.sigmoid(logits_of(points)).reshape(gx.shape).float().cpu()
