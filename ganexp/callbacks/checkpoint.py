@@ -19,13 +19,7 @@ class PeriodicCheckpoint(Periodic):
     def __init__(self, dirpath: str, every: int = 1000):
         super().__init__(every)
         self.dirpath = Path(dirpath)
-
-    @property
-    def last_path(self) -> Path:
-        return self.dirpath / "last.ckpt"
-
-    def periodic(self, trainer: pl.Trainer, pl_module) -> None:
-        self.save(trainer, pl_module)
+        self.last_path = self.dirpath / "last.ckpt"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -45,3 +39,5 @@ class PeriodicCheckpoint(Periodic):
             return
         with writes.replacing(self.last_path) as tmp:
             module.run.save_checkpoint(tmp, weights_only=False)
+
+    periodic = save

@@ -53,10 +53,6 @@ def curves_figure(epochs: Sequence[float], series: Mapping[str, Sequence[float]]
 def progression_figure(rows: Sequence[np.ndarray], labels: Sequence[str]) -> Figure:
     """The instance_noise recipe's image progression: row i shows `rows[i]` (uint8 [n, C, H, W]) labelled `labels[i]`;
     a column follows one z through training."""
-    if not rows:
-        raise ValueError("progression_figure needs at least one row of samples")
-    if len(rows) != len(labels):
-        raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
     n, c, h, w = rows[0].shape
     mosaic = np.concatenate([np.concatenate(list(row), axis=2) for row in rows], axis=1)  # [C, rows*H, n*W]
     cell = PROGRESSION_CELL
@@ -81,8 +77,6 @@ def bounds(*points: np.ndarray, margin: float = 0.1) -> tuple[float, float, floa
 
 def scatter_panels_figure(real: np.ndarray, snapshots: Sequence[tuple[str, np.ndarray]]) -> Figure:
     """The toy_quadratic recipe's real vs generated points over training: one panel per (title, generated [n, 2])."""
-    if not snapshots:
-        raise ValueError("scatter_panels_figure needs at least one snapshot")
     fig = Figure(figsize=(SQUARE_PANEL * len(snapshots), SQUARE_PANEL), dpi=DPI, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(snapshots), sharex=True, sharey=True))
     x0, x1, y0, y1 = bounds(real, *(fake for _, fake in snapshots))
@@ -117,9 +111,18 @@ class ScatterSnapshots:
 
     def image(self, title: str, fake: np.ndarray) -> np.ndarray:
         fake = np.asarray(fake, dtype=float)
-        wanted = bounds(self.real, fake)
-        if self.limits is None or not _fits(fake, wanted, self.limits):
-            self._draw_background(wanted)
+        wanted, lo, hi, old = bounds(self.real, fake), fake.min(0), fake.max(0), self.limits
+        # new limits unless every point lies within the old ones and its own limits span half of each axis or more
+        if old is None or not all(old[2 * i] <= lo[i] and hi[i] <= old[2 * i + 1] and
+                                  wanted[2 * i + 1] - wanted[2 * i] >= 0.5 * (old[2 * i + 1] - old[2 * i])
+                                  for i in (0, 1)):
+            self.limits = wanted
+            self.ax.set(xlim=wanted[:2], ylim=wanted[2:])
+            self.title.set_text("")
+            self.fake.set_visible(False)
+            self.canvas.draw()
+            self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+            self.fake.set_visible(True)
         self.canvas.restore_region(self.background)
         self.fake.set_offsets(fake)
         self.title.set_text(title)
@@ -127,29 +130,10 @@ class ScatterSnapshots:
             self.ax.draw_artist(artist)
         return np.asarray(self.canvas.buffer_rgba())[..., :3].transpose(2, 0, 1).copy()
 
-    def _draw_background(self, limits: tuple[float, float, float, float]) -> None:
-        self.limits = limits
-        self.ax.set(xlim=limits[:2], ylim=limits[2:])
-        self.title.set_text("")
-        self.fake.set_visible(False)
-        self.canvas.draw()
-        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
-        self.fake.set_visible(True)
-
-
-def _fits(points: np.ndarray, wanted: tuple[float, ...], limits: tuple[float, ...]) -> bool:
-    """Every point lies within `limits` (x0, x1, y0, y1), and the limits `wanted` for the points span at least
-    half of each axis (else the points would look small and new limits are drawn)."""
-    lo, hi = points.min(0), points.max(0)
-    return all(limits[2 * i] <= lo[i] and hi[i] <= limits[2 * i + 1] and
-               wanted[2 * i + 1] - wanted[2 * i] >= 0.5 * (limits[2 * i + 1] - limits[2 * i]) for i in (0, 1))
-
 
 def decision_surface_figure(xs: np.ndarray, ys: np.ndarray, prob: np.ndarray, real: np.ndarray,
                             fake: np.ndarray, title: str = "") -> Figure:
     """D(x) = σ(logit) on the grid xs × ys (`prob` is [len(ys), len(xs)]) as a heatmap, points on top."""
-    if prob.shape != (len(ys), len(xs)):
-        raise ValueError(f"prob is {prob.shape}, expected (len(ys), len(xs)) = {(len(ys), len(xs))}")
     fig = Figure(figsize=(SQUARE_PANEL * 1.25, SQUARE_PANEL), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     mesh = ax.pcolormesh(xs, ys, prob, cmap="RdBu_r", vmin=0.0, vmax=1.0, shading="auto")
@@ -164,16 +148,8 @@ def decision_surface_figure(xs: np.ndarray, ys: np.ndarray, prob: np.ndarray, re
 def feature_space_figure(panels: Sequence[dict]) -> Figure:
     """The toy_quadratic recipe's "effect of one generator update" in D's 2-d feature space, one panel per dict:
     `real`, `fake_before`, `fake_after` (features [n, 2]), `title`, and optionally `surface` = (xs, ys, prob),
-    σ(head(f)) on a grid of feature space. The arrow shows how the generated centroid moved."""
-    if not panels:
-        raise ValueError("feature_space_figure needs at least one panel")
-    for panel in panels:
-        for name in ("real", "fake_before", "fake_after"):
-            features = np.asarray(panel[name])
-            if features.ndim != 2 or features.shape[1] != 2:
-                dims = "x".join(map(str, features.shape[1:])) or "0"
-                raise ValueError(f"the feature-space figure needs 2-d discriminator features, but {name} is {dims}-d: "
-                                 f"use a discriminator whose last hidden layer has 2 units (model=toy_mlp)")
+    σ(head(f)) on a grid of feature space (2-d features: ToyFigures.setup checks D's feature layer). The arrow shows
+    how the generated centroid moved."""
     fig = Figure(figsize=(SQUARE_PANEL * len(panels), SQUARE_PANEL), dpi=DPI, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, panel in zip(axes, panels):
@@ -181,13 +157,12 @@ def feature_space_figure(panels: Sequence[dict]) -> Figure:
         if panel.get("surface") is not None:
             xs, ys, prob = panel["surface"]
             ax.pcolormesh(xs, ys, prob, cmap="RdBu_r", vmin=0.0, vmax=1.0, shading="auto", alpha=0.6)
-        ax.scatter(real[:, 0], real[:, 1], s=3, alpha=0.4, c="tab:blue", label="real")
-        ax.scatter(before[:, 0], before[:, 1], s=3, alpha=0.3, c="tab:orange", label="generated, before G step")
-        ax.scatter(after[:, 0], after[:, 1], s=3, alpha=0.3, c="tab:green", label="generated, after G step")
-        c_real, c_before, c_after = real.mean(0), before.mean(0), after.mean(0)
-        for c, color, marker in ((c_real, "tab:blue", "o"), (c_before, "tab:orange", "X"), (c_after, "tab:green", "X")):
-            ax.scatter(*c, s=160, c=color, marker=marker, edgecolors="k", linewidths=1.2, zorder=5)
-        ax.annotate("", xy=c_after, xytext=c_before, zorder=6,
+        for points, color, alpha, marker, label in ((real, "tab:blue", 0.4, "o", "real"),
+                                                    (before, "tab:orange", 0.3, "X", "generated, before G step"),
+                                                    (after, "tab:green", 0.3, "X", "generated, after G step")):
+            ax.scatter(points[:, 0], points[:, 1], s=3, alpha=alpha, c=color, label=label)
+            ax.scatter(*points.mean(0), s=160, c=color, marker=marker, edgecolors="k", linewidths=1.2, zorder=5)
+        ax.annotate("", xy=after.mean(0), xytext=before.mean(0), zorder=6,
                     arrowprops=dict(arrowstyle="->", color="k", lw=1.5))
         x0, x1, y0, y1 = bounds(real, before, after)
         ax.set(title=panel.get("title", ""), xlim=(x0, x1), ylim=(y0, y1), xlabel="feature 1", ylabel="feature 2")

@@ -53,16 +53,14 @@ class ToyFigures(Periodic):
             raise ConfigError(f"callbacks=toy draws D's 2-d feature space, but {problem}; use model=toy_mlp "
                               "(D hidden [16, 16, 2]) or set callbacks.toy.feature_space=false")
 
-    def periodic(self, trainer, pl_module) -> None:
-        self.snapshot(trainer, pl_module)
-
     def final(self, trainer, pl_module) -> None:
         if not self.snapshots or self.snapshots[-1]["iteration"] != pl_module.iteration:
             self.snapshot(trainer, pl_module)  # (a resumed run's last snapshot may be this iteration's)
         if not trainer.is_global_zero:
             return
         picked = [self.snapshots[i] for i in pick([s["iteration"] for s in self.snapshots], self.max_panels)]
-        real = self._real(trainer, pl_module).cpu().numpy()
+        real, mean, std = self._points(pl_module)
+        real = (real * std + mean).cpu().numpy()
         fig = figures.scatter_panels_figure(real, [(s["title"], s["fake"].numpy()) for s in picked])
         figures.save_png(fig, self.dirpath / "scatter.png")
         last = self.snapshots[-1]
@@ -74,51 +72,49 @@ class ToyFigures(Periodic):
     @torch.no_grad()
     def snapshot(self, trainer, pl_module) -> None:
         dm, device = pl_module.run.data, pl_module.device
-        mean = getattr(dm, "mean", torch.zeros(2)).to(device)
-        std = getattr(dm, "std", torch.ones(2)).to(device)
+        real, mean, std = self._points(pl_module)
         z = pl_module.prior.sample(self.n_points, generator=torch.Generator().manual_seed(0)).to(device)
         discriminator = pl_module.discriminator
         with eval_mode(discriminator):
             fake = pl_module.sample(z).float()
-            real_data, fake_data = self._real(trainer, pl_module), fake * std + mean
+            real_data, fake_data = real * std + mean, fake * std + mean
             snap = {"iteration": pl_module.iteration, "fake": fake_data.cpu(), "title": f"iteration {pl_module.iteration}"}
             if getattr(dm, "dist", None) == "quadratic":
                 snap["title"] += f"\nmedian |y − (10 + x²)| = {quadratic_residual(fake_data.cpu()):.4g}"
-            x0, x1, y0, y1 = figures.bounds(real_data.cpu().numpy(), fake_data.cpu().numpy())
-            xs, ys = np.linspace(x0, x1, self.grid), np.linspace(y0, y1, self.grid)
-            snap["surface"] = self._surface(lambda p: discriminator((p - mean) / std), xs, ys, device)
+            real_units = real_data.cpu().numpy()
+            snap["surface"] = self._surface(lambda p: discriminator((p - mean) / std), device, real_units,
+                                            fake_data.cpu().numpy())
             if self.feature_space:
-                real = self._real(trainer, pl_module, data_units=False)
                 snap["real_f"] = discriminator.features(real).cpu()
                 snap["before_f"] = discriminator.features(fake).cpu()
                 snap["after_f"] = discriminator.features(after_one_generator_update(pl_module, z)).cpu()
                 head = getattr(discriminator, "head", None)
                 if head is not None:  # D's decision surface over its own feature plane
-                    f0, f1, g0, g1 = figures.bounds(snap["real_f"].numpy(), snap["before_f"].numpy(),
-                                                    snap["after_f"].numpy())
-                    fx, fy = np.linspace(f0, f1, self.grid), np.linspace(g0, g1, self.grid)
-                    snap["feature_surface"] = self._surface(lambda f: head(f).squeeze(-1), fx, fy, device)
+                    features = (snap[k].numpy() for k in ("real_f", "before_f", "after_f"))
+                    snap["feature_surface"] = self._surface(lambda f: head(f).squeeze(-1), device, *features)
         self.snapshots.append(snap)
         if len(self.snapshots) > 4 * self.max_panels:
             self.snapshots = [self.snapshots[i] for i in pick([s["iteration"] for s in self.snapshots],
                                                                2 * self.max_panels)]
         if trainer.is_global_zero and (writer := tb_writer(pl_module)) is not None:
-            real = real_data.cpu().numpy()
-            writer.add_figure("figures/decision_surface", self._decision_figure(real, snap), snap["iteration"])
+            writer.add_figure("figures/decision_surface", self._decision_figure(real_units, snap), snap["iteration"])
             if self.feature_space:
                 writer.add_figure("figures/feature_space", figures.feature_space_figure([self._panel(snap)]),
                                   snap["iteration"])
 
-    def _real(self, trainer, pl_module, data_units: bool = True) -> torch.Tensor:
-        dm = pl_module.run.data
-        real = dm.train_data[: self.n_points].to(pl_module.device)
-        if not data_units:
-            return real
-        return real * getattr(dm, "std", torch.ones(2)).to(real.device) + getattr(dm, "mean", torch.zeros(2)).to(real.device)
+    periodic = snapshot
 
-    @staticmethod
-    def _surface(logits_of, xs: np.ndarray, ys: np.ndarray, device) -> tuple[torch.Tensor, ...]:
-        """(xs, ys, σ(logits) on the grid as [len(ys), len(xs)]), as CPU tensors (checkpoint-safe)."""
+    def _points(self, pl_module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the first `n_points` real points, mean, std) on the device: data units are points·std + mean."""
+        dm, device = pl_module.run.data, pl_module.device
+        return (dm.train_data[: self.n_points].to(device), getattr(dm, "mean", torch.zeros(2)).to(device),
+                getattr(dm, "std", torch.ones(2)).to(device))
+
+    def _surface(self, logits_of, device, *points: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """(xs, ys, σ(logits) on the `grid` x `grid` points xs × ys spanning `points` as [len(ys), len(xs)]), as CPU
+        tensors (checkpoint-safe)."""
+        x0, x1, y0, y1 = figures.bounds(*points)
+        xs, ys = np.linspace(x0, x1, self.grid), np.linspace(y0, y1, self.grid)
         gx, gy = np.meshgrid(xs, ys)
         points = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32, device=device)
         prob = torch.sigmoid(logits_of(points)).reshape(gx.shape).float().cpu()

@@ -17,27 +17,24 @@ from ganexp.errors import ConfigError
 
 
 class EpochBatchSampler(Sampler[Tensor]):
-    """Yields index tensors of `batch_size`, reshuffled per epoch, sharded by rank for DDP."""
+    """Yields index tensors of `batch_size`, reshuffled per epoch, sharded by rank for DDP; a last partial batch is
+    dropped."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = True):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained on)
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
         self.epoch = epoch
 
-    def _shard(self) -> int:
-        return self.n // self.world_size
-
     def __len__(self) -> int:
-        per_rank = self._shard()
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        return self.n // self.world_size // self.batch_size
 
     def __iter__(self) -> Iterator[Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g)[self.rank::self.world_size][: self._shard()]
+        order = torch.randperm(self.n, generator=g)[self.rank::self.world_size][: self.n // self.world_size]
         skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
         self.resume_at = None
         for start in range(skip * self.batch_size, len(self) * self.batch_size, self.batch_size):

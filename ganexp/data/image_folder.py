@@ -65,11 +65,9 @@ def read_unit(file: Path, channels: int) -> tuple[Tensor, bool]:
     image, animated = _open(file)
     try:
         with image:
-            mode = image.mode
-            if mode.startswith("I") or mode == "F":  # PIL's convert() would clip these to 8 bits
-                pixels = np.asarray(image, dtype=np.float32)
-            else:
-                pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+            mode = image.mode  # I and F as they are: PIL's convert() would clip them to 8 bits
+            pixels = np.asarray(image if mode.startswith("I") or mode == "F" else
+                                image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise _undecodable(file, err) from None
     low, high = float(pixels.min()), float(pixels.max())

@@ -125,9 +125,8 @@ class GANLoss:
 
     def d(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         real_logits, fake_logits = real_logits.float(), fake_logits.float()  # fp32 losses under bf16 autocast
-        if self._pair.has_targets:
-            return self._pair.d(real_logits, fake_logits, self.label_smoothing)
-        return self._pair.d(real_logits, fake_logits)
+        targets = (self.label_smoothing,) if self._pair.has_targets else ()
+        return self._pair.d(real_logits, fake_logits, *targets)
 
     def g(self, fake_logits: Tensor) -> Tensor:
         return self._pair.g(fake_logits.float())

@@ -146,8 +146,7 @@ class StackedGAN(GANModule):
             "callbacks": {cb.state_key: state for cb in run.callbacks if (state := cb.state_dict())},
             "hparams_name": "kwargs", "hyper_parameters": copy.deepcopy(dict(member.hparams)),
         })
-        data_state = run.data.state_dict()
-        if data_state:
+        if data_state := run.data.state_dict():
             checkpoint[type(run.data).__qualname__] = data_state
         for cb in run.callbacks:
             cb.on_save_checkpoint(self.trainer, member, checkpoint)
@@ -205,14 +204,11 @@ def share_data(data, distinct: list[Tensor]) -> None:
 class StackedData(pl.LightningDataModule):
     def __init__(self, members: list):
         super().__init__()
-        datas = [m.data for m in members]
-        first = datas[0].train_data
-        self.shared = all(d.train_data is first or torch.equal(d.train_data, first) for d in datas)
-        if self.shared:
-            for d in datas:
-                d.train_data = first  # one copy in memory
-        self.data = first if self.shared else torch.stack([d.train_data for d in datas])
-        self.datas = datas
+        self.datas, distinct = [m.data for m in members], []
+        for d in self.datas:
+            share_data(d, distinct)  # one copy in memory of what they share
+        self.shared = len(distinct) == 1
+        self.data = distinct[0] if self.shared else torch.stack([d.train_data for d in self.datas])
 
     def train_dataloader(self) -> DataLoader:
         device = self.trainer.strategy.root_device

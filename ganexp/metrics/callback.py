@@ -33,15 +33,12 @@ class EvalCallback(Periodic):
                  monitor: str = "auto", batch_size: int = 1000):
         super().__init__(every)
         self.dirpath, self.n, self.n_final = Path(dirpath), int(n), int(n_final)
+        self.best_path = self.dirpath / "checkpoints" / "best.ckpt"
         self.monitor, self.batch_size = monitor, int(batch_size)
         self.best_value: float | None = None
         self.best_iteration: int | None = None
         self.evaluator: Evaluator | None = None
         self.ready: dict[tuple[int, int], dict[str, float]] = {}  # (iteration, n): scores a stack computed in one call
-
-    @property
-    def best_path(self) -> Path:
-        return self.dirpath / "checkpoints" / "best.ckpt"
 
     def state_dict(self) -> dict:  # a resumed run keeps its best
         return {"best_value": self.best_value, "best_iteration": self.best_iteration}

@@ -18,7 +18,6 @@ import stat
 import sys
 import time
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,12 +64,8 @@ class DomainClassifier(nn.Module):
         """(features [N, 128], logits [N, 10]) of uint8 images, in eval mode, on the model's device."""
         self.eval()
         device = next(self.parameters()).device
-        feats, logits = [], []
-        for chunk in images.split(batch_size):
-            f = self.body(chunk.to(device).float() / 255.0)
-            feats.append(f)
-            logits.append(self.head(f))
-        return torch.cat(feats).cpu(), torch.cat(logits).cpu()
+        feats = [self.body(chunk.to(device).float() / 255.0) for chunk in images.split(batch_size)]
+        return torch.cat(feats).cpu(), torch.cat([self.head(f) for f in feats]).cpu()
 
 
 def state_hash(state: dict[str, Tensor]) -> str:
@@ -94,8 +89,7 @@ def load_split(name: str, train: bool, root: str | Path | None = None) -> tuple[
         from ganexp.data.mnist import FashionMNISTDataModule, MNISTDataModule
 
         cls = MNISTDataModule if name == "mnist" else FashionMNISTDataModule
-        root = root or os.environ.get("GANEXP_DATA_DIR", "./data")
-        return cls(root=str(root), batch_size=1).split(train)
+        return cls(root=root and str(root), batch_size=1).split(train)  # no root: $GANEXP_DATA_DIR, else ./data
     raise ConfigError(f"no domain classifier for data '{name}'; metrics need one of {', '.join(LABELLED)}")
 
 
@@ -112,26 +106,10 @@ def _unwritable(path: Path, problem: str, err: OSError) -> ConfigError:
                        f"{path.name} {problem}; set GANEXP_CACHE_DIR=<writable folder>")
 
 
-@contextmanager
-def _locked(path: Path, problem: str):
-    """One process trains a classifier; parallel sweep jobs wait for it and load the result."""
-    try:
-        fd = writes.open_fd(path.with_suffix(".lock"), os.O_RDWR)
-    except OSError as err:
-        raise _unwritable(path, problem, err) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def train_classifier(name: str, root=None, seed: int = 0, log=print) -> dict:
     """Train on the train split, measure on the test split; returns the record that gets cached."""
     x, y = load_split(name, train=True, root=root)
-    x_test, y_test = load_split(name, train=False, root=root)
-    if tuple(x.shape[1:]) != SHAPE[name] or tuple(x_test.shape[1:]) != SHAPE[name]:
-        raise ConfigError(f"{name} images are {list(x.shape[1:])}, not {list(SHAPE[name])}; are its files {name}'s?")
+    x_test, y_test = load_split(name, train=False, root=root)  # SHAPE[name]-shaped: check_idx checked MNIST's files
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DomainClassifier(tuple(x.shape[1:]))
@@ -173,8 +151,13 @@ def load_classifier(name: str, root=None, log=print,
     the cache's lock. `unusable`: (sha256, why) of a classifier the caller found wrong, treated as failing."""
     path = cache_dir() / f"classifier-{name}.pt"
     record, problem = _cached(path, name, unusable)
-    if problem:
-        with _locked(path, problem):
+    if problem:  # one process trains it, under the cache's lock; parallel sweep jobs wait and load the result
+        try:
+            fd = writes.open_fd(path.with_suffix(".lock"), os.O_RDWR)
+        except OSError as err:
+            raise _unwritable(path, problem, err) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             record, problem = _cached(path, name, unusable)  # another job may have trained it while we waited
             if problem:
                 log(f"classifier[{name}]: {path} {problem}; training a fresh one")
@@ -183,6 +166,8 @@ def load_classifier(name: str, root=None, log=print,
                     writes.replace_with(path, lambda tmp: torch.save(record, tmp))
                 except OSError as err:
                     raise _unwritable(path, problem, err) from None
+        finally:
+            os.close(fd)  # releases the lock
     model = DomainClassifier(SHAPE[name])
     model.load_state_dict(record["state_dict"])
     info = {k: record[k] for k in FIELDS if k != "state_dict"}
@@ -248,8 +233,7 @@ def _check_record(record, name: str) -> str | None:
                "train_seconds": _number(record["train_seconds"], 0.0),
                "n_train": _number(record["n_train"], 1, integer=True),
                "n_test": _number(record["n_test"], 1, integer=True)}
-    bad = [key for key, ok in numbers.items() if not ok]
-    if bad:
+    if bad := [key for key, ok in numbers.items() if not ok]:
         return f"has a bad {bad[0]} ({shown(repr(record[bad[0]]))})"
     state = record["state_dict"]
     with torch.device("meta"):  # the model's keys, shapes and dtypes, no memory

@@ -27,11 +27,12 @@ _SHARED: dict[tuple, Evaluator] = {}  # one per data and device in a process: a 
 class Evaluator:
     def __init__(self, dataset: str, root=None, toy=None, device="cpu", log=print):
         self.dataset, self.toy, self.device, self.log = dataset, toy, torch.device(device), log
+        self._floors: dict[int, dict[str, float]] = {}
         if dataset == "toy":
             self.monitor, self.unit = "swd", "points"
             self.metrics = ["swd", "residual"] if toy.dist == "quadratic" else ["swd", "modes", "hq"]
             self.info = {"dataset": f"toy/{toy.dist}", "split": "fresh samples of the true distribution"}
-            self._floors, self._reference = {}, {}
+            self._reference = {}
             return
         if dataset not in LABELLED:
             raise ConfigError(f"no metrics for data '{dataset}': they need a labelled dataset "
@@ -54,7 +55,6 @@ class Evaluator:
             "classifier": {"sha256": clf["sha256"], "test_accuracy": clf["test_accuracy"], "arch": clf["arch"]},
         }
         self._train_images: Tensor | None = None
-        self._floors: dict[int, dict[str, float]] = {}
 
     @classmethod
     def for_datamodule(cls, datamodule, device="cpu", log=print) -> Evaluator:
@@ -165,6 +165,5 @@ class Evaluator:
         if self.toy.dist == "quadratic":
             scores["residual"] = quadratic_residual(data_units)
         else:
-            centers, sigma = mode_centers(self.toy.dist)
-            scores.update(mode_scores(data_units, centers, sigma))
+            scores.update(mode_scores(data_units, *mode_centers(self.toy.dist)))  # (centers, σ)
         return scores

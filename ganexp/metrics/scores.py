@@ -55,8 +55,7 @@ def min_samples(metrics) -> int:
 
 def require_samples(n: int, metrics, unit: str = "samples") -> None:
     """ConfigError naming each of `metrics` that n samples cannot carry, and how many to give."""
-    short = [f"{m} (needs >= {METRICS[m].min_samples})" for m in metrics if n < METRICS[m].min_samples]
-    if short:
+    if short := [f"{m} (needs >= {METRICS[m].min_samples})" for m in metrics if n < METRICS[m].min_samples]:
         raise ConfigError(f"{n} {unit} cannot carry {', '.join(short)}; give at least {min_samples(metrics)} {unit}")
 
 
