@@ -220,8 +220,8 @@ class StackedData(pl.LightningDataModule):
 
 # -------------------------------------------------------------------------------------------- the members
 # Callback hooks Members handles itself; every other hook of Lightning's Callback reaches every running member.
-_OWN_HOOKS = {"setup", "on_fit_start", "on_train_batch_end", "on_train_end", "on_save_checkpoint",
-              "on_load_checkpoint", "state_dict", "load_state_dict"}
+_OWN_HOOKS = {"setup", "on_fit_start", "on_train_batch_end", "on_train_epoch_end", "on_train_end",
+              "on_save_checkpoint", "on_load_checkpoint", "state_dict", "load_state_dict"}
 _MODULE_HOOKS = {"on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_epoch_end", "on_train_end",
                  "on_fit_end"}  # LightningModule hooks of the same name, called on each member module too
 _END_HOOKS = {"on_fit_end", "teardown", "on_exception"}  # ...reach a member that stopped too
@@ -230,10 +230,12 @@ _END_HOOKS = {"on_fit_end", "teardown", "on_exception"}  # ...reach a member tha
 class Members(Callback):
     """The stack's one callback: every Lightning callback hook, called for each member on its own callbacks
     with (the stack's trainer, the member's module), and the member module's own hook of that name; a member
-    that stopped gets its end hooks only."""
+    that stopped gets the end of its last epoch (as its own run's Lightning loop would call it), then its end
+    hooks only."""
 
     def __init__(self, members: list):
         self.members = members
+        self.stopped_this_epoch: list = []
 
     def _each(self, hook: str, trainer, *args: Any, members: list | None = None) -> None:
         for m in self.members if members is None else members:
@@ -262,8 +264,15 @@ class Members(Callback):
         self._score_together(ran, final=False)
         self._each("on_train_batch_end", trainer, None, None, batch_idx, members=ran)
         pl_module.running = [running and not m.module.stopped for m, running in zip(self.members, pl_module.running)]
+        self.stopped_this_epoch += [m for m in ran if m.module.stopped]
         if not any(pl_module.running):
             trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        stopped = {id(m) for m in self.stopped_this_epoch}
+        ended = [m for m, running in zip(self.members, pl_module.running) if running or id(m) in stopped]
+        self.stopped_this_epoch = []
+        self._each("on_train_epoch_end", trainer, members=ended)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._score_together([m for m in self.members if m.module.diverged_at is None and m.module.interrupted is None],

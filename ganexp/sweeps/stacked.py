@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ganexp.run.build import build_callbacks, build_logger, build_parts, plain
 from ganexp.config.keys import STACKABLE  # what may differ inside one stack: per-member numbers the step takes as [M] vectors
-from ganexp.config.registry import _resolve, build, kind_of
+from ganexp.config.registry import KNOWN, MOVED, _resolve, build, kind_of
 from ganexp.run.validate import check_config
 from ganexp.errors import ConfigError
 from ganexp.gan.stack import Members, StackedData, StackedGAN, share_data
@@ -87,8 +87,11 @@ def why_alone(cfg: DictConfig) -> str | None:
         return f"trainer.precision={trainer.get('precision')} (stacks train in 32-bit)"
     for name, callback in (settings.get("callbacks") or {}).items():
         target = (callback or {}).get("_target_")
-        if kind_of(target) and not getattr(_resolve(target), "stackable", True):
-            return f"callbacks.{name} ({target.rsplit('.', 1)[-1]}) needs a run of its own"
+        # a stack's members share one trainer: a callback of the user's own (which may read the trainer's logger,
+        # folder, batch or should_stop) stacks only when its class promises to read its run from pl_module.run
+        if kind_of(target) and not getattr(_resolve(target), "stackable", MOVED.get(target, target) in KNOWN):
+            return (f"callbacks.{name} ({target.rsplit('.', 1)[-1]}) is not ganexp's own and does not declare "
+                    "stackable = True (members share one trainer)")
     with torch.device("meta"):
         parts = build_parts({k: settings[k] for k in ("model", "data", "loss", "optimizer", "noise")})
     for side in ("generator", "discriminator"):

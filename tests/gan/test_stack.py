@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from pytorch_lightning.callbacks import Callback
 
 from ganexp.io.results import read_metrics
 from ganexp.sweeps.stacked import group_key, plan, train_stack, why_alone
@@ -195,15 +196,39 @@ def test_every_loss_stacks_as_its_separate_runs(loss, tmp_path, monkeypatch):
         _assert_same_run(tmp_path / f"stacked{k}", tmp_path / f"separate{k}", atol=2e-5)
 
 
+class HookLog(Callback):
+    """Records the epoch and end hooks each run's callbacks get, by run folder."""
+
+    stackable = True  # reads only pl_module.run
+    calls: dict[str, list[str]] = {}
+
+    def _log(self, pl_module, hook: str) -> None:
+        HookLog.calls.setdefault(pl_module.run.out.name, []).append(hook)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._log(pl_module, "epoch_start")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._log(pl_module, "epoch_end")
+
+    def on_train_end(self, trainer, pl_module):
+        self._log(pl_module, "train_end")
+
+
 @pytest.mark.slow
-def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path):
-    budget = [*TOY, "trainer.limit_train_batches=12", "ckpt_every=1"]
+def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("GANEXP_PARTS", "callback=tests.gan.test_stack.HookLog")
+    budget = [*TOY, "trainer.limit_train_batches=12", "ckpt_every=1", "trainer.max_epochs=2",
+              "+callbacks.hooks._target_=tests.gan.test_stack.HookLog"]
     jobs = [["optimizer.lr=2e-4"], ["optimizer.lr=1e12"], ["optimizer.lr=5e-4", "seed=1"]]
     records = train_stack([make_cfg(tmp_path / f"stacked{k}", *budget, *job) for k, job in enumerate(jobs)], jobs)
     assert [r["status"] for r in records] == ["finished", "diverged", "finished"]
     alone = train(make_cfg(tmp_path / "separate1", *budget, *jobs[1]))[0]  # what it does as a separate run
     assert {k: records[1][k] for k in ("status", "diverged_at", "reason", "iteration")} == \
            {k: alone[k] for k in ("status", "diverged_at", "reason", "iteration")}
+    # the frozen member ends its last epoch as its own run does (ImageProgression's last row), then only ends
+    assert HookLog.calls["stacked1"] == HookLog.calls["separate1"] == ["epoch_start", "epoch_end", "train_end"]
+    assert HookLog.calls["stacked0"] == ["epoch_start", "epoch_end"] * 2 + ["train_end"]
     assert records[1]["iteration"] < 12 and "non-finite" in records[1]["reason"]
     for k in (0, 2):  # untouched by their neighbour's NaNs
         train(make_cfg(tmp_path / f"separate{k}", *budget, *jobs[k]))
@@ -297,6 +322,22 @@ def test_what_stacks_with_what(override, stacks, tmp_path):
 ])
 def test_what_runs_alone_says_why(override, words, tmp_path):
     assert words in why_alone(make_cfg(tmp_path, *TOY, override))
+
+
+class OwnCallback(Callback):
+    """A user's callback: it might read trainer.logger, default_root_dir or should_stop, which a stack shares."""
+
+
+class OwnStackableCallback(OwnCallback):
+    stackable = True  # promises to read its run from pl_module.run only
+
+
+@pytest.mark.parametrize("name, stacks", [("OwnCallback", False), ("OwnStackableCallback", True)])
+def test_a_callback_of_ones_own_stacks_only_when_it_declares_so(name, stacks, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANEXP_PARTS", f"callback=tests.gan.test_stack.{name}")
+    why = why_alone(make_cfg(tmp_path, *TOY, f"+callbacks.own._target_=tests.gan.test_stack.{name}"))
+    assert why == (None if stacks else f"callbacks.own ({name}) is not ganexp's own and does not declare "
+                                       "stackable = True (members share one trainer)")
 
 
 @pytest.mark.parametrize("overrides", [
@@ -393,6 +434,7 @@ class SignalOnce:
     of a stack has this callback; a second signal would mean "stop now")."""
 
     sent = False
+    stackable = True  # reads only pl_module.iteration: a stack may run it for every member
 
     def __new__(cls):
         from pytorch_lightning.callbacks import Callback
