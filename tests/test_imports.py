@@ -190,3 +190,24 @@ def test_every_module_imports():
     result = subprocess.run([sys.executable, "-c", script, *sorted(_modules())], capture_output=True, text=True,
                             cwd=ROOT, timeout=600)
     assert result.returncode == 0, "modules that fail to import:\n" + result.stdout + result.stderr
+
+
+def lightning_privates(source: str) -> list[str]:
+    """`x.trainer._y`, `trainer._y` and `self._trainer` in `source`: private attributes of Lightning's objects."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+            if node.attr == "_trainer" or owner == "trainer":
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_private_lightning_reads_are_found():
+    assert lightning_privates("self._trainer\ntrainer._checkpoint_connector\nm.trainer._x\nself._draws") == \
+        ["line 1: self._trainer", "line 2: trainer._checkpoint_connector", "line 3: m.trainer._x"]
+
+
+def test_no_private_attribute_of_lightnings_trainer_is_read():
+    found = {name: hits for name, path in _modules().items() if (hits := lightning_privates(path.read_text()))}
+    assert not found, f"private Lightning attributes read: {found}"

@@ -342,7 +342,7 @@ class GANModule(pl.LightningModule):
         """Instance noise σ now: annealed per whole epoch (the instance_noise recipe's tutorial recomputes
         it from the fractional epoch every batch; noise.anneal_per=iteration does that)."""
         epochs = self.current_epoch
-        if self.instance_noise.per_iteration and self._trainer is not None and self.trainer.num_training_batches:
+        if self.instance_noise.per_iteration and self.attached and self.trainer.num_training_batches:
             epochs = self.iteration / max(int(self.trainer.num_training_batches), 1)
         return self.instance_noise.sigma(epochs)
 
@@ -395,10 +395,18 @@ class GANModule(pl.LightningModule):
             self.diverged_at, self.divergence = iteration, f"{what} at iteration {iteration}"
         self._stop()
 
+    @property
+    def attached(self) -> bool:
+        """Whether a Trainer runs this module (Lightning's `trainer` raises RuntimeError outside one)."""
+        try:
+            return self.trainer is not None
+        except RuntimeError:
+            return False
+
     def _stop(self) -> None:
         """This run stops: a plain run's trainer stops; a stack member is frozen, the others go on."""
         self.stopped = True
-        if self.stack is None and self._trainer is not None:
+        if self.stack is None and self.attached:
             self.trainer.should_stop = True
 
 

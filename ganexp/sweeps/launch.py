@@ -66,12 +66,15 @@ SEARCH = ("hydra_plugins.hydra_optuna_sweeper", "search")
 
 def check_launcher(args: list[str]) -> None:
     """`hydra/launcher=X`, `hydra/sweeper=optuna` or `sweep=search` whose plugin is not installed: one
-    line that says what to install."""
+    line that says what to install; a stacked launcher's max_stack that is not a count."""
     for arg in args:
         key, _, name = arg.partition("=")
         key = key.lstrip("+")
         needs = (PLUGINS.get(name) if key == "hydra/launcher" else
                  SEARCH if (key, name) in (("hydra/sweeper", "optuna"), ("sweep", "search")) else None)
+        if key == "hydra.launcher.max_stack" and not (name.isdigit() and int(name) >= 1):  # else Hydra's 4 lines
+            raise ConfigError(f"{key}={name} is not an integer >= 1; use the most members one stack may hold, "
+                              "e.g. hydra.launcher.max_stack=16")
         module, extra = needs or ("", "")
         if module and not _installed(module):
             raise ConfigError(f"{key}={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "

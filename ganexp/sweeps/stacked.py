@@ -74,6 +74,9 @@ def group_key(cfg: DictConfig) -> str:
     return json.dumps(settings, sort_keys=True, default=str)
 
 
+LINEAR_IN_LR = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.RMSprop", "torch.optim.SGD")
+
+
 def why_alone(cfg: DictConfig) -> str | None:
     """Why this job cannot be a stack member (it then runs as a separate run), or None."""
     settings = _settings(cfg)
@@ -92,6 +95,10 @@ def why_alone(cfg: DictConfig) -> str | None:
         if kind_of(target) and not getattr(_resolve(target), "stackable", MOVED.get(target, target) in KNOWN):
             return (f"callbacks.{name} ({target.rsplit('.', 1)[-1]}) is not ganexp's own and does not declare "
                     "stackable = True (members share one trainer)")
+    for side in ("g", "d"):  # StackedGAN.step: each member's lr scales a step taken at lr = 1, exact when linear in lr
+        target = ((settings.get("optimizer") or {}).get(side) or {}).get("_target_")
+        if target not in LINEAR_IN_LR:
+            return f"optimizer.{side} ({str(target).rsplit('.', 1)[-1]}) is not one whose step is linear in lr"
     with torch.device("meta"):
         parts = build_parts({k: settings[k] for k in ("model", "data", "loss", "optimizer", "noise")})
     for side in ("generator", "discriminator"):

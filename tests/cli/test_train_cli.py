@@ -78,7 +78,7 @@ def test_short_mnist_run(tmp_path):
         pytest.skip("GANEXP_DATA_DIR does not hold MNIST")
     result = run_train("loss=nonsaturating", "data=mnist", "batch_size=100", "trainer.max_epochs=1",
                        "trainer.limit_train_batches=30", "log_every=10", "trainer.enable_progress_bar=false",
-                       cwd=tmp_path)
+                       cwd=tmp_path, timeout=1500)  # trains MNIST's classifier on first use: minutes, more when shared
     assert result.returncode == 0, result.stderr[-3000:]
     run = only_run_dir(tmp_path)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["iteration"] == 30

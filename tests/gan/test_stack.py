@@ -319,8 +319,10 @@ def test_what_stacks_with_what(override, stacks, tmp_path):
     ("trainer.precision=bf16-mixed", "trainer.precision=bf16-mixed"),
     ("ckpt_path=x.ckpt", "it starts from a checkpoint"),
     ("trainer.devices=2", "several devices"),
+    ("optimizer.d._target_=torch.optim.Adagrad", "optimizer.d (Adagrad) is not one whose step is linear in lr"),
 ])
-def test_what_runs_alone_says_why(override, words, tmp_path):
+def test_what_runs_alone_says_why(override, words, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANEXP_PARTS", "optimizer=torch.optim.Adagrad")
     assert words in why_alone(make_cfg(tmp_path, *TOY, override))
 
 

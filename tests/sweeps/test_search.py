@@ -44,6 +44,23 @@ def test_search_without_the_plugin_says_what_to_install(monkeypatch):
         check_launcher(["-m", "sweep=search"])
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5", ""])
+def test_a_max_stack_that_is_not_a_count_is_one_line(value):
+    with pytest.raises(ConfigError) as err:
+        check_launcher(["-m", "hydra/launcher=stacked", f"hydra.launcher.max_stack={value}"])
+    assert str(err.value) == (f"hydra.launcher.max_stack={value} is not an integer >= 1; use the most members one "
+                              "stack may hold, e.g. hydra.launcher.max_stack=16")
+    check_launcher(["-m", "hydra/launcher=stacked", "hydra.launcher.max_stack=3"])  # a count passes
+
+
+def test_a_bad_max_stack_exits_2_in_one_line_before_any_folder(tmp_path):
+    result = run_train("-m", "hydra/launcher=stacked", "hydra.launcher.max_stack=abc", "seed=0,1", *FAST, cwd=tmp_path,
+                       timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "hydra.launcher.max_stack=abc is not an integer >= 1" in result.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.slow
 def test_a_4_trial_search_records_the_impossible_trials_as_failed_and_goes_on(tmp_path):
     sweep = tmp_path / "search"
