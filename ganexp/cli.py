@@ -23,8 +23,8 @@ from ganexp.run.validate import check_command_line
 from ganexp.errors import ConfigError
 from ganexp.run.lifecycle import lightning_logs_to_hydra, record_failure, train
 from ganexp.run.lock import FolderInUse
-from ganexp.io.results import sweeper_value
-from ganexp.run.signals import EXIT_CODES
+from ganexp.io.results import sweeper_value, update_metrics
+from ganexp.run.signals import EXIT_CODES, HANDED_OVER, hand_over
 from ganexp.io.writes import FolderRefused
 from ganexp.sweeps.launch import check_launcher, job_resources
 from ganexp.sweeps.summary import SweepInterrupted, ended_without_summary, exit_status, interrupted, with_grid
@@ -54,6 +54,8 @@ def job(cfg: DictConfig) -> float | None:
         return _fail(multirun, "diverged", divergence_message(record, Path(cfg.paths.output_dir)), 3)
     if record.get("status") == "interrupted":
         last = Path(cfg.paths.output_dir).resolve() / "checkpoints" / "last.ckpt"
+        if record["signal"] in HANDED_OVER:  # SLURM's notice of a time limit or preemption, through submitit
+            return requeue(record, Path(cfg.paths.output_dir), multirun)
         if multirun:  # no further jobs; command_line writes the summary of those that ran
             log.error("job interrupted: %s", record["reason"])
             raise SweepInterrupted(record["signal"])
@@ -62,6 +64,21 @@ def job(cfg: DictConfig) -> float | None:
         print(f"ganexp: interrupted by {record['reason']}; {then}", file=sys.stderr)
         sys.exit(EXIT_CODES[record["signal"]])
     return sweeper_value(record)  # a number, or none (a failed trial)
+
+
+def requeue(record: dict, out: Path, multirun: bool) -> None:
+    """The job stopped cleanly on SLURM's notice (last.ckpt and metrics.json written): submitit requeues it
+    and exits; the next attempt resumes from last.ckpt. No retries left: metrics.json says how to go on."""
+    log.warning("job interrupted: %s; requeueing it (it resumes from its last.ckpt)", record["reason"])
+    try:
+        hand_over(record["signal"])  # submitit's handler: `scontrol requeue`, then exits this process
+    except Exception as err:  # submitit's UncompletedJobError: the job has used its max_num_timeout retries
+        reason = (f"{record['reason']}, not requeued ({err}); continue it by running the sweep's command again "
+                  f"with hydra.sweep.dir=<its folder>: finished jobs are skipped, the others resume")
+        update_metrics(out, reason=reason)
+        return _fail(multirun, "interrupted", reason, EXIT_CODES[record["signal"]])
+    return _fail(multirun, "interrupted", f"{record['reason']} (no one took {record['signal']})",
+                 EXIT_CODES[record["signal"]])
 
 
 def divergence_message(record: dict, out: Path) -> str:

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from ganexp.errors import ConfigError
 from ganexp.gan.module import GANModule
 from ganexp.gan.noise import InstanceNoise, LatentPrior
 from ganexp.config.registry import build, cannot_build
+
+# Lightning's advice on every machine with SLURM's commands (a login node) when a Trainer is built outside a
+# SLURM job: a run started there without srun is meant to run there, and its one-line errors stay one line.
+warnings.filterwarnings("ignore", "The `srun` command is available on your system but is not used")
 
 
 def plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -99,6 +105,9 @@ def build_logger(config: dict):
 
 
 def build_trainer(cfg: DictConfig):
+    """The run's Trainer; in a SLURM job with Lightning's SLURM requeue off: submitit owns requeueing
+    (hydra/launcher=slurm, ganexp/run/signals.py), and two owners would requeue one job twice."""
     config = plain(cfg)
+    cluster = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if SLURMEnvironment.detect() else {}
     return build(config["trainer"], "trainer", key="trainer", callbacks=build_callbacks(config),
-                 logger=build_logger(config))
+                 logger=build_logger(config), **cluster)

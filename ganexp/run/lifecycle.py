@@ -140,6 +140,11 @@ def fit(trainer, module, datamodule, runs: list[tuple[Any, Any]], ckpt_path: str
 def finish(trainer, module, row, out: str | Path) -> dict:
     """The run's outcome into its metrics.json (rank 0) and its HParams row (if on_fit_end did not write it)."""
     fields = outcome(module)
+    if fields["status"] == "interrupted" and trainer.is_global_zero:  # each stop of the run, kept across attempts
+        earlier = read_metrics(out).get("interruptions")
+        fields["interruptions"] = [*(earlier if isinstance(earlier, list) else []),
+                                   {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "signal": fields["signal"],
+                                    "iteration": fields["iteration"]}]
     record = update_metrics(out, **fields) if trainer.is_global_zero else fields
     row.write_after(trainer, module, record)
     return record

@@ -10,9 +10,15 @@ instead: a write to a hung-up terminal fails (EIO), and the progress bar's next 
 clean stop into a crash. Before the first iteration (setup: loading data, restoring a checkpoint, training the
 metrics classifier on first use, minutes for MNIST) there is nothing to finish or checkpoint, so
 the first signal stops at once (StoppedBeforeTraining), recorded the same way. Lightning also
-handles SIGTERM (it leaves `fit` with SIGTERMException after the batch, and under SLURM its
-SIGUSR1 handler requeues the job); both happen after this handler has recorded the signal, so
-they agree.
+handles SIGTERM (it leaves `fit` with SIGTERMException after the batch); it happens after this handler
+has recorded the signal, so they agree.
+
+Under SLURM (`hydra/launcher=slurm`), SIGUSR2 is the cluster's notice of a time limit or a preemption
+(submitit asks for it with `--signal=USR2@<signal_delay_s>`). submitit's own handler requeues the job and
+exits at once, losing every iteration since the last periodic checkpoint; while `fit` runs, the first
+SIGUSR2 stops the run as SIGTERM does instead, and once its `last.ckpt` and metrics.json are written
+`hand_over` gives the signal to submitit's handler, which requeues the job: the next attempt resumes
+from that checkpoint. Lightning's own SLURM requeue is off (build.py), so one tool owns requeueing.
 """
 from __future__ import annotations
 
@@ -22,7 +28,10 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-EXIT_CODES = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
+EXIT_CODES = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143, "SIGUSR2": 140}  # 128 + the number, as shells say
+# Signals taken only when a handler of someone else's is set for them (submitit's requeue, in a SLURM job):
+# that handler gets them once the run has stopped cleanly (hand_over); without one their default stands.
+HANDED_OVER = ("SIGUSR2",)
 
 
 class StoppedBeforeTraining(BaseException):
@@ -47,6 +56,9 @@ def stop_on_signals(module) -> Iterator[None]:
         return
     signums = [getattr(signal, name) for name in EXIT_CODES if hasattr(signal, name)]  # no SIGHUP on Windows
     previous = {s: signal.getsignal(s) for s in signums}
+    for s in [s for s in signums if s.name in HANDED_OVER and not callable(previous[s])]:
+        signums.remove(s)
+        del previous[s]
     terminal = [fd for fd in (1, 2) if os.isatty(fd)]  # asked now: a hung-up terminal is no tty any more
 
     def handler(signum, frame) -> None:
@@ -59,6 +71,9 @@ def stop_on_signals(module) -> Iterator[None]:
             finally:
                 os.close(devnull)
         if module.interrupted is not None:  # asked twice: stop now
+            if name in HANDED_OVER:  # submitit's handler requeues the job and exits, without the checkpoint
+                previous[signum](signum, frame)
+                return
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
@@ -73,6 +88,15 @@ def stop_on_signals(module) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def hand_over(name: str) -> None:
+    """Give a signal of HANDED_OVER to the handler that was set for it before the run (submitit's: it
+    requeues the SLURM job and exits, or raises UncompletedJobError when the job has no retries left)."""
+    signum = getattr(signal, name)
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        handler(signum, None)
 
 
 def status(module) -> str:

@@ -1,0 +1,99 @@
+"""`hydra/launcher=slurm`: Hydra's submitit launcher (a job array, one task per job), and what a sweep on a real
+cluster needs beyond it:
+
+- job states from `squeue` where accounting is off (no slurmdbd: `sacct` fails, and submitit would warn on
+  every poll and wait forever for a job that died without a result), said once;
+- a job that ends without a result (a node failure, a kill, its retries used up) is one failed job of the
+  sweep, said in one line with its log, not an exception that loses the summary of every other job.
+
+A timeout or a preemption is handled inside each job (ganexp/run/signals.py: SIGUSR2 stops the run as SIGTERM
+does, then submitit requeues it and the next attempt resumes from its last.ckpt).
+"""
+from __future__ import annotations
+
+import getpass
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+import submitit
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf
+from submitit.slurm.slurm import SlurmInfoWatcher
+
+log = logging.getLogger("ganexp")
+SQUEUE_FIELDS = "JobID|State|NodeList"  # sacct's header, which submitit's reader expects
+LEFT = "LEFT_QUEUE"  # no longer in squeue: ended (and forgotten after slurmctld's MinJobAge)
+# squeue's states of a job that has not ended which submitit's list of unfinished (sacct) states lacks
+ACTIVE = {"CONFIGURING", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "SUSPENDED"}
+
+
+class Watcher(SlurmInfoWatcher):
+    """submitit's sacct poller, falling back to squeue (one call for all of the user's jobs) when sacct fails."""
+
+    accounting: bool | None = None  # None: not asked yet
+
+    def update(self) -> None:
+        if self.accounting is None and self._registered:
+            probe = subprocess.run(["sacct", "--noheader", "-X", "-S", "now"], capture_output=True, text=True)
+            self.accounting = probe.returncode == 0
+            if not self.accounting:
+                log.info("sacct fails on this cluster (%s): job states come from squeue",
+                         (probe.stderr.strip().splitlines() or ["no output"])[0])
+        super().update()
+
+    def _make_command(self) -> list[str] | None:
+        command = super()._make_command()
+        if command is None or self.accounting is not False:
+            return command
+        return ["squeue", "--noheader", "--array", "--states=all", f"--user={getpass.getuser()}",
+                "--format=%i|%T|%N"]
+
+    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+        if self.accounting is not False:
+            return super().read_info(string)
+        text = string.decode() if isinstance(string, bytes) else string
+        info = super().read_info("\n".join([SQUEUE_FIELDS, *text.splitlines()]))
+        for stats in info.values():
+            stats["State"] = "RUNNING" if stats.get("State") in ACTIVE else stats.get("State", "UNKNOWN")
+        for job_id in self._registered - self._finished:  # asked for, gone from the queue: it ended
+            info.setdefault(job_id, {"JobID": job_id, "State": LEFT, "NodeList": ""})
+        return info
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """Submit the sweep as one job array, then each job's return as it ends, in order."""
+    params = dict(launcher.params)
+    folder = params.pop("submitit_folder")
+    executor = submitit.AutoExecutor(cluster="slurm", folder=folder,
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    common = set(OmegaConf.structured(BaseQueueConf).keys())  # submitit's names for every cluster; the rest slurm_*
+    executor.update_parameters(**{k if k in common else f"slurm_{k}": v for k, v in params.items()})
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    log.info("SLURM sweep of %d jobs in %s", len(job_overrides), sweep_dir)
+    args = []
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+        args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+    jobs = executor.map_array(launcher, *zip(*args))
+    watcher = Watcher(delay_s=60)
+    for job in jobs:
+        job.watcher = watcher  # this sweep's poller, for these jobs only
+        watcher.register_job(job.job_id)
+    log.info("submitted SLURM job array %s; waiting for its jobs (squeue shows them; each job's log is in %s)",
+             jobs[0].job_id.split("_")[0], Path(folder).parent)
+    return [_result(job, overrides) for job, overrides in zip(jobs, job_overrides)]
+
+
+def _result(job: Any, overrides: Sequence[str]) -> JobReturn:
+    try:
+        return job.results()[0]
+    except Exception as err:  # noqa: BLE001 - submitit's UncompletedJobError, or the job's own error, pickled
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        log.error("SLURM job %s (%s) ended without a result: %s; its log: %s", job.job_id,
+                  " ".join(filter_overrides(overrides)), first, job.paths.stdout)
+        return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=err)

@@ -1,0 +1,1 @@
+"""ganexp's Hydra launcher plugin: `hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml, ganexp/sweeps/slurm.py)."""

@@ -1,0 +1,180 @@
+"""`hydra/launcher=slurm` on a real SLURM cluster (tests/helpers/slurm.py: munged, slurmctld and slurmd of this
+machine, accounting off), and what a job does with SLURM's signals."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, run_train
+from tests.helpers.slurm import Cluster
+
+JOB = ["data=toy", "model=toy_mlp", "trainer.limit_train_batches=50", "eval=none", "trainer.enable_progress_bar=false"]
+SHORT, LONG = 2, 500  # epochs of 50 iterations: LONG outlasts two attempts of a one-minute time limit
+
+
+def _generator(ckpt: Path) -> dict:
+    return {k: v for k, v in torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].items()
+            if k.startswith("generator.")}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    if c.why_not():
+        pytest.skip(c.why_not())
+    try:
+        c.start()
+    except RuntimeError as err:
+        pytest.skip(f"the SLURM daemons did not start here: {str(err).splitlines()[0]}")
+    yield c
+    c.stop()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_job_outlasts_its_time_limit_is_requeued_and_ends_equal_to_an_uninterrupted_run(cluster, tmp_path):
+    env = {**os.environ, **cluster.env, "OMP_NUM_THREADS": "1"}
+    sweep = tmp_path / "sweep"
+    reference = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *JOB, f"trainer.max_epochs={LONG}",
+                                  f"hydra.run.dir={tmp_path / 'reference'}"], env=env, cwd=tmp_path,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # timeout_min=1: SLURM's SIGUSR2 comes 20-50 s after the start (slurmctld looks every 30 s), its kill after 60-90 s
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *JOB, f"trainer.max_epochs={SHORT},{LONG}",
+         "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_task=0",
+         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=1",
+         "hydra.launcher.signal_delay_s=20", "hydra.launcher.max_num_timeout=8", f"hydra.sweep.dir={sweep}"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-2000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    said = result.stdout + result.stderr  # Hydra's log lines go to stdout
+    assert "Bypassing sacct error" not in said  # accounting off: one line, then job states from squeue
+    assert said.count("sacct fails on this cluster") == 1, said[-3000:]
+
+    records = {json.loads(p.read_text())["iteration"]: (p.parent, json.loads(p.read_text()))
+               for p in sweep.glob("*/seed=*/metrics.json")}
+    assert sorted(records) == [SHORT * 50, LONG * 50], records
+    assert all(r["status"] == "finished" for _, r in records.values())
+    long_dir, long_record = records[LONG * 50]
+    stops = long_record.get("interruptions", [])
+    assert len(stops) >= 2 and all(s["signal"] == "SIGUSR2" for s in stops), long_record  # two requeues at least
+    assert [s["iteration"] for s in stops] == sorted(s["iteration"] for s in stops)
+    assert len(long_record["resumes"]) == len(stops)  # each attempt after a stop resumed from its last.ckpt
+    assert 0 < stops[-1]["iteration"] < LONG * 50  # attempts trained on (one stopped during its setup would not)
+
+    ckpt = long_dir / "checkpoints" / "last.ckpt"
+    expected = _generator(next((tmp_path / "reference").glob("checkpoints/last.ckpt")))
+    got = _generator(ckpt)
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+    summary = (sweep / "summary.md").read_text()
+    assert f"| {SHORT} |" in summary and f"| {LONG} |" in summary and "all 2 jobs finished" in summary
+
+
+class _Run:
+    """What stop_on_signals needs of a module: GANModule.request_stop's contract."""
+
+    interrupted = None
+    training_started = True
+
+    def request_stop(self, name: str) -> None:
+        self.interrupted = self.interrupted or name
+
+
+def test_sigusr2_stops_the_run_cleanly_and_reaches_the_handler_set_before_it_only_afterwards():
+    from ganexp.run.signals import hand_over, stop_on_signals
+
+    calls = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))  # submitit's, in a SLURM job
+    try:
+        run = _Run()
+        with stop_on_signals(run):
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert run.interrupted == "SIGUSR2" and calls == []  # the run stops after its iteration; no requeue yet
+        hand_over("SIGUSR2")  # once last.ckpt and metrics.json are written
+        assert calls == [signal.SIGUSR2]
+        run = _Run()
+        with stop_on_signals(run):
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGUSR2)  # asked twice: the earlier handler at once
+        assert calls == [signal.SIGUSR2] * 2
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+
+
+def test_without_a_handler_of_its_own_sigusr2_keeps_its_default():
+    from ganexp.run.signals import stop_on_signals
+
+    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
+    with stop_on_signals(_Run()):
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL  # not ganexp's: outside SLURM it ends the process
+        assert callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_in_a_slurm_job_lightnings_own_requeue_is_off(monkeypatch, cfg_factory):
+    from ganexp.run.build import build_trainer
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "vm"}.items():
+        monkeypatch.setenv(key, value)
+    trainer = build_trainer(cfg_factory("data=toy", "model=toy_mlp", "eval=none"))
+    environment = trainer._accelerator_connector.cluster_environment  # what the signal connector reads
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False
+
+
+def test_a_local_run_on_a_machine_with_slurms_commands_keeps_its_one_line_error(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "srun").chmod(0o755)
+    env = {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    bad = run_train("data=toy", "model=toy_mlp", "optimizer.lr=-1", cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    good = run_train(*JOB, "trainer.max_epochs=1", "trainer.limit_train_batches=2", cwd=tmp_path, env=env)
+    assert good.returncode == 0 and "srun" not in good.stderr, good.stderr[-2000:]
+
+
+def test_with_accounting_on_job_states_come_from_sacct_as_submitit_reads_them(tmp_path, monkeypatch):
+    """A cluster with slurmdbd (not started here: it needs a database): a `sacct` that answers as sacct does."""
+    from ganexp.sweeps.slurm import Watcher
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sacct").write_text("#!/bin/sh\necho 'JobID|State|NodeList'\necho '41_0|COMPLETED|vm'\n"
+                                "echo '41_1|RUNNING|vm'\necho '41_1.batch|RUNNING|vm'\n")
+    (fake / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    watcher = Watcher(delay_s=60)
+    for job_id in ("41_0", "41_1"):
+        watcher.register_job(job_id)
+    watcher.update()
+    assert watcher.accounting is True
+    assert watcher.get_state("41_0", mode="cache") == "COMPLETED" and watcher.is_done("41_0", mode="cache")
+    assert watcher.get_state("41_1", mode="cache") == "RUNNING" and not watcher.is_done("41_1", mode="cache")
+
+
+def test_with_accounting_off_a_job_gone_from_squeue_has_ended(tmp_path, monkeypatch):
+    from ganexp.sweeps.slurm import LEFT, Watcher
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sacct").write_text("#!/bin/sh\necho 'Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (fake / "squeue").write_text("#!/bin/sh\necho '52_0|CONFIGURING|vm'\necho '52_1|PENDING|'\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    watcher = Watcher(delay_s=60)
+    for job_id in ("52_0", "52_1", "52_2"):
+        watcher.register_job(job_id)
+    watcher.update()
+    assert watcher.accounting is False
+    assert watcher.get_state("52_0", mode="cache") == "RUNNING"  # booting nodes: not ended
+    assert not watcher.is_done("52_1", mode="cache")
+    assert watcher.get_state("52_2", mode="cache") == LEFT and watcher.is_done("52_2", mode="cache")
