@@ -2,8 +2,10 @@
 
 FID, KID and IS are torchmetrics' own implementations, given features that the domain
 classifier has already computed (a pass-through feature module): ganexp does not
-re-implement their math. Precision / recall (k-NN manifolds, Kynkäänniemi et al. 2019),
-mode coverage and the toy-data scores are small enough to live here.
+re-implement their math. Precision / recall (k-NN manifolds, Kynkäänniemi et al. 2019), density and
+coverage on the same k-NN balls (Naeem et al. 2020, the `prdc` definitions; reported as `density` and
+`knn_coverage`, not to be confused with `coverage`, the classes produced), mode coverage and the toy-data
+scores are small enough to live here.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ class Metric(NamedTuple):
 # - kid 50: real-vs-real it scatters ±4.4 at n=10, ±0.9 at 50, against ~7 for noise.
 # - is 100: 10 splits of >= 10 samples (a split of m samples caps IS at m).
 # - coverage, class_kl 100: 10 per class expected: a fair generator misses a class with P < 3e-4.
-# - precision, recall 100: below, the k=3-NN balls are so wide that noise scores precision >= 0.93 on digits.
+# - precision, recall 100: below, the k=3-NN balls are so wide that noise scores precision >= 0.93 on digits;
+#   density, knn_coverage 100: the same balls. density is ~1 for a generator that matches the data, can exceed 1.
 # - swd 100; modes 250: a tenth of the fair share of the grid's 25 modes is then >= 1 point.
 # - hq 100: a share, ± <= 0.05 at 100.  residual 10: a median, robust from a few points.
 # Possible values: distances, divergences and counts are >= 0 (kid and class_kl clamped, see image_scores);
@@ -40,7 +43,8 @@ class Metric(NamedTuple):
 SHARE = (0.0, 1.0)
 IMAGE_METRICS = {"fid": Metric(False, 2), "kid": Metric(False, 50), "is": Metric(True, 100),
                  "coverage": Metric(True, 100), "class_kl": Metric(False, 100), "precision": Metric(True, 100, SHARE),
-                 "recall": Metric(True, 100, SHARE)}
+                 "recall": Metric(True, 100, SHARE), "density": Metric(True, 100),
+                 "knn_coverage": Metric(True, 100, SHARE)}
 TOY_METRICS = {"swd": Metric(False, 100), "modes": Metric(True, 250), "hq": Metric(True, 100, SHARE),
                "residual": Metric(False, 10)}
 METRICS = {**IMAGE_METRICS, **TOY_METRICS}
@@ -141,6 +145,16 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
     return float(precision), float(recall)
 
 
+def density_coverage(real: Tensor, fake: Tensor, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
+    """Naeem et al. 2020: density = the mean number of real k-NN balls holding a fake, over k; coverage = the share
+    of real points whose ball holds at least one fake (the radii precision uses)."""
+    real, fake = real.float(), fake.float()
+    radii = _kth_neighbour_radii(real, k)
+    held = torch.cat([(torch.cdist(c, real) <= radii[None]).sum(1) for c in fake.split(chunk)])
+    nearest_fake = torch.cat([torch.cdist(c, fake).min(1).values for c in real.split(chunk)])
+    return float(held.float().mean() / k), float((nearest_fake <= radii).float().mean())
+
+
 def image_scores(real_features: Tensor, real_logits: Tensor, fake_features: Tensor, fake_logits: Tensor,
                  pr_samples: int = 5000) -> dict[str, float]:
     """Every image metric from the classifier's features and logits of real and generated images. The
@@ -149,6 +163,7 @@ def image_scores(real_features: Tensor, real_logits: Tensor, fake_features: Tens
     n_classes = real_logits.shape[1]
     m = min(pr_samples, len(real_features), len(fake_features))  # k-NN manifolds on equal counts
     precision, recall = precision_recall(real_features[:m], fake_features[:m])
+    density, knn_coverage = density_coverage(real_features[:m], fake_features[:m])
     return {
         "fid": max(0.0, fid(real_features, fake_features)),
         "kid": max(0.0, kid(real_features, fake_features)),
@@ -157,6 +172,8 @@ def image_scores(real_features: Tensor, real_logits: Tensor, fake_features: Tens
         "class_kl": max(0.0, class_kl(fake_logits.argmax(1), real_logits.argmax(1), n_classes)),
         "precision": precision,
         "recall": recall,
+        "density": density,
+        "knn_coverage": knn_coverage,
     }
 
 

@@ -214,7 +214,7 @@ FLOORS = {  # name: (the file's bytes from the true floor, what the log says: {p
     "a metric missing": (lambda f: json.dumps({k: v for k, v in f.items() if k != "is"}).encode(), None),
     "an extra key": (lambda f: _floor_text(f, evil=1.0).encode(), None),
 }
-NOT_A_FLOOR = "{p} is not a floor of fid, kid, is, coverage, class_kl, precision, recall (finite numbers >= 0)"
+NOT_A_FLOOR = "{p} is not a floor of fid, kid, is, coverage, class_kl, precision, recall, density, knn_coverage (finite numbers >= 0)"
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ def test_the_registry_holds_each_metrics_minimum():
     with pytest.raises(ConfigError) as err:
         require_samples(60, IMAGE_METRICS, "images")
     assert str(err.value) == ("60 images cannot carry is (needs >= 100), coverage (needs >= 100), class_kl (needs >= 100), "
-                              "precision (needs >= 100), recall (needs >= 100); give at least 100 images")
+                              "precision (needs >= 100), recall (needs >= 100), density (needs >= 100), "
+                              "knn_coverage (needs >= 100); give at least 100 images")
 
 
 @pytest.mark.parametrize("n", [0, 1, 5])

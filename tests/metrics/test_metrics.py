@@ -11,8 +11,8 @@ from ganexp.metrics import classifier as clf
 from ganexp.data.base import quantize
 from ganexp.data.toy import quadratic_residual
 from ganexp.metrics.evaluator import Evaluator
-from ganexp.metrics.scores import (better, class_kl, coverage, fid, inception_score, kid, mode_scores,
-                                   precision_recall, sliced_wasserstein)
+from ganexp.metrics.scores import (better, class_kl, coverage, density_coverage, fid, inception_score, kid,
+                                   mode_scores, precision_recall, sliced_wasserstein)
 
 
 def gaussian(n, mean, std, seed):
@@ -80,6 +80,18 @@ def test_precision_and_recall_on_known_sets():
     assert precision == 1.0 and recall < 0.5
 
 
+def test_density_and_knn_coverage_equal_their_hand_computed_values():
+    line = lambda *xs: torch.tensor([[x, 0.0] for x in xs])  # noqa: E731 - points on a line, distances by eye
+    real, fake = line(0, 1, 3, 7), line(0.5, 5.5, 20)
+    # k=1 radii 1, 1, 2, 4: 0.5 lies in the balls of 0 and 1, 5.5 in 7's, 20 in none; 3's nearest fake is 2.5 away
+    assert density_coverage(real, fake, k=1) == (pytest.approx(3 / 3), 0.75)
+    # k=2 radii 3, 2, 3, 6: 0.5 in the balls of 0, 1 and 3, 5.5 in 3's and 7's; every real ball holds a fake
+    assert density_coverage(real, fake, k=2) == (pytest.approx(5 / 6), 1.0)
+    same = gaussian(300, [0.0, 0.0], [1.0, 1.0], seed=1)
+    assert density_coverage(same, same.clone())[1] == 1.0
+    assert density_coverage(same, same + 100.0) == (0.0, 0.0)
+
+
 @pytest.mark.slow
 def test_toy_scores():
     centers = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
@@ -138,6 +150,8 @@ def test_real_train_vs_test_is_small_and_noise_is_large(digits_evaluator):
     assert floor["fid"] < noise["fid"] / 10
     assert floor["coverage"] == 10 and floor["precision"] > 0.7 and floor["recall"] > 0.7
     assert noise["precision"] < 0.2 and noise["recall"] < 0.2 and floor["class_kl"] < 0.05 < noise["class_kl"]
+    assert 0.7 < floor["density"] < 1.3 and floor["knn_coverage"] > 0.8  # real vs real: matched
+    assert noise["density"] < 0.1 and noise["knn_coverage"] < 0.2
 
 
 @pytest.mark.slow
