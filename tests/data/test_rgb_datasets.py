@@ -332,3 +332,25 @@ def test_train_py_without_cifar10_is_one_line_exit_2_and_no_folder(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"ganexp: error: CIFAR-10 not found under data.root={tmp_path}")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_sngan_discriminator_has_spectral_norm_and_no_batch_norm():
+    d = DCGANDiscriminator((3, 32, 32), width=8, spectral_norm=True, batch_norm=False)
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    assert len(convs) == 3 and all(c.bias is not None and hasattr(c, "parametrizations") for c in convs)
+    with pytest.raises(ConfigError, match="model.discriminator.batch_norm=1 is not true or false"):
+        DCGANDiscriminator((3, 32, 32), batch_norm=1)
+
+
+@pytest.mark.parametrize("experiment", ["cifar10_dcgan", "cifar10_hinge_sn"])
+def test_the_cifar10_experiments_compose_with_the_papers_settings(tmp_path, experiment):
+    from tests.helpers import make_cfg
+
+    cfg = make_cfg(tmp_path, f"experiment={experiment}")
+    assert cfg.data._target_.endswith("CIFAR10DataModule") and list(cfg.data.shape) == [3, 32, 32]
+    assert cfg.model.generator._target_.endswith("DCGANGenerator") and cfg.optimizer.lr == 2e-4
+    settings = (cfg.loss.name, list(cfg.optimizer.betas), cfg.batch_size, cfg.d_steps, cfg.noise.latent_dim,
+                cfg.model.discriminator.spectral_norm, cfg.model.discriminator.batch_norm)
+    assert settings == {"cifar10_dcgan": ("nonsaturating", [0.5, 0.999], 128, 1, 100, False, True),
+                        "cifar10_hinge_sn": ("hinge", [0.0, 0.9], 64, 5, 100, True, False)}[experiment]
