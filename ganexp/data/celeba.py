@@ -15,6 +15,7 @@ from torchvision.datasets import CelebA
 from torchvision.transforms.v2 import functional as TF
 
 from ganexp.config.checks import INT, number
+from ganexp.data.base import scale_unit
 from ganexp.data.image_folder import read_unit
 from ganexp.data.rgb import TorchvisionFolder, damaged
 from ganexp.errors import ConfigError
@@ -29,10 +30,10 @@ class CelebADataModule(TorchvisionFolder):
     title, url = "CelebA", "https://drive.google.com"
     splits = tuple(PARTITIONS)
 
-    def __init__(self, crop: int = 140, **kwargs):
+    def __init__(self, crop: int = 140, size: int = 64, **kwargs):  # conf/data/celeba.yaml's defaults
         number("data.crop", crop, INT, lambda c: c >= 1, "a positive number of pixels, e.g. data.crop=140")
         self.crop = int(crop)
-        super().__init__(**kwargs)
+        super().__init__(size=size, **kwargs)
 
     @property
     def images(self) -> Path:
@@ -78,5 +79,6 @@ class CelebADataModule(TorchvisionFolder):
             if min(image.shape[1:]) < self.crop:
                 raise ConfigError(f"{file} is {image.shape[2]}x{image.shape[1]} pixels, smaller than data.crop="
                                   f"{self.crop}; use a smaller data.crop (CelebA's aligned faces are 178x218)")
-            images[i] = TF.resize(TF.center_crop(image, self.crop), [self.size, self.size], antialias=True)
+            images[i] = scale_unit(TF.resize(TF.center_crop(image, self.crop), [self.size, self.size], antialias=True),
+                                   self.value_range)
         return images, None

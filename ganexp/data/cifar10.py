@@ -133,4 +133,4 @@ class CIFAR10DataModule(TorchvisionFolder):
     def read(self):
         parts = [read_batch(file, self.layout == BIN) for file in self.required()]
         images = torch.from_numpy(np.concatenate([data for data, _ in parts]).reshape(-1, 3, 32, 32))
-        return resized(images, self.size), torch.from_numpy(np.concatenate([labels for _, labels in parts]))
+        return resized(images, self.size, self.value_range), torch.from_numpy(np.concatenate([labels for _, labels in parts]))

@@ -66,7 +66,7 @@ class STL10DataModule(TorchvisionFolder):
         for raw in raws:
             for start in range(0, len(raw), CHUNK):  # the file's rows are the image's columns: transposed back
                 chunk = torch.from_numpy(np.ascontiguousarray(raw[start:start + CHUNK].transpose(0, 1, 3, 2)))
-                images[at:at + len(chunk)] = resized(chunk, self.size)
+                images[at:at + len(chunk)] = resized(chunk, self.size, self.value_range)
                 at += len(chunk)
         labels = [torch.from_numpy(np.fromfile(self.root / FOLDER / f"{part}_y.bin", dtype=np.uint8).astype(np.int64)
                                    - 1) for part in self.parts if part != "unlabeled"]
