@@ -101,8 +101,8 @@ class CIFAR10DataModule(TorchvisionFolder):
     @property
     def layout(self) -> str:
         """The python version when its files are all there, else the binary one when its are; else python."""
-        complete = lambda folder, suffix: all((self.root / folder / (n + suffix)).is_file()  # noqa: E731
-                                              for n in FILES[self.split])
+        def complete(folder: str, suffix: str) -> bool:
+            return all((self.root / folder / (name + suffix)).is_file() for name in FILES[self.split])
         return BIN if not complete(PY, "") and complete(BIN, ".bin") else PY
 
     def required(self) -> list[Path]:
@@ -133,4 +133,5 @@ class CIFAR10DataModule(TorchvisionFolder):
     def read(self):
         parts = [read_batch(file, self.layout == BIN) for file in self.required()]
         images = torch.from_numpy(np.concatenate([data for data, _ in parts]).reshape(-1, 3, 32, 32))
-        return resized(images, self.size, self.value_range), torch.from_numpy(np.concatenate([labels for _, labels in parts]))
+        labels = torch.from_numpy(np.concatenate([labels for _, labels in parts]))
+        return resized(images, self.size, self.value_range), labels

@@ -2,9 +2,9 @@
 
 `data.root` defaults to $GANEXP_DATA_DIR, else ./data, as for MNIST. The files a split needs are looked for
 when the datamodule is built, i.e. before Hydra makes a run folder: a missing file with no way to download it
-(data.download=false, or no network) is one line naming the files and both fixes; a file of the wrong size is
-one line naming it. What needs the whole file read (labels, a pickle's contents, a JPEG) is checked when the
-split is loaded, again in one line naming the file.
+(data.download=false, or no network) is one line naming the files and both fixes. A damaged file is one line
+naming it, then too for what is cheap to read (sizes; CIFAR-10's batches, whole; STL-10's labels; CelebA's
+list), when the split is loaded for the rest (STL-10's pixels beyond their size, CelebA's JPEGs).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def resized(images: Tensor, size: int, value_range, chunk: int = 2048) -> Tensor
 
 class TorchvisionFolder(TensorDataModule):
     """Subclasses name the dataset (`title`, `url` to probe, `splits`) and implement `required()` (the files the
-    split needs), `check()` (what a stat and small reads can tell), `fetch()` (torchvision's download) and
+    split needs), `check()` (refuse damaged files, as far as is cheap), `fetch()` (torchvision's download) and
     `read()` (float32 images [N, 3, size, size] in `value_range`, and labels or None)."""
 
     title = ""
@@ -55,8 +55,8 @@ class TorchvisionFolder(TensorDataModule):
         number("data.size", size, INT, lambda s: s >= 1, "a positive number of pixels, e.g. data.size=32")
         choice("data.split", split, self.splits)
         root = root or os.environ.get("GANEXP_DATA_DIR") or "./data"  # as conf/data/<name>.yaml says
-        self.root, self.download, self.size, self.split = Path(root).expanduser(), flag("data.download", download), \
-            int(size), split
+        self.root, self.download = Path(root).expanduser(), flag("data.download", download)
+        self.size, self.split = int(size), split
         missing = self.missing()
         if missing and not (self.download and reachable(self.url)):
             raise self.not_found(missing)

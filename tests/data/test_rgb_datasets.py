@@ -82,8 +82,7 @@ def test_a_cifar10_pickle_that_would_run_code_is_refused_in_one_line_and_runs_no
 
 
 @pytest.mark.parametrize("damage, problem", [
-    (lambda f: f.write_bytes(f.read_bytes()[:5000]), "is not a CIFAR-10 batch: UnpicklingError: pickle data was "
-                                                      "truncated"),
+    (lambda f: f.write_bytes(f.read_bytes()[:5000]), "is not a CIFAR-10 batch: UnpicklingError: pickle data"),
     (lambda f: f.write_bytes(b""), "is empty (0 bytes)"),
     (lambda f: f.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]})),
      "holds label 10; labels are 0..9"),
@@ -165,7 +164,8 @@ def test_stl10_decodes_column_major_pixels_and_labels_of_each_split(tmp_path):
 
 
 @pytest.mark.parametrize("file, damage, problem", [
-    ("train_X.bin", lambda d: d[:-1], "is 82943 bytes, not a whole number of 27648-byte images (at most 5000): truncated?"),
+    ("train_X.bin", lambda d: d[:-1],
+     "is 82943 bytes, not a whole number of 27648-byte images (at most 5000): truncated?"),
     ("train_y.bin", lambda d: d[:2], "holds 2 labels for the 3 images of train_X.bin"),
     ("train_y.bin", lambda d: b"\x00" + d[1:], "holds label 0; STL-10's labels are 1..10"),
     ("train_X.bin", lambda d: b"", "is 0 bytes, not a whole number of 27648-byte images (at most 5000): truncated?"),

@@ -1,6 +1,7 @@
 """Tiny CIFAR-10, STL-10 and CelebA in torchvision's exact on-disk formats, for the tests to read."""
 from __future__ import annotations
 
+import io
 import pickle
 import struct
 from pathlib import Path
@@ -35,6 +36,13 @@ class Py2Pickler(pickle._Pickler):
     dispatch[bytes] = save_bytes
 
 
+def py2_pickle(obj) -> bytes:
+    """`obj` pickled as Python 2 with numpy 1 pickled it: numpy's module under its old name numpy.core."""
+    out = io.BytesIO()
+    Py2Pickler(out, protocol=2).dump(obj)
+    return out.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")  # GLOBAL: text lines
+
+
 def cifar_batch(first: np.ndarray | None, labels: list[int]) -> dict:
     rng = np.random.default_rng(len(labels))
     data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
@@ -55,12 +63,10 @@ def write_cifar(root: Path, binary: bool = False, per_batch: int = PER_BATCH) ->
             records = np.concatenate([np.array(batch[b"labels"], np.uint8)[:, None], batch[b"data"]], axis=1)
             (folder / f"{name}.bin").write_bytes(records.tobytes())
         else:
-            with open(folder / name, "wb") as f:
-                Py2Pickler(f, protocol=2).dump(batch)
+            (folder / name).write_bytes(py2_pickle(batch))
     if not binary:
-        with open(folder / "batches.meta", "wb") as f:
-            Py2Pickler(f, protocol=2).dump({b"label_names": [b"airplane"] * 10, b"num_cases_per_batch": per_batch,
-                                            b"num_vis": 3072})
+        (folder / "batches.meta").write_bytes(py2_pickle({b"label_names": [b"airplane"] * 10,
+                                                          b"num_cases_per_batch": per_batch, b"num_vis": 3072}))
     return folder
 
 
