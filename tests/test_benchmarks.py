@@ -111,7 +111,7 @@ def test_recipes_report_checks_each_claim_with_the_numbers_of_its_runs(tmp_path)
     assert ns.split(" | ")[1:4] == ["3", "0.1", "1"]  # mean of 2 and 4 over iterations 0-99; last epoch: 1
     assert mm.split(" | ")[1:4] == ["0.03", "0.1", "0.01"]
     runs = [line for line in text.splitlines() if line.startswith("| noise_on")]
-    assert runs == ["| noise_on | 12.5 | 151 | 30 | — | — | — | — | — | — |"]
+    assert runs == ["| noise_on | 12.5 | 151 | 30 | — | — | — | — | — | — | — | — |"]  # one column per image metric
     assert "| real vs real (mnist train vs test) |  |  | 1.5 |" in text
     assert "label smoothing" not in text  # no runs for it: no table
 
