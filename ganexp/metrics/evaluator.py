@@ -123,7 +123,7 @@ class Evaluator:
         key += (str(torch.device(device)),)
         if key not in _SHARED:
             _SHARED[key] = cls(name, root=root, toy=datamodule if name == "toy" else None, device=device, log=log,
-                               features=space, weights=weights, real=real, split=split)
+                               features=features, weights=weights, real=real, split=split)
         return _SHARED[key]
 
     @property

@@ -4,7 +4,7 @@ downloaded), the numbers against torchmetrics' own FID, the protocol, and the on
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 import sys
 from pathlib import Path
 
@@ -60,37 +60,38 @@ def images(seed: int, n: int = N, channels: int = 3) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def scored(weights, tmp_path_factory):
+def evaluator(weights, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         few_samples(mp, tmp_path_factory)
-        evaluator = Evaluator("noise", features="inception", weights=str(weights), real=images(1), split="train")
-        return evaluator, evaluator.score(images(2))
+        return Evaluator("noise", features="inception", weights=str(weights), real=images(1), split="train")
 
 
-def test_fid_kid_is_equal_torchmetrics_own_inception(weights, scored):
+def test_evaluate_cli_scores_a_folder_as_torchmetrics_own_inception_fid_does(weights, evaluator, tmp_path, capsys):
+    """End to end: samples made elsewhere (PNGs, lossless) against real images in an .npz, the CLI's JSON."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    evaluator, got = scored
-    assert list(got) == list(scores.INCEPTION_METRICS)  # no coverage or class_kl in ImageNet's 1008 classes
+    real, fake = tmp_path / "real.npz", tmp_path / "fake"
+    np.savez(real, images=images(1).numpy())
+    fake.mkdir()
+    for i, image in enumerate(images(2)):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(fake / f"{i}.png")
+    assert evaluate.main([str(fake), "--real", str(real), "--features", "inception", "--inception-weights",
+                          str(weights), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert list(got["scores"]) == list(got["floor"]) == list(scores.INCEPTION_METRICS)  # no ImageNet class coverage
     fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights), antialias=False)
     fid.update(images(1), real=True)  # antialias=False: torch-fidelity's own resize, as the papers' TF code did
     fid.update(images(2), real=False)
-    assert got["fid"] == pytest.approx(float(fid.compute()), rel=1e-4)
-    assert got["fid"] > 0 and got["kid"] >= 0 and got["is"] >= 1
-    assert 0 <= got["precision"] <= 1 and 0 <= got["recall"] <= 1 and got["density"] >= 0
-
-
-def test_protocol_records_the_weights_hash_resize_split_and_counts(weights, scored):
-    evaluator, _ = scored
-    protocol = evaluator.protocol(n=N)
+    assert got["scores"]["fid"] == pytest.approx(float(fid.compute()), rel=1e-4)
+    assert got["scores"]["fid"] > 0 and got["scores"]["kid"] >= 0 and got["scores"]["is"] >= 1
+    protocol = got["protocol"]
     assert protocol["inception"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert protocol["inception"]["published_weights"] is False
     assert "299" in protocol["inception"]["resize"] and "FeatureExtractorInceptionV3" in protocol["inception"]["extractor"]
-    assert (protocol["split"], protocol["n_real"], protocol["n"], protocol["features"]) == ("train", N, N, "inception")
+    assert (protocol["split"], protocol["n_real"], protocol["n"], protocol["features"]) == (str(real), N, N, "inception")
 
 
-def test_reference_features_are_cached_and_a_damaged_cache_is_recomputed(weights, scored):
-    evaluator, _ = scored
+def test_reference_features_are_cached_and_a_damaged_cache_is_recomputed(weights, evaluator):
     said = []
     again = Evaluator("noise", features="inception", weights=str(weights), real=images(1), log=said.append)
     assert said == [] and torch.equal(again.real_features, evaluator.real_features)  # no Inception pass
@@ -101,8 +102,7 @@ def test_reference_features_are_cached_and_a_damaged_cache_is_recomputed(weights
     assert torch.allclose(redone.real_features, evaluator.real_features, atol=1e-5)
 
 
-def test_grey_images_are_tiled_to_rgb(weights, scored):
-    evaluator, _ = scored
+def test_grey_images_are_tiled_to_rgb(evaluator):
     grey = images(3, n=1, channels=1)
     features, _ = evaluator.inception.embed(grey)
     assert torch.allclose(features, evaluator.inception.embed(grey.expand(-1, 3, -1, -1).contiguous())[0])
@@ -161,19 +161,3 @@ def test_a_wrong_hash_file_in_the_hub_cache_is_refused_in_one_line_before_any_fo
     assert len(lines) == 1 and "not the published 6726825d" in lines[0], lines
     assert inception.FILE_NAME in lines[0] and 'pip install -e ".[inception]"' in lines[0]
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
-
-
-def test_evaluate_cli_scores_a_folder_against_an_npz_in_inception_features(weights, scored, tmp_path, capsys):
-    evaluator, got = scored
-    real = tmp_path / "real.npz"
-    np.savez(real, images=images(1).numpy())
-    fake = tmp_path / "fake"
-    fake.mkdir()
-    for i, image in enumerate(images(2)):
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(fake / f"{i}.png")
-    assert evaluate.main([str(fake), "--real", str(real), "--features", "inception",
-                          "--inception-weights", str(weights)]) == 0
-    out = capsys.readouterr().out
-    assert f"InceptionV3 weights {evaluator.protocol()['inception']['weights_sha256'][:12]}" in out
-    fid = float(re.search(r"^fid\s+(\S+)", out, re.M).group(1))
-    assert fid == pytest.approx(got["fid"], abs=1e-4)  # PNG round trip is lossless: the same images, the same FID
