@@ -113,7 +113,7 @@ def images_from(path: Path) -> torch.Tensor:
     raise ConfigError(f"no image folder or .npz file {path}")
 
 
-def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None, features: str = "auto",
+def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None, features: str | None = None,
                             weights: str | None = None) -> tuple[torch.Tensor, Evaluator]:
     """Samples of a run, .ckpt or .safetensors export, and an evaluator for the data it names; --n is checked
     against this machine's memory before the data or the classifier are loaded."""
@@ -131,6 +131,9 @@ def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None, fea
     datamodule = build_datamodule(data_cfg, source=path)
     if datamodule.metrics_name == "toy":
         datamodule.setup("fit")  # toy scores need the training sample's standardization
+    if features is None:  # the run's own feature space (an export carries no eval settings: auto)
+        stored = config.get("eval") if isinstance(config.get("eval"), dict) else {}
+        features = stored.get("features", "auto") if isinstance(stored.get("features"), str) else "auto"
     evaluator = Evaluator.for_datamodule(datamodule, features=features, weights=weights)
     keep = (lambda chunk: quantize(chunk, datamodule.value_range)) if image else None
     return draw(generator, config, n, seed, keep=keep), evaluator
@@ -143,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", choices=LABELLED, help="the dataset of an .npz's images")
     parser.add_argument("--real", type=Path, help="the reference images (a folder or .npz) of samples made elsewhere; "
                                                   "scored in Inception features")
-    parser.add_argument("--features", choices=FEATURES, default="auto", help="classifier (MNIST-like data), inception "
-                        "(the papers' FID); auto: the classifier where ganexp has one")
+    parser.add_argument("--features", choices=FEATURES, help="classifier (MNIST-like data), inception (the papers' "
+                        "FID); auto: the classifier where ganexp has one (default: a run's eval.features, else auto)")
     parser.add_argument("--inception-weights", help=f"the InceptionV3 weights file (default: {FILE_NAME} in torch's hub "
                                                     "cache, else downloaded)")
     parser.add_argument("--n", type=int, default=10_000, help="samples drawn from a checkpoint (default 10000)")
@@ -162,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("give --data (a labelled dataset's test split) or --real (your own images), not both")
             real = images_from(args.real)
             samples = images_from(args.path)
-            evaluator = Evaluator(args.real.stem or "real", features="inception" if args.features == "auto" else
-                                  args.features, weights=args.inception_weights, real=real, split=str(args.real))
+            evaluator = Evaluator(args.real.stem or "real", features=args.features or "auto",
+                                  weights=args.inception_weights, real=real, split=str(args.real))
         elif args.path.suffix == ".npz":
             if not args.data:
                 raise ConfigError(f"{args.path}: say which dataset the images are from with --data {{{','.join(LABELLED)}}}"
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.path.is_file():
                 raise ConfigError(f"no file {args.path}")
             samples = images_from_npz(args.path)
-            evaluator = Evaluator(args.data, root=args.data_root, features=args.features,
+            evaluator = Evaluator(args.data, root=args.data_root, features=args.features or "auto",
                                   weights=args.inception_weights)
         else:
             samples, evaluator = samples_from_checkpoint(args.path, args.n, args.seed, args.data_root, args.features,

@@ -1,7 +1,9 @@
 """Evaluator: scores generated samples against one dataset's test split, with the protocol recorded.
 
-Images: the domain classifier's features of generated images (quantized to uint8 like the real ones) against
-the whole test split. Toy 2-D data: scores against fresh samples of the true distribution, in the standardized
+Images: the features of generated images (quantized to uint8 like the real ones) against the reference's, in the
+feature space eval.features picks: the domain classifier's (MNIST-like data, against the whole test split) or
+InceptionV3's (ganexp/metrics/inception.py; against the test split of labelled data, else the images the GAN
+trains on). Toy 2-D data: scores against fresh samples of the true distribution, in the standardized
 space (`swd`) and in data units (`modes`, `hq`; `residual` for quadratic). The real-vs-real floor scores n real
 *train* images (or fresh toy points) as a generator's n samples are scored. One Evaluator serves every run of
 a process on the same data (`for_datamodule`); fewer samples than the metrics need are a ConfigError.
