@@ -39,7 +39,8 @@ def feature_space(features: str, dataset: str | None) -> str:
         raise ConfigError(f"eval.features={shown(str(features))} is not one of {', '.join(FEATURES)}")
     if dataset == "toy":
         if features != "auto":
-            raise ConfigError(f"eval.features={features} is for images; toy data has its own scores (eval.features=auto)")
+            raise ConfigError(f"eval.features={features} is for images; toy data has its own scores "
+                              "(eval.features=auto)")
         return "toy"
     if features == "auto":
         return "classifier" if dataset in LABELLED else "inception"
@@ -64,7 +65,7 @@ class Evaluator:
         self.dataset, self.toy, self.device, self.log = dataset, toy, torch.device(device), log
         self._floors: dict[int, dict[str, float]] = {}
         self.space = feature_space(features, dataset if real is None else None)
-        self.metrics = metrics_of(self.space, toy and toy.dist)
+        self.metrics = metrics_of(self.space, getattr(toy, "dist", None))
         if self.space == "toy":
             self.monitor, self.unit = "swd", "points"
             self.info = {"dataset": f"toy/{toy.dist}", "split": "fresh samples of the true distribution"}

@@ -81,10 +81,12 @@ class Inception:
         data, problem = read_bounded(path, MAX_WEIGHTS_BYTES, "InceptionV3 weights")
         self.sha256 = hashlib.sha256(data).hexdigest() if data is not None else ""
         if problem is None and path.name == FILE_NAME and not self.sha256.startswith(HASH_PREFIX):
-            problem = f"has SHA-256 {self.sha256[:16]}..., not the published {HASH_PREFIX}... (a damaged download? delete it)"
+            problem = (f"has SHA-256 {self.sha256[:16]}..., not the published {HASH_PREFIX}... "
+                       "(a damaged download? delete it)")
         state, problem = (None, problem) if problem else load_torch(data, MAX_WEIGHTS_BYTES, "InceptionV3 weights")
-        if problem is None and not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
-            problem = "is not a state_dict of tensors"
+        if problem is None and not (isinstance(state, dict) and all(
+                isinstance(v, Tensor) and v.layout == torch.strided for v in state.values())):
+            problem = "is not a state_dict of (dense) tensors"
         if problem is None and not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
             problem = "holds non-finite weights"
         if problem is None:

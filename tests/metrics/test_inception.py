@@ -161,3 +161,16 @@ def test_a_wrong_hash_file_in_the_hub_cache_is_refused_in_one_line_before_any_fo
     assert len(lines) == 1 and "not the published 6726825d" in lines[0], lines
     assert inception.FILE_NAME in lines[0] and 'pip install -e ".[inception]"' in lines[0]
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("content, problem", [
+    ({"fc.weight": torch.zeros(3, 3)}, "holds weights of another model"),
+    ({"fc.weight": torch.full((2,), float("nan"))}, "holds non-finite weights"),
+    (b"\x80\x04 not a torch file", "cannot be read as a torch file"),
+])
+def test_weights_that_are_not_inceptions_are_refused_in_one_line(tmp_path, content, problem):
+    path = tmp_path / "mine.pth"
+    path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
+    with pytest.raises(ConfigError) as err:
+        inception.Inception(path)
+    assert f"{path} {problem}" in str(err.value) and "\n" not in str(err.value)
