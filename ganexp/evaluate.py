@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ganexp.config import CONF_DIR
 from ganexp.errors import ConfigError, failed, shown
 from ganexp.metrics.classifier import LABELLED
 from ganexp.data.base import quantize
@@ -33,6 +34,8 @@ from ganexp.run.validate import machine_memory
 # logits and the float64 copies torchmetrics keeps of them; toy points, their 256 sorted projections, the
 # reference's and the floor's.
 SCORE_BYTES = {"images": 6_000, "toy": 12_000}
+# --data: the data options of conf/data whose reference needs no more settings (a folder of images: --real)
+DATA = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml") if p.stem not in ("toy", "image_folder"))
 
 
 def images_from_npz(path: Path) -> torch.Tensor:
@@ -113,6 +116,21 @@ def images_from(path: Path) -> torch.Tensor:
     raise ConfigError(f"no image folder or .npz file {path}")
 
 
+def datamodule_for(name: str, root: str | None):
+    """The datamodule of conf/data/<name>.yaml as a run builds it, so that samples made elsewhere meet the same
+    reference (and cached features) as a run's; `root`: where its files are."""
+    from hydra import compose, initialize_config_dir
+
+    from ganexp.config import CONF_DIR
+    from ganexp.run.build import build_datamodule, plain
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        data = plain(compose("train", overrides=[f"data={name}"]).data)
+    if root:
+        data["root"] = root
+    return build_datamodule(data)
+
+
 def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None, features: str | None = None,
                             weights: str | None = None) -> tuple[torch.Tensor, Evaluator]:
     """Samples of a run, .ckpt or .safetensors export, and an evaluator for the data it names; --n is checked
@@ -143,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a run folder (checkpoints/last.ckpt), a .ckpt, a .safetensors export, "
                                                 "a .npz or (with --real) a folder of images")
-    parser.add_argument("--data", choices=LABELLED, help="the dataset of an .npz's images")
+    parser.add_argument("--data", choices=DATA, help="the dataset of an .npz's images (its test split when labelled, "
+                        "else the images a run trains on)")
     parser.add_argument("--real", type=Path, help="the reference images (a folder or .npz) of samples made elsewhere; "
                                                   "scored in Inception features")
     parser.add_argument("--features", choices=FEATURES, help="classifier (MNIST-like data), inception (the papers' "
@@ -169,13 +188,17 @@ def main(argv: list[str] | None = None) -> int:
                                   weights=args.inception_weights, real=real, split=str(args.real))
         elif args.path.suffix == ".npz":
             if not args.data:
-                raise ConfigError(f"{args.path}: say which dataset the images are from with --data {{{','.join(LABELLED)}}}"
+                raise ConfigError(f"{args.path}: say which dataset the images are from with --data {{{','.join(DATA)}}}"
                                   " or give the real images with --real")
             if not args.path.is_file():
                 raise ConfigError(f"no file {args.path}")
             samples = images_from_npz(args.path)
-            evaluator = Evaluator(args.data, root=args.data_root, features=args.features or "auto",
-                                  weights=args.inception_weights)
+            if args.data in LABELLED:
+                evaluator = Evaluator(args.data, root=args.data_root, features=args.features or "auto",
+                                      weights=args.inception_weights)
+            else:
+                evaluator = Evaluator.for_datamodule(datamodule_for(args.data, args.data_root),
+                                                     features=args.features or "auto", weights=args.inception_weights)
         else:
             samples, evaluator = samples_from_checkpoint(args.path, args.n, args.seed, args.data_root, args.features,
                                                          args.inception_weights)
