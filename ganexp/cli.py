@@ -24,7 +24,7 @@ from ganexp.errors import ConfigError
 from ganexp.run.lifecycle import lightning_logs_to_hydra, record_failure, train
 from ganexp.run.lock import FolderInUse
 from ganexp.io.results import sweeper_value, update_metrics
-from ganexp.run.signals import EXIT_CODES, HANDED_OVER, hand_over
+from ganexp.run.signals import EXIT_CODES, HANDED_OVER, hand_over, managed
 from ganexp.io.writes import FolderRefused
 from ganexp.sweeps.launch import check_launcher, job_resources
 from ganexp.sweeps.summary import SweepInterrupted, ended_without_summary, exit_status, interrupted, with_grid
@@ -54,7 +54,7 @@ def job(cfg: DictConfig) -> float | None:
         return _fail(multirun, "diverged", divergence_message(record, Path(cfg.paths.output_dir)), 3)
     if record.get("status") == "interrupted":
         last = Path(cfg.paths.output_dir).resolve() / "checkpoints" / "last.ckpt"
-        if record["signal"] in HANDED_OVER:  # SLURM's notice of a time limit or preemption, through submitit
+        if managed():  # a SLURM job of hydra/launcher=slurm: submitit requeues it (or SLURM does)
             return requeue(record, Path(cfg.paths.output_dir), multirun)
         if multirun:  # no further jobs; command_line writes the summary of those that ran
             log.error("job interrupted: %s", record["reason"])
@@ -67,18 +67,24 @@ def job(cfg: DictConfig) -> float | None:
 
 
 def requeue(record: dict, out: Path, multirun: bool) -> None:
-    """The job stopped cleanly on SLURM's notice (last.ckpt and metrics.json written): submitit requeues it
-    and exits; the next attempt resumes from last.ckpt. No retries left: metrics.json says how to go on."""
-    log.warning("job interrupted: %s; requeueing it (it resumes from its last.ckpt)", record["reason"])
+    """A job that submitit manages stopped cleanly (last.ckpt and metrics.json written). On SLURM's SIGUSR2
+    submitit requeues it and exits; the next attempt resumes from last.ckpt. No retries left: metrics.json says
+    how to go on. Any other signal (a preemption's or scancel's SIGTERM): exit with no result, so that SLURM
+    requeues the job (PreemptMode=REQUEUE) or the sweep counts it as one job that ended without a result."""
+    then = ("it resumes from its last.ckpt" if (out / "checkpoints" / "last.ckpt").is_file()
+            else "it starts again: nothing was trained yet")
+    if record["signal"] not in HANDED_OVER:
+        log.warning("job interrupted: %s; if SLURM requeues it (a preemption), %s", record["reason"], then)
+        sys.exit(EXIT_CODES[record["signal"]])
+    log.warning("job interrupted: %s; requeueing it (%s)", record["reason"], then)
     try:
         hand_over(record["signal"])  # submitit's handler: `scontrol requeue`, then exits this process
     except Exception as err:  # submitit's UncompletedJobError: the job has used its max_num_timeout retries
-        reason = (f"{record['reason']}, not requeued ({err}); continue it by running the sweep's command again "
-                  f"with hydra.sweep.dir=<its folder>: finished jobs are skipped, the others resume")
+        reason = (f"{record['reason']}, not requeued ({err}); run the same command again"
+                  f"{' with hydra.sweep.dir=<the sweep folder>: finished jobs are skipped, the others' if multirun else ': it'}"
+                  " resume from last.ckpt")
         update_metrics(out, reason=reason)
         return _fail(multirun, "interrupted", reason, EXIT_CODES[record["signal"]])
-    return _fail(multirun, "interrupted", f"{record['reason']} (no one took {record['signal']})",
-                 EXIT_CODES[record["signal"]])
 
 
 def divergence_message(record: dict, out: Path) -> str:

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from ganexp.config.checks import flag
 from ganexp.errors import ConfigError
 from ganexp.models.mlp import Discriminator, output_layer, spectral_normed
 
@@ -52,15 +53,18 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(Discriminator):
-    def __init__(self, in_shape: Sequence[int], width: int = 64, slope: float = 0.2, spectral_norm: bool = False):
+    def __init__(self, in_shape: Sequence[int], width: int = 64, slope: float = 0.2, spectral_norm: bool = False,
+                 batch_norm: bool = True):
         super().__init__()
         _needs_images(in_shape)
         channels, height, _ = in_shape
         base, n = _halvings(height)
         ch = [width * 2 ** i for i in range(n)]  # e.g. [64, 128, 256]
         layers: list[nn.Module] = [nn.Conv2d(channels, ch[0], 4, 2, 1), nn.LeakyReLU(slope, True)]
+        flag("model.discriminator.batch_norm", batch_norm)
         for c_in, c_out in zip(ch[:-1], ch[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(slope, True)]
+            norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm), *norm, nn.LeakyReLU(slope, True)]
         self.body = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Linear(ch[-1] * base * base, 1)
         spectral_normed(self, spectral_norm)

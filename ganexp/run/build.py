@@ -12,6 +12,7 @@ from ganexp.errors import ConfigError
 from ganexp.gan.module import GANModule
 from ganexp.gan.noise import InstanceNoise, LatentPrior
 from ganexp.config.registry import build, cannot_build
+from ganexp.run.signals import managed
 
 # Lightning's advice on every machine with SLURM's commands (a login node) when a Trainer is built outside a
 # SLURM job: a run started there without srun is meant to run there, and its one-line errors stay one line.
@@ -105,9 +106,11 @@ def build_logger(config: dict):
 
 
 def build_trainer(cfg: DictConfig):
-    """The run's Trainer; in a SLURM job with Lightning's SLURM requeue off: submitit owns requeueing
-    (hydra/launcher=slurm, ganexp/run/signals.py), and two owners would requeue one job twice."""
+    """The run's Trainer; in a SLURM job of submitit's with Lightning's SLURM requeue off: submitit owns
+    requeueing there (hydra/launcher=slurm, ganexp/run/signals.py), and two owners would requeue one job twice.
+    A run of your own sbatch script keeps Lightning's (SIGUSR1: checkpoint and requeue)."""
     config = plain(cfg)
-    cluster = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if SLURMEnvironment.detect() else {}
+    own = SLURMEnvironment.detect() and managed()
+    cluster = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if own else {}
     return build(config["trainer"], "trainer", key="trainer", callbacks=build_callbacks(config),
                  logger=build_logger(config), **cluster)

@@ -95,7 +95,7 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any]:
 def start(out: Path, **fields) -> None:
     """The folder becomes a run folder whose metrics.json says "running" (on rank 0, before fit)."""
     mark_run(out)
-    update_metrics(out, status="running", reason=None, diverged_at=None, **fields)
+    update_metrics(out, status="running", reason=None, signal=None, diverged_at=None, **fields)
     _started.add(str(out.resolve()))
 
 

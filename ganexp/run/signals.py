@@ -13,12 +13,14 @@ the first signal stops at once (StoppedBeforeTraining), recorded the same way. L
 handles SIGTERM (it leaves `fit` with SIGTERMException after the batch); it happens after this handler
 has recorded the signal, so they agree.
 
-Under SLURM (`hydra/launcher=slurm`), SIGUSR2 is the cluster's notice of a time limit or a preemption
-(submitit asks for it with `--signal=USR2@<signal_delay_s>`). submitit's own handler requeues the job and
-exits at once, losing every iteration since the last periodic checkpoint; while `fit` runs, the first
-SIGUSR2 stops the run as SIGTERM does instead, and once its `last.ckpt` and metrics.json are written
-`hand_over` gives the signal to submitit's handler, which requeues the job: the next attempt resumes
-from that checkpoint. Lightning's own SLURM requeue is off (build.py), so one tool owns requeueing.
+SIGUSR2 stops a run as SIGTERM does (exit 140). Under SLURM (`hydra/launcher=slurm`) it is the cluster's
+notice of a time limit (submitit asks for it with `--signal=USR2@<signal_delay_s>`), and submitit has a
+handler for it that requeues the job and exits at once, losing every iteration since the last periodic
+checkpoint. While `fit` runs that handler waits: the run stops cleanly, and once its `last.ckpt` and
+metrics.json are written `hand_over` gives it the signal, and the next attempt resumes from that checkpoint.
+In such a managed job a repeated signal is ignored (the cluster's own kill follows anyway; a "stop now"
+would lose the checkpoint being written), and a SIGUSR2 after the last iteration (the final evaluation) is
+ignored too: the run is about to finish. Lightning's own SLURM requeue is off there (build.py).
 """
 from __future__ import annotations
 
@@ -29,9 +31,20 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 EXIT_CODES = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143, "SIGUSR2": 140}  # 128 + the number, as shells say
-# Signals taken only when a handler of someone else's is set for them (submitit's requeue, in a SLURM job):
-# that handler gets them once the run has stopped cleanly (hand_over); without one their default stands.
+# Signals whose handler from before the run (submitit's requeue, in a SLURM job) gets them once the run has
+# stopped cleanly (hand_over). A job with such a handler is managed by submitit (`managed`).
 HANDED_OVER = ("SIGUSR2",)
+
+
+def managed() -> bool:
+    """Whether this process is a job that submitit manages: it has set a handler of its own for SIGUSR2."""
+    return hasattr(signal, "SIGUSR2") and callable(signal.getsignal(signal.SIGUSR2))
+
+
+def _training_over(module) -> bool:
+    """The last iteration is done (the final evaluation and checkpoint may be running)."""
+    trainer = module.trainer if getattr(module, "attached", False) else None
+    return trainer is not None and module.interrupted is None and trainer.fit_loop.done
 
 
 class StoppedBeforeTraining(BaseException):
@@ -56,9 +69,7 @@ def stop_on_signals(module) -> Iterator[None]:
         return
     signums = [getattr(signal, name) for name in EXIT_CODES if hasattr(signal, name)]  # no SIGHUP on Windows
     previous = {s: signal.getsignal(s) for s in signums}
-    for s in [s for s in signums if s.name in HANDED_OVER and not callable(previous[s])]:
-        signums.remove(s)
-        del previous[s]
+    in_job = managed()
     terminal = [fd for fd in (1, 2) if os.isatty(fd)]  # asked now: a hung-up terminal is no tty any more
 
     def handler(signum, frame) -> None:
@@ -70,10 +81,9 @@ def stop_on_signals(module) -> Iterator[None]:
                     os.dup2(devnull, fd)
             finally:
                 os.close(devnull)
+        if in_job and (module.interrupted is not None or (name in HANDED_OVER and _training_over(module))):
+            return  # see the module's docstring: the stop under way, or the end of the run, is the better outcome
         if module.interrupted is not None:  # asked twice: stop now
-            if name in HANDED_OVER:  # submitit's handler requeues the job and exits, without the checkpoint
-                previous[signum](signum, frame)
-                return
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
@@ -94,9 +104,7 @@ def hand_over(name: str) -> None:
     """Give a signal of HANDED_OVER to the handler that was set for it before the run (submitit's: it
     requeues the SLURM job and exits, or raises UncompletedJobError when the job has no retries left)."""
     signum = getattr(signal, name)
-    handler = signal.getsignal(signum)
-    if callable(handler):
-        handler(signum, None)
+    signal.getsignal(signum)(signum, None)
 
 
 def status(module) -> str:

@@ -24,8 +24,9 @@ from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from ganexp.io import writes
+from ganexp.config import CONF_DIR
 from ganexp.errors import ConfigError
+from ganexp.io import writes
 
 log = logging.getLogger("ganexp")
 GPU_LOCKS = Path(tempfile.gettempdir()) / "ganexp-gpu-locks"  # machine-wide: two sweeps never share a GPU either
@@ -79,6 +80,29 @@ def check_launcher(args: list[str]) -> None:
         if module and not _installed(module):
             raise ConfigError(f"{key}={name} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
                               f"install it with: pip install -e '.[{extra}]'")
+    if "hydra/launcher=slurm" in args:
+        _check_signal_delay(args)
+
+
+def _check_signal_delay(args: list[str]) -> None:
+    """submitit takes SIGUSR2 for a time limit only after min(80 %, all but 10 min) of the time: a notice earlier
+    than that is a "preemption", which is requeued without limit, so every time limit would be requeued forever."""
+    given = dict(a.split("=", 1) for a in args if a.startswith("hydra.launcher.") and "=" in a)
+    defaults = OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "slurm.yaml")
+    try:
+        timeout = int(given.get("hydra.launcher.timeout_min", defaults.timeout_min))
+        delay = int(given.get("hydra.launcher.signal_delay_s", defaults.signal_delay_s))
+    except ValueError:
+        return  # not a number: Hydra's own check of the launcher's config says so
+    most = min(max(0.2 * timeout * 60, 600), timeout * 60 - 1)
+    if delay >= timeout * 60:
+        raise ConfigError(f"hydra.launcher.signal_delay_s={delay} is not shorter than the time limit "
+                          f"(timeout_min={timeout}, {timeout * 60} s): the notice would come as the job starts; "
+                          f"use a smaller signal_delay_s, e.g. hydra.launcher.signal_delay_s={int(most) // 3}")
+    if delay > most:
+        raise ConfigError(f"hydra.launcher.signal_delay_s={delay} is more than {most:.0f} s for timeout_min={timeout}: "
+                          "submitit would take each time limit for a preemption and requeue the job forever; use "
+                          f"at most max(20 % of the time limit, 600 s), e.g. hydra.launcher.signal_delay_s={min(120, int(most))}")
 
 
 def lock_free_gpu(count: int, folder: Path = GPU_LOCKS, poll_s: float = 1.0) -> tuple[int, object]:

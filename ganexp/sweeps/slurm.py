@@ -11,8 +11,8 @@ does, then submitit requeues it and the next attempt resumes from its last.ckpt)
 """
 from __future__ import annotations
 
-import getpass
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,18 +38,20 @@ class Watcher(SlurmInfoWatcher):
 
     def update(self) -> None:
         if self.accounting is None and self._registered:
-            probe = subprocess.run(["sacct", "--noheader", "-X", "-S", "now"], capture_output=True, text=True)
-            self.accounting = probe.returncode == 0
+            try:
+                probe = subprocess.run(["sacct", "--noheader", "-X", "-S", "now"], capture_output=True, text=True)
+                self.accounting, why = probe.returncode == 0, (probe.stderr.strip().splitlines() or ["no output"])[0]
+            except OSError as err:  # no sacct on this machine at all
+                self.accounting, why = False, err.strerror or type(err).__name__
             if not self.accounting:
-                log.info("sacct fails on this cluster (%s): job states come from squeue",
-                         (probe.stderr.strip().splitlines() or ["no output"])[0])
+                log.info("sacct fails on this cluster (%s): job states come from squeue", why)
         super().update()
 
     def _make_command(self) -> list[str] | None:
         command = super()._make_command()
         if command is None or self.accounting is not False:
             return command
-        return ["squeue", "--noheader", "--array", "--states=all", f"--user={getpass.getuser()}",
+        return ["squeue", "--noheader", "--array", "--states=all", f"--user={os.getuid()}",  # not $USER: it may lie
                 "--format=%i|%T|%N"]
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
@@ -74,12 +76,17 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     executor.update_parameters(**{k if k in common else f"slurm_{k}": v for k, v in params.items()})
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if "mode" in launcher.config.hydra.sweep:  # hydra.sweep.mode, as Hydra's own launchers apply it
+        os.chmod(sweep_dir, int(str(launcher.config.hydra.sweep.mode), 8))
     log.info("SLURM sweep of %d jobs in %s", len(job_overrides), sweep_dir)
     args = []
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
         log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
         args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
     jobs = executor.map_array(launcher, *zip(*args))
+    for link in Path(folder).parent.glob(".submission_file_*.sh"):  # submitit's links to the submitted script:
+        if link.is_symlink():  # not needed once submitted, and a sweep folder holding a link is refused on a re-run
+            link.unlink()
     watcher = Watcher(delay_s=60)
     for job in jobs:
         job.watcher = watcher  # this sweep's poller, for these jobs only
@@ -90,10 +97,12 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
 
 
 def _result(job: Any, overrides: Sequence[str]) -> JobReturn:
+    """The job's return; a job that ended without one (a node failure, scancel, its retries used up) is said in
+    one line and returned as a trial with no value, as a failed job is (ganexp/cli.py), so the sweep goes on."""
     try:
         return job.results()[0]
-    except Exception as err:  # noqa: BLE001 - submitit's UncompletedJobError, or the job's own error, pickled
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        log.error("SLURM job %s (%s) ended without a result: %s; its log: %s", job.job_id,
-                  " ".join(filter_overrides(overrides)), first, job.paths.stdout)
-        return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=err)
+    except Exception:  # noqa: BLE001 - submitit's UncompletedJobError, or the job's own error, pickled
+        log.error("SLURM job %s (%s) ended without a result (state %s); its log: %s", job.job_id,
+                  " ".join(filter_overrides(overrides)), job.watcher.get_state(job.job_id, mode="cache"),
+                  job.paths.stdout)
+        return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)

@@ -11,6 +11,7 @@ from ganexp.callbacks import figures
 from ganexp.callbacks import ToyFigures
 from ganexp.errors import ConfigError
 from tests.helpers import train_module, CONF, data_dir_with
+from tests.helpers.rgb_data import write_all
 from train import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -31,6 +32,8 @@ def test_every_experiment_composes_trains_three_iterations_and_draws_its_figures
     cfg = cfg_factory(f"experiment={name}", *FEW, *extra)
     if cfg.data._target_.endswith("MNISTDataModule") and data_dir_with("MNIST") is None:
         cfg = cfg_factory(f"experiment={name}", *FEW, "data=digits")  # the recipe on the bundled digits
+    if cfg.data._target_.endswith("CIFAR10DataModule"):  # the recipe on a tiny CIFAR-10 in torchvision's layout
+        cfg = cfg_factory(f"experiment={name}", *FEW, f"data.root={write_all(tmp_path / 'data')}", "batch_size=8")
     module = train_module(cfg)
     assert module.iteration == 3
     kind = "toy" if "toy" in cfg.callbacks else "figures"

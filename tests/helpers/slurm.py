@@ -4,8 +4,10 @@ accounting off (no slurmdbd: `sacct` fails, as on many small clusters). `.ci/run
 where they are missing or the daemons cannot start, `Cluster.start` says why and the test skips."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -19,6 +21,28 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _processes() -> dict[int, str]:
+    out = subprocess.run(["ps", "-eo", "pid=,comm="], capture_output=True, text=True).stdout
+    return {int(pid): comm for pid, _, comm in (line.strip().partition(" ") for line in out.splitlines())}
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    parent = {int(a): int(b) for a, b in (line.split() for line in out.splitlines())}
+    found, grew = set(roots), True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in found} - found
+        found, grew = found | more, bool(more)
+    return found
 
 
 def _memory_mb() -> int:
@@ -112,9 +136,15 @@ class Cluster:
         raise RuntimeError(f"{what} did not start; {log}:\n{tail}")
 
     def stop(self) -> None:
+        """Cancel every job and wait for them to end, stop the daemons, then kill what a job left (slurmstepd
+        ignores SIGTERM, and a job outliving the test would take CI's cores)."""
         if hasattr(self, "_stopping"):
             self._stopping.set()
-        self.run("scancel", "--user=root")
+        if self.procs:
+            self.run("scancel", f"--user={os.getuid()}")
+            end = time.monotonic() + 30
+            while time.monotonic() < end and self.run("squeue", "--noheader").stdout.strip():
+                time.sleep(1)
         for p in reversed(self.procs):
             p.terminate()
         for p in reversed(self.procs):
@@ -123,6 +153,10 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.kill()
         self.procs.clear()
+        ours = f"SLURM_CONF={self.env.get('SLURM_CONF')}".encode()  # slurmstepd runs with slurmd's environment
+        for pid in _descendants({pid for pid, comm in _processes().items() if comm == "slurmstepd" and ours in _environ(pid)}):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> "Cluster":
         self.start()

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ganexp.run.resume import register_resolvers, resume_config
 from tests.helpers import CONF, FAST, run_train
+from tests.helpers.rgb_data import write_all
 
 MACHINE = ("data.root", "data.download", "trainer.devices")  # where the files are, what this machine has
 
@@ -37,6 +38,8 @@ def _options() -> list[tuple[str, str]]:
 COMPANIONS = {  # what an option needs beside it to make a run at all
     ("data", "image_folder"): ["data.path=DIR"], ("data", "toy"): ["model=toy_mlp"],
     ("model", "dcgan"): ["data=mnist"], ("model", "toy_mlp"): ["data=toy"],
+    **{(g, o): ["data.root=DIR/data"] for g, o in [("data", "cifar10"), ("data", "stl10"), ("data", "celeba"),
+                                                   ("experiment", "cifar10_dcgan"), ("experiment", "cifar10_hinge_sn")]},
     ("callbacks", "toy"): ["data=toy", "model=toy_mlp"], ("callbacks", "toy_figures"): ["data=toy", "model=toy_mlp"],
     ("trainer", "gpu"): [] if torch.cuda.is_available() else ["trainer.accelerator=cpu"],
     ("trainer", "ddp"): ["trainer.accelerator=cpu", "trainer.devices=2"],
@@ -67,6 +70,8 @@ def _made(tmp_path: Path, overrides: list[str]) -> tuple[Path, dict, Path]:
     register_resolvers()
     run = tmp_path / "run"
     made = [o.replace("DIR", str(tmp_path)) for o in overrides]
+    if "data.root=DIR/data" in overrides:  # tiny files in torchvision's layouts
+        write_all(tmp_path / "data")
     stored = OmegaConf.to_container(_compose(run, made), resolve=True)  # as GANModule stores it
     return run, stored, _checkpoint(run, stored)
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -77,6 +80,41 @@ def test_a_sweep_whose_job_outlasts_its_time_limit_is_requeued_and_ends_equal_to
     assert f"| {SHORT} |" in summary and f"| {LONG} |" in summary and "all 2 jobs finished" in summary
 
 
+@pytest.mark.slow
+def test_a_cancelled_job_is_one_failed_job_of_the_sweep_and_a_rerun_resumes_it(cluster, tmp_path):
+    env = {**os.environ, **cluster.env, "OMP_NUM_THREADS": "1"}
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "train.py"), "-m", *JOB, f"trainer.max_epochs={SHORT},150",
+               "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_task=0",
+               "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5",
+               "ckpt_every=500", f"hydra.sweep.dir={sweep}"]
+    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list(sweep.glob("*max_epochs=150*/seed=*/checkpoints/last.ckpt")):  # the long job has trained
+        assert time.monotonic() < deadline and first.poll() is None, first.stdout.read() if first.poll() else ""
+        time.sleep(1)
+    array = cluster.run("squeue", "--noheader", "--array", "--format=%i").stdout.split()[0].split("_")[0]
+    assert cluster.run("scancel", f"{array}_1").returncode == 0  # job #1: trainer.max_epochs=150
+    said = first.communicate(timeout=300)[0]
+    assert first.returncode == 1, said[-3000:]
+    failed = [line for line in said.splitlines() if "ended without a result" in line]
+    assert len(failed) == 1 and "trainer.max_epochs=150" in failed[0] and "CANCELLED" in failed[0], said[-3000:]
+    assert "Traceback" not in said, said[-3000:]
+    summary = (sweep / "summary.md").read_text()
+    assert "**interrupted**: SIGTERM at iteration" in summary and "| finished |" in summary
+    stopped = json.loads(next(sweep.glob("*max_epochs=150*/seed=*/metrics.json")).read_text())
+    assert stopped["status"] == "interrupted" and stopped["signal"] == "SIGTERM"  # scancel's SIGTERM: a clean stop
+
+    short = next(sweep.glob(f"*max_epochs={SHORT}/seed=*/metrics.json"))
+    before = short.read_bytes()
+    again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert short.read_bytes() == before  # the finished job was skipped (its job log says so)
+    record = json.loads(next(sweep.glob("*max_epochs=150*/seed=*/metrics.json")).read_text())
+    assert record["status"] == "finished" and record["iteration"] == 150 * 50 and record["signal"] is None
+    assert [s["signal"] for s in record["interruptions"]] == ["SIGTERM"] and len(record["resumes"]) == 1
+
+
 class _Run:
     """What stop_on_signals needs of a module: GANModule.request_stop's contract."""
 
@@ -87,46 +125,77 @@ class _Run:
         self.interrupted = self.interrupted or name
 
 
-def test_sigusr2_stops_the_run_cleanly_and_reaches_the_handler_set_before_it_only_afterwards():
-    from ganexp.run.signals import hand_over, stop_on_signals
+def test_in_a_submitit_job_sigusr2_stops_the_run_and_reaches_submitits_handler_only_afterwards():
+    from ganexp.run.signals import hand_over, managed, stop_on_signals
 
     calls = []
     before = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))  # submitit's, in a SLURM job
     try:
+        assert managed()
         run = _Run()
         with stop_on_signals(run):
             os.kill(os.getpid(), signal.SIGUSR2)
             assert run.interrupted == "SIGUSR2" and calls == []  # the run stops after its iteration; no requeue yet
+            os.kill(os.getpid(), signal.SIGUSR2)  # SLURM may signal again: ignored, the checkpoint is under way
+            os.kill(os.getpid(), signal.SIGTERM)  # and the time limit's SIGTERM too (its SIGKILL follows anyway)
+            assert run.interrupted == "SIGUSR2" and calls == []
         hand_over("SIGUSR2")  # once last.ckpt and metrics.json are written
         assert calls == [signal.SIGUSR2]
-        run = _Run()
-        with stop_on_signals(run):
+        ended = _Run()
+        ended.attached, ended.trainer = True, SimpleNamespace(fit_loop=SimpleNamespace(done=True))
+        with stop_on_signals(ended):  # the last iteration is done: the final evaluation runs on
             os.kill(os.getpid(), signal.SIGUSR2)
-            os.kill(os.getpid(), signal.SIGUSR2)  # asked twice: the earlier handler at once
-        assert calls == [signal.SIGUSR2] * 2
+        assert ended.interrupted is None and calls == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, before)
 
 
-def test_without_a_handler_of_its_own_sigusr2_keeps_its_default():
-    from ganexp.run.signals import stop_on_signals
+def test_outside_slurm_sigusr2_stops_a_run_as_sigterm_does():
+    from ganexp.run.signals import managed, stop_on_signals
 
-    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
-    with stop_on_signals(_Run()):
-        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL  # not ganexp's: outside SLURM it ends the process
-        assert callable(signal.getsignal(signal.SIGTERM))
+    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL and not managed()
+    run = _Run()
+    with stop_on_signals(run):
+        os.kill(os.getpid(), signal.SIGUSR2)
+    assert run.interrupted == "SIGUSR2" and signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
 
 
-def test_in_a_slurm_job_lightnings_own_requeue_is_off(monkeypatch, cfg_factory):
-    from ganexp.run.build import build_trainer
+SLURM_JOB = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "vm"}
+
+
+@pytest.mark.parametrize("submitit", [True, False])
+def test_lightnings_own_slurm_requeue_is_off_only_in_submitits_jobs(submitit, monkeypatch, cfg_factory):
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
-                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "vm"}.items():
+    from ganexp.run.build import build_trainer
+
+    for key, value in SLURM_JOB.items():
         monkeypatch.setenv(key, value)
-    trainer = build_trainer(cfg_factory("data=toy", "model=toy_mlp", "eval=none"))
-    environment = trainer._accelerator_connector.cluster_environment  # what the signal connector reads
-    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False
+    before = signal.signal(signal.SIGUSR2, (lambda *_: None) if submitit else signal.SIG_DFL)
+    try:
+        trainer = build_trainer(cfg_factory("data=toy", "model=toy_mlp", "eval=none"))
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    environment = trainer._accelerator_connector.cluster_environment  # what Lightning's signal connector reads
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is (not submitit)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["hydra.launcher.timeout_min=30", "hydra.launcher.signal_delay_s=900"],
+     "hydra.launcher.signal_delay_s=900 is more than 600 s for timeout_min=30: submitit would take each time limit"),
+    (["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=60"],
+     "hydra.launcher.signal_delay_s=60 is not shorter than the time limit (timeout_min=1, 60 s)"),
+    (["hydra.launcher.timeout_min=240", "hydra.launcher.signal_delay_s=2881"], "is more than 2880 s for timeout_min=240"),
+])
+def test_a_signal_delay_that_submitit_would_take_for_a_preemption_is_refused(args, message):
+    from ganexp.errors import ConfigError
+    from ganexp.sweeps.launch import check_launcher
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_launcher(["-m", "hydra/launcher=slurm", *args])
+    check_launcher(["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=240", "hydra.launcher.signal_delay_s=2880"])
+    check_launcher(["-m", "hydra/launcher=slurm"])  # the defaults: 120 s before 240 min
 
 
 def test_a_local_run_on_a_machine_with_slurms_commands_keeps_its_one_line_error(tmp_path):
