@@ -3,6 +3,7 @@
     python -m ganexp.evaluate outputs/<date>/<time>            # its checkpoints/last.ckpt
     python -m ganexp.evaluate path/to/best.ckpt --n 10000
     python -m ganexp.evaluate samples.npz --data mnist          # key `images`, uint8
+    python -m ganexp.evaluate samples/ --features inception --real real.npz   # any images, in Inception features
 
 Fewer samples than the data's metrics need (min_samples in ganexp.metrics.scores' registry) is a
 one-line error naming them, for an .npz exactly as for --n.
@@ -21,16 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ganexp.config import CONF_DIR
 from ganexp.errors import ConfigError, failed, shown
 from ganexp.metrics.classifier import LABELLED
 from ganexp.data.base import quantize
-from ganexp.metrics.evaluator import Evaluator
+from ganexp.metrics.evaluator import FEATURES, Evaluator
+from ganexp.metrics.inception import FILE_NAME
 from ganexp.run.validate import machine_memory
 
 # Bytes a sample's scores take besides the sample (measured, with room): images, the classifier's features and
 # logits and the float64 copies torchmetrics keeps of them; toy points, their 256 sorted projections, the
 # reference's and the floor's.
 SCORE_BYTES = {"images": 6_000, "toy": 12_000}
+# --data: the data options of conf/data whose reference needs no more settings (a folder of images: --real)
+DATA = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml") if p.stem not in ("toy", "image_folder"))
 
 
 def images_from_npz(path: Path) -> torch.Tensor:
@@ -93,7 +98,41 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
 
 
-def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None) -> tuple[torch.Tensor, Evaluator]:
+def images_from(path: Path) -> torch.Tensor:
+    """uint8 images [N, C, H, W] of an .npz (key `images`) or a folder of images (all of one size, RGB; grey tiled)."""
+    if path.is_dir():
+        from ganexp.data.image_folder import ImageFolderDataModule, read_unit
+
+        files = ImageFolderDataModule(path=str(path), batch_size=1).files()[0]
+        if not files:
+            raise ConfigError(f"{path} holds no images")
+        images = [(read_unit(f, 3)[0] * 255).round().to(torch.uint8) for f in files]
+        if len({tuple(i.shape) for i in images}) > 1:
+            raise ConfigError(f"the images in {path} are not all of one size ({files[0].name}: "
+                              f"{list(images[0].shape)}); resize them first")
+        return torch.stack(images)
+    if path.suffix == ".npz" and path.is_file():
+        return images_from_npz(path)
+    raise ConfigError(f"no image folder or .npz file {path}")
+
+
+def datamodule_for(name: str, root: str | None):
+    """The datamodule of conf/data/<name>.yaml as a run builds it, so that samples made elsewhere meet the same
+    reference (and cached features) as a run's; `root`: where its files are."""
+    from hydra import compose, initialize_config_dir
+
+    from ganexp.config import CONF_DIR
+    from ganexp.run.build import build_datamodule, plain
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        data = plain(compose("train", overrides=[f"data={name}"]).data)
+    if root:
+        data["root"] = root
+    return build_datamodule(data)
+
+
+def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None, features: str | None = None,
+                            weights: str | None = None) -> tuple[torch.Tensor, Evaluator]:
     """Samples of a run, .ckpt or .safetensors export, and an evaluator for the data it names; --n is checked
     against this machine's memory before the data or the classifier are loaded."""
     from ganexp.run.build import build_datamodule
@@ -110,15 +149,26 @@ def samples_from_checkpoint(path: Path, n: int, seed: int, root: str | None) -> 
     datamodule = build_datamodule(data_cfg, source=path)
     if datamodule.metrics_name == "toy":
         datamodule.setup("fit")  # toy scores need the training sample's standardization
-    evaluator = Evaluator.for_datamodule(datamodule)
+    if features is None:  # the run's own feature space (an export carries no eval settings: auto)
+        stored = config.get("eval") if isinstance(config.get("eval"), dict) else {}
+        features = stored.get("features", "auto") if isinstance(stored.get("features"), str) else "auto"
+    evaluator = Evaluator.for_datamodule(datamodule, features=features, weights=weights)
     keep = (lambda chunk: quantize(chunk, datamodule.value_range)) if image else None
     return draw(generator, config, n, seed, keep=keep), evaluator
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ganexp.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("path", type=Path, help="a run folder (checkpoints/last.ckpt), a .ckpt, a .safetensors export or a .npz")
-    parser.add_argument("--data", choices=LABELLED, help="the dataset of an .npz's images")
+    parser.add_argument("path", type=Path, help="a run folder (checkpoints/last.ckpt), a .ckpt, a .safetensors export, "
+                                                "a .npz or (with --real) a folder of images")
+    parser.add_argument("--data", choices=DATA, help="the dataset of an .npz's images (its test split when labelled, "
+                        "else the images a run trains on)")
+    parser.add_argument("--real", type=Path, help="the reference images (a folder or .npz) of samples made elsewhere; "
+                                                  "scored in Inception features")
+    parser.add_argument("--features", choices=FEATURES, help="classifier (MNIST-like data), inception (the papers' "
+                        "FID); auto: the classifier where ganexp has one (default: a run's eval.features, else auto)")
+    parser.add_argument("--inception-weights", help=f"the InceptionV3 weights file (default: {FILE_NAME} in torch's hub "
+                                                    "cache, else downloaded)")
     parser.add_argument("--n", type=int, default=10_000, help="samples drawn from a checkpoint (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent sample")
     parser.add_argument("--data-root", help="where MNIST / Fashion-MNIST live (default: the run's data.root)")
@@ -129,18 +179,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n < 1:  # nothing to draw; how many the metrics need is the evaluator's check, once the data is known
             raise ConfigError(f"--n {args.n} must be a positive number of samples")
-        if args.path.suffix == ".npz":
+        if args.real:
+            if args.data:
+                raise ConfigError("give --data (a labelled dataset's test split) or --real (your own images), not both")
+            real = images_from(args.real)
+            samples = images_from(args.path)
+            evaluator = Evaluator(args.real.stem or "real", features=args.features or "auto",
+                                  weights=args.inception_weights, real=real, split=str(args.real))
+        elif args.path.suffix == ".npz":
             if not args.data:
-                raise ConfigError(f"{args.path}: say which dataset the images are from with --data {{{','.join(LABELLED)}}}")
+                raise ConfigError(f"{args.path}: say which dataset the images are from with --data {{{','.join(DATA)}}}"
+                                  " or give the real images with --real")
             if not args.path.is_file():
                 raise ConfigError(f"no file {args.path}")
-            samples, evaluator = images_from_npz(args.path), Evaluator(args.data, root=args.data_root)
+            samples = images_from_npz(args.path)
+            if args.data in LABELLED:
+                evaluator = Evaluator(args.data, root=args.data_root, features=args.features or "auto",
+                                      weights=args.inception_weights)
+            else:
+                evaluator = Evaluator.for_datamodule(datamodule_for(args.data, args.data_root),
+                                                     features=args.features or "auto", weights=args.inception_weights)
         else:
-            samples, evaluator = samples_from_checkpoint(args.path, args.n, args.seed, args.data_root)
+            samples, evaluator = samples_from_checkpoint(args.path, args.n, args.seed, args.data_root, args.features,
+                                                         args.inception_weights)
         try:
             scores = evaluator.score(samples)
         except ConfigError as err:  # too few (or wrong) samples: say where they came from
-            where = args.path if args.path.suffix == ".npz" else f"--n {args.n}"
+            where = args.path if args.path.suffix == ".npz" or args.real else f"--n {args.n}"
             raise ConfigError(f"{where}: {err}") from None
         floor = evaluator.floor(len(samples))
     except ConfigError as err:
@@ -149,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"scores": scores, "floor": floor, "protocol": protocol}))
         return 0
-    clf = protocol.get("classifier")
+    clf, inception = protocol.get("classifier"), protocol.get("inception")
     about = f", classifier {clf['sha256'][:12]} ({clf['test_accuracy']:.2%} test accuracy)" if clf else ""
+    about += f", InceptionV3 weights {inception['weights_sha256'][:12]}" if inception else ""
     print(f"# {len(samples)} samples vs {protocol['dataset']} ({protocol['split']}){about}, "
           f"{time.perf_counter() - start:.1f} s")
     for name, value in scores.items():

@@ -32,6 +32,7 @@ def description(config: dict, checkpoint: dict, record: dict) -> dict:
     data = {k: v for k, v in config["data"].items() if k not in LOCAL_KEYS}
     protocol = _typed(record.get("protocol"), dict, {})  # metrics.json is a file like any other: only known shapes
     classifier = _typed(protocol.get("classifier"), dict, {})
+    inception = _typed(protocol.get("inception"), dict, {})
     return {
         "model": {"generator": config["model"]["generator"]},
         "noise": {"prior": config["noise"]["prior"], "latent_dim": config["noise"]["latent_dim"]},
@@ -42,7 +43,8 @@ def description(config: dict, checkpoint: dict, record: dict) -> dict:
         "metrics": {"final": _scores(record.get("final")), "best": _scores(record.get("best")),
                     "monitor": _typed(record.get("monitor"), str, None),
                     "best_iteration": _typed(record.get("best_iteration"), int, None),
-                    "classifier_sha256": _typed(classifier.get("sha256"), str, None)},
+                    "classifier_sha256": _typed(classifier.get("sha256"), str, None),
+                    "inception_sha256": _typed(inception.get("weights_sha256"), str, None)},
     }
 
 

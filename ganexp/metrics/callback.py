@@ -30,8 +30,10 @@ EVAL_SEED = 1234  # the same latent sample at every evaluation, so curves move o
 
 class EvalCallback(Periodic):
     def __init__(self, dirpath: str, every: int = 1000, n: int = 2000, n_final: int = 10_000,
-                 monitor: str = "auto", batch_size: int = 1000):
+                 monitor: str = "auto", batch_size: int = 1000, features: str = "auto",
+                 inception_weights: str | None = None):
         super().__init__(every)
+        self.features, self.inception_weights = features, inception_weights
         self.dirpath, self.n, self.n_final = Path(dirpath), int(n), int(n_final)
         self.best_path = self.dirpath / "checkpoints" / "best.ckpt"
         self.monitor, self.batch_size = monitor, int(batch_size)
@@ -49,10 +51,8 @@ class EvalCallback(Periodic):
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        if getattr(pl_module.run.data, "metrics_name", None) is None:
-            log.warning("no metrics for %s (no labelled classifier); eval is off", type(pl_module.run.data).__name__)
-            return
-        self.evaluator = Evaluator.for_datamodule(pl_module.run.data, device=pl_module.device, log=log.info)
+        self.evaluator = Evaluator.for_datamodule(pl_module.run.data, device=pl_module.device, log=log.info,
+                                                  features=self.features, weights=self.inception_weights)
         if self.monitor == "auto":
             self.monitor = self.evaluator.monitor
         protocol = self.evaluator.protocol(n_eval=self.n, n_final=self.n_final, eval_every=self.every,

@@ -177,29 +177,40 @@ def load_classifier(name: str, root=None, log=print,
 
 def _cached(path: Path, name: str, unusable: tuple[str, str] | None = None) -> tuple[dict | None, str | None]:
     """(record, None) for a cached file that passes every check, else (None, what is wrong with it)."""
+    data, problem = read_bounded(path, MAX_CACHE_BYTES, "a classifier")
+    record, problem = (None, problem) if problem else load_torch(data, MAX_CACHE_BYTES, "a classifier")
+    problem = problem or _check_record(record, name)
+    if problem is None and unusable and record["sha256"] == unusable[0]:
+        problem = unusable[1]
+    return (None, problem) if problem else (record, None)
+
+
+def read_bounded(path: Path, max_bytes: int, what: str) -> tuple[bytes | None, str | None]:
+    """(the bytes of a regular file of at most max_bytes, None), else (None, what is wrong with it)."""
     try:
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO in its place must not hang us
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return None, "is not a regular file"
-            data = f.read(MAX_CACHE_BYTES + 1)
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
         return None, "does not exist"
     except OSError as err:
         return None, f"cannot be read ({err.strerror or err})"
-    if len(data) > MAX_CACHE_BYTES:
-        return None, f"is over {MAX_CACHE_BYTES >> 20} MiB, too large for a classifier"
+    if len(data) > max_bytes:
+        return None, f"is over {max_bytes >> 20} MiB, too large for {what}"
+    return data, None
+
+
+def load_torch(data: bytes, max_bytes: int, what: str):
+    """(torch.load(data, weights_only=True), None), else (None, what is wrong with it)."""
     try:  # torch.save writes an uncompressed zip; a compressed member could unpack to any size
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             unpacked = sum(member.file_size for member in archive.infolist())
-        if unpacked > MAX_CACHE_BYTES:
-            return None, f"unpacks to over {MAX_CACHE_BYTES >> 20} MiB, too large for a classifier"
-        record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, it is retrained
+        if unpacked > max_bytes:
+            return None, f"unpacks to over {max_bytes >> 20} MiB, too large for {what}"
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), None
+    except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, it is refused
         return None, f"cannot be read as a torch file ({type(err).__name__})"
-    problem = _check_record(record, name)
-    if problem is None and unusable and record["sha256"] == unusable[0]:
-        problem = unusable[1]
-    return (None, problem) if problem else (record, None)
 
 
 def _same(value, expected) -> bool:

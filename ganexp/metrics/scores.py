@@ -45,6 +45,8 @@ IMAGE_METRICS = {"fid": Metric(False, 2), "kid": Metric(False, 50), "is": Metric
                  "coverage": Metric(True, 100), "class_kl": Metric(False, 100), "precision": Metric(True, 100, SHARE),
                  "recall": Metric(True, 100, SHARE), "density": Metric(True, 100),
                  "knn_coverage": Metric(True, 100, SHARE)}
+# In Inception features (eval.features=inception) the classes are ImageNet's 1008: no coverage, no class_kl.
+INCEPTION_METRICS = tuple(m for m in IMAGE_METRICS if m not in ("coverage", "class_kl"))
 TOY_METRICS = {"swd": Metric(False, 100), "modes": Metric(True, 250), "hq": Metric(True, 100, SHARE),
                "residual": Metric(False, 10)}
 METRICS = {**IMAGE_METRICS, **TOY_METRICS}
@@ -155,26 +157,25 @@ def density_coverage(real: Tensor, fake: Tensor, k: int = 3, chunk: int = 1024) 
     return float(held.float().mean() / k), float((nearest_fake <= radii).float().mean())
 
 
-def image_scores(real_features: Tensor, real_logits: Tensor, fake_features: Tensor, fake_logits: Tensor,
-                 pr_samples: int = 5000) -> dict[str, float]:
-    """Every image metric from the classifier's features and logits of real and generated images. The
-    distances (fid, kid, class_kl) are reported clamped at 0: KID is an unbiased estimate that scatters around
-    ~0 for a perfect generator, and FID's matrix square root can round below 0."""
-    n_classes = real_logits.shape[1]
+def image_scores(real_features: Tensor, real_logits: Tensor | None, fake_features: Tensor, fake_logits: Tensor,
+                 pr_samples: int = 5000, kid_subsets: int = 50) -> dict[str, float]:
+    """Every image metric from the classifier's features and logits of real and generated images (real_logits
+    None: Inception's, whose 1008 classes give no coverage or class_kl). The distances (fid, kid, class_kl) are
+    reported clamped at 0: KID is an unbiased estimate that scatters around ~0 for a perfect generator, and FID's
+    matrix square root can round below 0."""
     m = min(pr_samples, len(real_features), len(fake_features))  # k-NN manifolds on equal counts
     precision, recall = precision_recall(real_features[:m], fake_features[:m])
     density, knn_coverage = density_coverage(real_features[:m], fake_features[:m])
-    return {
+    scores = {
         "fid": max(0.0, fid(real_features, fake_features)),
-        "kid": max(0.0, kid(real_features, fake_features)),
+        "kid": max(0.0, kid(real_features, fake_features, subsets=kid_subsets)),
         "is": inception_score(fake_logits),
-        "coverage": coverage(fake_logits.argmax(1), n_classes),
-        "class_kl": max(0.0, class_kl(fake_logits.argmax(1), real_logits.argmax(1), n_classes)),
-        "precision": precision,
-        "recall": recall,
-        "density": density,
-        "knn_coverage": knn_coverage,
     }
+    if real_logits is not None:
+        n_classes = real_logits.shape[1]
+        scores["coverage"] = coverage(fake_logits.argmax(1), n_classes)
+        scores["class_kl"] = max(0.0, class_kl(fake_logits.argmax(1), real_logits.argmax(1), n_classes))
+    return {**scores, "precision": precision, "recall": recall, "density": density, "knn_coverage": knn_coverage}
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, n_projections: int = 256, seed: int = 0) -> float:

@@ -57,7 +57,7 @@ def build_cheap_parts(cfg: DictConfig) -> dict[str, Any]:
     config = {k: plain(cfg[k]) for k in ("model", "data", "loss", "optimizer", "noise")}  # paths resolve only in a run
     with torch.device("meta"):
         parts = build_parts(config)
-    build_datamodule(config["data"])  # its constructor only: setup() reads the data
+    parts["data"] = build_datamodule(config["data"])  # its constructor only: setup() reads the data
     trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=False).items() if k != "default_root_dir"}
     trainer = OmegaConf.to_container(OmegaConf.create(trainer), resolve=True)
     quiet = logging.getLogger("pytorch_lightning")

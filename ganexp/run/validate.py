@@ -64,11 +64,7 @@ def check_config(cfg: DictConfig) -> None:
             number(key, value, kind, ok, allowed)
     flag("reuse_fake", OmegaConf.select(cfg, "reuse_fake", default=False))
     shape = list(cfg.data.shape)
-    monitor = OmegaConf.select(cfg, "eval.monitor", default="auto")
-    allowed = list(TOY_METRICS if len(shape) == 1 else IMAGE_METRICS)
-    if monitor != "auto" and monitor not in allowed:
-        raise ConfigError(f"eval.monitor={monitor} is not a metric of this data; choose auto or one of {', '.join(allowed)}")
-    need = min_samples(allowed)  # the metric registry's minimum for this data's scores
+    need = min_samples(TOY_METRICS if len(shape) == 1 else IMAGE_METRICS)  # the registry's minimum for this data
     for key in ("eval.n", "eval.n_final"):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
@@ -89,8 +85,27 @@ def check_config(cfg: DictConfig) -> None:
                               f"the run folder: give a name without '/' (or \"\" for the run folder itself)")
     _check_max_time(cfg)
     parts = build_cheap_parts(cfg)
+    _check_eval(cfg, getattr(parts["data"], "metrics_name", None))
     _check_memory(cfg, parts)
     _check_batches(cfg)
+
+
+def _check_eval(cfg: DictConfig, dataset: str | None) -> None:
+    """eval.features for this data, eval.monitor among its metrics, and Inception's weights (a download, or the one
+    line saying where to put them) before any folder is made."""
+    from ganexp.metrics.evaluator import feature_space, metrics_of
+    from ganexp.metrics.inception import load_inception
+    from ganexp.metrics.scores import TOY_METRICS
+
+    if OmegaConf.select(cfg, "eval._target_", default=None) is None:  # eval=none
+        return
+    space = feature_space(OmegaConf.select(cfg, "eval.features", default="auto"), dataset)
+    allowed = list(TOY_METRICS) if space == "toy" else metrics_of(space)
+    monitor = OmegaConf.select(cfg, "eval.monitor", default="auto")
+    if monitor != "auto" and monitor not in allowed:
+        raise ConfigError(f"eval.monitor={monitor} is not a metric of this data; choose auto or one of {', '.join(allowed)}")
+    if space == "inception":
+        load_inception(OmegaConf.select(cfg, "eval.inception_weights", default=None))
 
 
 def _check_batches(cfg: DictConfig) -> None:

@@ -49,6 +49,8 @@ BAD_INPUTS = [
     (["data=image_folder"], ["data=image_folder needs data.path"]),
     (["eval.monitor=fdi"], ["eval.monitor=fdi is not a metric of this data", "fid"]),
     (["data=toy", "model=toy_mlp", "eval.monitor=fid"], ["eval.monitor=fid is not a metric", "swd"]),
+    (["eval.features=banana"], ["eval.features=banana is not one of", "auto, classifier, inception"]),
+    (["data=toy", "model=toy_mlp", "eval.features=inception"], ["eval.features=inception is for images"]),
     (["eval.n=5"], ["eval.n=5 is out of range", ">= 100"]),
     (["data=toy", "model=toy_mlp", "eval.n=200"], ["eval.n=200 is out of range", ">= 250"]),
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0 is out of range"]),
