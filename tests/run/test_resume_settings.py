@@ -36,9 +36,9 @@ def _options() -> list[tuple[str, str]]:
 
 
 COMPANIONS = {  # what an option needs beside it to make a run at all
-    ("data", "image_folder"): ["data.path=DIR"], ("data", "toy"): ["model=toy_mlp"],
+    ("data", "image_folder"): ["data.path=DIR", "eval=none"],  # eval=none: their metrics need Inception's weights ("data", "toy"): ["model=toy_mlp"],
     ("model", "dcgan"): ["data=mnist"], ("model", "toy_mlp"): ["data=toy"],
-    **{(g, o): ["data.root=DIR/data"] for g, o in [("data", "cifar10"), ("data", "stl10"), ("data", "celeba"),
+    **{(g, o): ["data.root=DIR/data", "eval=none"] for g, o in [("data", "cifar10"), ("data", "stl10"), ("data", "celeba"),
                                                    ("experiment", "cifar10_dcgan"), ("experiment", "cifar10_hinge_sn")]},
     ("callbacks", "toy"): ["data=toy", "model=toy_mlp"], ("callbacks", "toy_figures"): ["data=toy", "model=toy_mlp"],
     ("trainer", "gpu"): [] if torch.cuda.is_available() else ["trainer.accelerator=cpu"],
