@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - numpy 1
     from numpy.core.multiarray import _reconstruct
 
 from ganexp.data.rgb import TorchvisionFolder, damaged, resized
+from ganexp.errors import shown
 
 PY, BIN = "cifar-10-batches-py", "cifar-10-batches-bin"
 FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -31,19 +32,57 @@ PER_BATCH = 10_000    # images in each batch file
 PIXELS = 3 * 32 * 32  # one image: the red plane, then green, then blue, each row by row
 CLASSES = 10
 MAX_PICKLE_BYTES = 32 * 2**20  # a batch pickle is 31.0 MB (30.7 MB of pixels, names, labels): no more is read
-# The only globals a CIFAR-10 pickle names (numpy's array reconstruction); anything else is refused.
-ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.multiarray", "_reconstruct"):
-           _reconstruct, ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+MAX_ITEMS = PER_BATCH * PIXELS  # the most pixels one batch holds
 
 
-class ArraysOnly(pickle.Unpickler):
-    """An unpickler that builds plain containers and numpy arrays, nothing that could run code."""
+def _array(cls, shape, typecode):
+    """numpy's `_reconstruct` as a pickle of an array calls it: an empty uint8 array that BUILD then fills."""
+    if cls is not np.ndarray or tuple(shape) != (0,) or typecode not in ("b", b"b"):
+        raise pickle.UnpicklingError(f"it builds an array from {shape!r:.40} {typecode!r:.20}, not as numpy pickles one")
+    return _reconstruct(np.ndarray, (0,), b"b")
+
+
+def _dtype(name, align=False, copy=True):
+    if name != "u1":
+        raise pickle.UnpicklingError(f"it holds an array of {name!r:.20}, not of uint8 (u1)")
+    return np.dtype("u1")
+
+
+# The only globals a CIFAR-10 pickle names (numpy's array reconstruction), each able to build only what those
+# files hold; anything else is refused.
+ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _array, ("numpy._core.multiarray", "_reconstruct"): _array,
+           ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _dtype}
+
+
+class ArraysOnly(pickle._Unpickler):
+    """An unpickler that builds plain containers and uint8 numpy arrays, nothing that could run code, and no
+    array larger than a batch: Python's own implementation, whose BUILD step (an array's shape, dtype and bytes)
+    is checked before numpy sees it."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str):
         if (module, name) in ALLOWED:
             return ALLOWED[module, name]
-        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds (a pickle that "
-                                     "would run code?)")
+        raise pickle.UnpicklingError(f"it asks for {shown(module, 60)}.{shown(name, 60)}, which a CIFAR-10 batch never "
+                                     "holds (a pickle that would run code?)")
+
+    def load_build(self) -> None:
+        state, target = self.stack[-1], self.stack[-2]
+        if isinstance(target, np.dtype):  # a dtype's state: no sub-array, no fields (they could size anything)
+            ok = isinstance(state, tuple) and len(state) >= 5 and state[2:5] == (None, None, None)
+        elif isinstance(target, np.ndarray):  # (version, shape, dtype, fortran, bytes): uint8, its bytes all there
+            ok = (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple) and len(state[1]) <= 2
+                  and all(type(n) is int and 0 <= n <= MAX_ITEMS for n in state[1]) and state[2] == np.uint8
+                  and isinstance(state[4], (bytes, str)) and len(state[4]) == int(np.prod(state[1], dtype=np.int64))
+                  and len(state[4]) <= MAX_ITEMS)
+        else:
+            ok = False
+        if not ok:
+            raise pickle.UnpicklingError(f"it sets a {type(target).__name__} to what no CIFAR-10 batch holds")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def read_pickle(file: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -56,8 +95,10 @@ def read_pickle(file: Path) -> tuple[np.ndarray, np.ndarray]:
         raw = f.read(MAX_PICKLE_BYTES + 1)
     try:  # untrusted bytes: whatever the unpickler raises means the file is not a batch
         batch = ArraysOnly(io.BytesIO(raw), encoding="latin1").load()  # as torchvision (Python 2 files)
+    except EOFError:
+        raise damaged(file, "is truncated: its pickle ends before its data does", "CIFAR-10") from None
     except Exception as err:  # noqa: BLE001
-        raise damaged(file, f"is not a CIFAR-10 batch: {type(err).__name__}: {str(err)[:200]}", "CIFAR-10") from None
+        raise damaged(file, f"is not a CIFAR-10 batch: {type(err).__name__}: {shown(str(err), 200)}", "CIFAR-10") from None
     if not isinstance(batch, dict):
         raise damaged(file, f"holds a {type(batch).__name__}, not a CIFAR-10 batch's dict", "CIFAR-10")
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -65,7 +106,7 @@ def read_pickle(file: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
         what = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
         raise damaged(file, f"holds data of {what}, not uint8 [N, {PIXELS}]", "CIFAR-10")
-    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+    if not isinstance(labels, list) or not all(type(v) is int and abs(v) < 2**31 for v in labels):
         raise damaged(file, "holds no list of integer labels", "CIFAR-10")
     return data, np.asarray(labels, dtype=np.int64)
 

@@ -81,8 +81,13 @@ def test_a_cifar10_pickle_that_would_run_code_is_refused_in_one_line_and_runs_no
     assert not list(tmp_path.rglob("PWNED"))
 
 
+# 77 bytes that ask numpy for an array of 300 million objects (2.4 GB) before anything could check it
+BOMB = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01J" + (300_000_000).to_bytes(4, "little")
+        + b"\x85q\x02U\x01Oq\x03\x87q\x04Rq\x05.")
+
+
 @pytest.mark.parametrize("damage, problem", [
-    (lambda f: f.write_bytes(f.read_bytes()[:5000]), "is not a CIFAR-10 batch: UnpicklingError: pickle data"),
+    (lambda f: f.write_bytes(f.read_bytes()[:5000]), "is truncated: its pickle ends before its data does"),
     (lambda f: f.write_bytes(b""), "is empty (0 bytes)"),
     (lambda f: f.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]})),
      "holds label 10; labels are 0..9"),
@@ -92,7 +97,12 @@ def test_a_cifar10_pickle_that_would_run_code_is_refused_in_one_line_and_runs_no
      "holds 3 images and 4 labels; a batch holds as many labels as images, at most 10000"),
     (lambda f: f.write_bytes(pickle.dumps([1, 2])), "holds a list, not a CIFAR-10 batch's dict"),
     (lambda f: f.write_bytes(bytes(32 * 2**20 + 1)), f"is {32 * 2**20 + 1} bytes, more than a CIFAR-10 batch"),
-], ids=["truncated", "empty", "label", "shape", "count", "list", "huge"])
+    (lambda f: f.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [2**70, 0, 0, 0]})),
+     "holds no list of integer labels"),
+    (lambda f: f.write_bytes(BOMB), "is not a CIFAR-10 batch: UnpicklingError: it builds an array from (300000000,)"),
+    (lambda f: f.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4})),
+     "is not a CIFAR-10 batch: UnpicklingError: it holds an array of 'f4'"),
+], ids=["truncated", "empty", "label", "shape", "count", "list", "huge", "huge-label", "bomb", "float"])
 def test_a_damaged_cifar10_batch_is_one_line_naming_it(tmp_path, damage, problem):
     file = write_cifar(tmp_path) / "data_batch_2"
     damage(file)
