@@ -63,8 +63,9 @@ def images_from_npz(path: Path) -> torch.Tensor:
         images = images[:, None]
     elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = images.transpose(0, 3, 1, 2)
-    if images.ndim != 4:
-        raise ConfigError(f"{path}: images are {list(images.shape)}-shaped; expected [N, H, W] or [N, C, H, W]")
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(f"{path}: images are {list(images.shape)}-shaped; expected [N, H, W] or [N, C, H, W] "
+                          "with C = 1 (grey) or 3 (RGB), or [N, H, W, C]")
     return torch.from_numpy(np.ascontiguousarray(images))
 
 

@@ -45,6 +45,8 @@ class CelebADataModule(TorchvisionFolder):
     def files(self) -> list[Path]:
         """The split's images, in the partition file's order."""
         listing = self.required()[0]
+        if not listing.is_file():  # a folder, or a FIFO (reading it would wait forever)
+            raise damaged(listing, "is not a regular file", self.title)
         if (size := listing.stat().st_size) > MAX_LIST_BYTES:
             raise damaged(listing, f"is {size} bytes, more than CelebA's partition list ({MAX_LIST_BYTES} at most)",
                           self.title)
@@ -63,7 +65,9 @@ class CelebADataModule(TorchvisionFolder):
 
     def check(self) -> None:
         files = self.files()
-        there = {p.name for p in self.images.iterdir()}
+        if not self.images.is_dir():
+            raise damaged(self.images, "is not a folder of images", self.title)
+        there = {p.name for p in self.images.iterdir() if p.is_file()}  # no FIFO (decoding it would wait forever)
         if missing := [p for p in files if p.name not in there]:
             raise ConfigError(f"{self.images} lacks {len(missing)} of the {len(files)} images of CelebA's {self.split} "
                               f"split ({missing[0].name} first); copy the whole img_align_celeba folder there")

@@ -78,11 +78,15 @@ class Evaluator:
             if real is None:
                 real, _ = load_split(dataset, train=False, root=root)
                 split = "test"
+            subset = None
             if len(real) > MAX_REAL:  # a paper's reference count; the same seeded subset every time
+                subset = f"{MAX_REAL} of {len(real)}, torch.randperm with seed 0"
                 real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:MAX_REAL]]
             self.shape, self.inception = tuple(real.shape[1:]), load_inception(weights)
             self.real_features, self.real_logits, data_sha256 = self.inception.reference(real, self.device, log)
-            self.info = {"dataset": dataset, "split": split, "n_real": len(real), "features": "inception",
+            # what makes two numbers comparable: the images' size (data.size, CelebA's crop) and the very images
+            self.info = {"dataset": dataset, "split": split, "n_real": len(real), "reference_subset": subset,
+                         "images": list(self.shape), "reference_sha256": data_sha256, "features": "inception",
                          "inception": self.inception.protocol(),
                          "kid": f"{KID_SUBSETS} subsets of min(1000, n) (torch-fidelity's)"}
             self.key = f"inception-{self.inception.sha256[:16]}-{data_sha256[:16]}"

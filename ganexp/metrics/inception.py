@@ -27,6 +27,7 @@ FILE_NAME = "weights-inception-2015-12-05-6726825d.pth"
 URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{FILE_NAME}"
 HASH_PREFIX = "6726825d"
 MAX_WEIGHTS_BYTES = 256 << 20  # the file is 91 MiB
+MAX_PARAMETERS = 40_000_000  # InceptionV3 has ~24 million
 MAX_REAL = 50_000  # reference images (CIFAR-10's train split); cached: 2048 + 1008 float32 each, 611 MB at most
 MAX_REFERENCE_BYTES = MAX_REAL * (2048 + 1008) * 4 + (1 << 20)
 RECORD = ("features", "logits", "data_sha256", "weights_sha256", "sha256")
@@ -85,8 +86,10 @@ class Inception:
                        "(a damaged download? delete it)")
         state, problem = (None, problem) if problem else load_torch(data, MAX_WEIGHTS_BYTES, "InceptionV3 weights")
         if problem is None and not (isinstance(state, dict) and all(
-                isinstance(v, Tensor) and v.layout == torch.strided for v in state.values())):
-            problem = "is not a state_dict of (dense) tensors"
+                isinstance(v, Tensor) and v.layout == torch.strided and v.is_contiguous() for v in state.values())):
+            problem = "is not a state_dict of (dense, contiguous) tensors"  # an expanded one is any size on 1 number
+        if problem is None and sum(v.numel() for v in state.values()) > MAX_PARAMETERS:
+            problem = f"holds more than {MAX_PARAMETERS:,} numbers, more than InceptionV3's weights"
         if problem is None and not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
             problem = "holds non-finite weights"
         if problem is None:
@@ -97,7 +100,12 @@ class Inception:
                 self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                          feature_extractor_weights_path=clean)
             except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen keys
-                problem = f"holds weights of another model ({str(err).splitlines()[0][:120]})"
+                problem = f"holds weights of another model ({shown(str(err).splitlines()[0], 120)})"
+            else:  # load_state_dict casts silently: int64 "weights" would load as floats
+                model_state = self.model.state_dict()
+                if wrong := next((k for k, v in state.items() if k in model_state and v.dtype != model_state[k].dtype),
+                                 None):
+                    problem = f"holds {shown(wrong, 60)} as {state[wrong].dtype}, not {model_state[wrong].dtype}"
         if problem:
             raise unavailable(f"{path} {problem}")
         self.path = path

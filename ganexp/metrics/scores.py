@@ -149,12 +149,13 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
 
 def density_coverage(real: Tensor, fake: Tensor, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
     """Naeem et al. 2020: density = the mean number of real k-NN balls holding a fake, over k; coverage = the share
-    of real points whose ball holds at least one fake (the radii precision uses)."""
+    of real points whose ball holds at least one fake (the radii precision uses; strictly inside, as `prdc` counts:
+    a fake on a ball's edge, or a copy of a real point whose radius is 0, is not inside)."""
     real, fake = real.float(), fake.float()
     radii = _kth_neighbour_radii(real, k)
-    held = torch.cat([(torch.cdist(c, real) <= radii[None]).sum(1) for c in fake.split(chunk)])
+    held = torch.cat([(torch.cdist(c, real) < radii[None]).sum(1) for c in fake.split(chunk)])  # strictly, as prdc
     nearest_fake = torch.cat([torch.cdist(c, fake).min(1).values for c in real.split(chunk)])
-    return float(held.float().mean() / k), float((nearest_fake <= radii).float().mean())
+    return float(held.float().mean() / k), float((nearest_fake < radii).float().mean())
 
 
 def image_scores(real_features: Tensor, real_logits: Tensor | None, fake_features: Tensor, fake_logits: Tensor,

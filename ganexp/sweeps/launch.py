@@ -85,16 +85,17 @@ def check_launcher(args: list[str]) -> None:
 
 
 def _check_signal_delay(args: list[str]) -> None:
-    """submitit takes SIGUSR2 for a time limit only after min(80 %, all but 10 min) of the time: a notice earlier
-    than that is a "preemption", which is requeued without limit, so every time limit would be requeued forever."""
-    given = dict(a.split("=", 1) for a in args if a.startswith("hydra.launcher.") and "=" in a)
+    """submitit takes SIGUSR2 for a time limit only after min(80 %, all but 10 min) of the time, counted from its
+    own start: a notice earlier than that is a "preemption", which is requeued without limit, so every time limit
+    would be requeued forever. slurmctld may send it up to a minute early, and start-up takes a while: 2 min spare."""
+    given = dict(a.lstrip("+").split("=", 1) for a in args if a.lstrip("+").startswith("hydra.launcher.") and "=" in a)
     defaults = OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "slurm.yaml")
     try:
         timeout = int(given.get("hydra.launcher.timeout_min", defaults.timeout_min))
         delay = int(given.get("hydra.launcher.signal_delay_s", defaults.signal_delay_s))
     except ValueError:
         return  # not a number: Hydra's own check of the launcher's config says so
-    most = min(max(0.2 * timeout * 60, 600), timeout * 60 - 1)
+    most = min(max(0.2 * timeout * 60, 600) - 120, timeout * 60 - 1)
     if delay >= timeout * 60:
         raise ConfigError(f"hydra.launcher.signal_delay_s={delay} is not shorter than the time limit "
                           f"(timeout_min={timeout}, {timeout * 60} s): the notice would come as the job starts; "
@@ -102,7 +103,8 @@ def _check_signal_delay(args: list[str]) -> None:
     if delay > most:
         raise ConfigError(f"hydra.launcher.signal_delay_s={delay} is more than {most:.0f} s for timeout_min={timeout}: "
                           "submitit would take each time limit for a preemption and requeue the job forever; use "
-                          f"at most max(20 % of the time limit, 600 s), e.g. hydra.launcher.signal_delay_s={min(120, int(most))}")
+                          f"at most max(20 % of the time limit, 600 s) less 120 s, e.g. "
+                          f"hydra.launcher.signal_delay_s={min(120, int(most))}")
 
 
 def lock_free_gpu(count: int, folder: Path = GPU_LOCKS, poll_s: float = 1.0) -> tuple[int, object]:

@@ -11,6 +11,7 @@ does, then submitit requeues it and the next attempt resumes from its last.ckpt)
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import subprocess
@@ -21,8 +22,12 @@ import submitit
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from submitit.slurm.slurm import SlurmInfoWatcher
+
+from ganexp.errors import ConfigError
+from ganexp.io import writes
+from ganexp.io.results import read_metrics, update_metrics
 
 log = logging.getLogger("ganexp")
 SQUEUE_FIELDS = "JobID|State|NodeList"  # sacct's header, which submitit's reader expects
@@ -93,16 +98,39 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         watcher.register_job(job.job_id)
     log.info("submitted SLURM job array %s; waiting for its jobs (squeue shows them; each job's log is in %s)",
              jobs[0].job_id.split("_")[0], Path(folder).parent)
-    return [_result(job, overrides) for job, overrides in zip(jobs, job_overrides)]
+    return [_result(launcher, job, overrides) for job, overrides in zip(jobs, job_overrides)]
 
 
-def _result(job: Any, overrides: Sequence[str]) -> JobReturn:
+def _result(launcher, job: Any, overrides: Sequence[str]) -> JobReturn:
     """The job's return; a job that ended without one (a node failure, scancel, its retries used up) is said in
-    one line and returned as a trial with no value, as a failed job is (ganexp/cli.py), so the sweep goes on."""
+    one line, recorded `failed` in its folder (made if it never started) so the sweep's summary counts it, and
+    returned as a trial with no value, as a failed job is (ganexp/cli.py), so the sweep goes on."""
     try:
         return job.results()[0]
     except Exception:  # noqa: BLE001 - submitit's UncompletedJobError, or the job's own error, pickled
-        log.error("SLURM job %s (%s) ended without a result (state %s); its log: %s", job.job_id,
-                  " ".join(filter_overrides(overrides)), job.watcher.get_state(job.job_id, mode="cache"),
-                  job.paths.stdout)
+        state = job.watcher.get_state(job.job_id, mode="cache")
+        log_file = Path(job.paths.stdout)
+        said = f"its log: {log_file}" if log_file.is_file() else "it never started"
+        reason = f"SLURM job {job.job_id} ended without a result (state {state}); {said}"
+        log.error("%s (%s)", reason, " ".join(filter_overrides(overrides)))
+        try:
+            _record_lost(launcher, overrides, reason)
+        except (ConfigError, OSError) as err:  # an unreadable record, a refused link: said, the sweep goes on
+            log.error("cannot record it in its folder: %s", err)
         return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+
+
+def _record_lost(launcher, overrides: Sequence[str], reason: str) -> None:
+    """metrics.json `failed` with the reason, unless the job recorded how it ended (interrupted, diverged, ...)."""
+    cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+    if read_metrics(folder).get("status") not in (None, "running"):
+        return
+    writes.make_dirs(folder / ".hydra")
+    if not (folder / ".hydra" / "overrides.yaml").is_file():  # a job folder to the summary, as Hydra writes it
+        task = copy.deepcopy(cfg)
+        with open_dict(task):
+            del task["hydra"]
+        writes.replace_text(folder / ".hydra" / "config.yaml", OmegaConf.to_yaml(task))
+        writes.replace_text(folder / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    update_metrics(folder, status="failed", reason=reason)

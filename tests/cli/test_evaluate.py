@@ -105,11 +105,14 @@ def test_evaluate_a_run_folder_and_the_same_samples_as_npz(run, tmp_path):
     (["{truncated}"], "cannot read checkpoint"),
     (["{missing}"], "no checkpoint at"),
     (["{npz}", "--data", "mnist", "--data-root", "{empty}"], "MNIST not found: missing"),
+    (["{two}", "--data", "digits"], "images are [20, 2, 8, 8]-shaped; expected [N, H, W] or [N, C, H, W] with C = 1"),
 ])
 def test_evaluate_bad_input_is_one_line(run, tmp_path, args, message):
     out, _ = run
     files = {"npz": tmp_path / "ok.npz", "bad_key": tmp_path / "k.npz", "floats": tmp_path / "f.npz",
-             "truncated": tmp_path / "t.ckpt", "missing": tmp_path / "nothing", "empty": tmp_path / "empty"}
+             "truncated": tmp_path / "t.ckpt", "missing": tmp_path / "nothing", "empty": tmp_path / "empty",
+             "two": tmp_path / "two.npz"}
+    np.savez(files["two"], images=np.zeros((20, 2, 8, 8), np.uint8))  # two channels: neither grey nor RGB
     np.savez(files["npz"], images=np.zeros((20, 8, 8), np.uint8))
     np.savez(files["bad_key"], pixels=np.zeros((20, 8, 8), np.uint8))
     np.savez(files["floats"], images=np.zeros((20, 8, 8), np.float32))

@@ -285,3 +285,30 @@ def test_the_cifar10_experiments_compose_with_the_papers_settings(tmp_path, expe
                 cfg.model.discriminator.spectral_norm, cfg.model.discriminator.batch_norm)
     assert settings == {"cifar10_dcgan": ("nonsaturating", [0.5, 0.999], 128, 1, 100, False, True),
                         "cifar10_hinge_sn": ("hinge", [0.0, 0.9], 64, 5, 100, True, False)}[experiment]
+
+
+@pytest.mark.parametrize("case", ["fifo-list", "fifo-image", "list-is-a-folder", "images-is-a-file"])
+def test_celeba_files_that_are_not_files_are_one_line_and_never_wait(tmp_path, case):
+    import shutil
+
+    write_celeba(tmp_path)
+    folder = tmp_path / "celeba"
+    listing, images = folder / "list_eval_partition.txt", folder / "img_align_celeba"
+    if case == "fifo-list":
+        listing.unlink()
+        os.mkfifo(listing)
+    elif case == "fifo-image":
+        first = sorted(images.iterdir())[0]
+        first.unlink()
+        os.mkfifo(first)
+    elif case == "list-is-a-folder":
+        listing.unlink()
+        listing.mkdir()
+    else:
+        shutil.rmtree(images)
+        images.write_bytes(b"not a folder")
+    with pytest.raises(ConfigError) as err:
+        CelebADataModule(root=str(tmp_path), download=False, batch_size=4)
+    assert len(str(err.value).splitlines()) == 1
+    assert ("is not a regular file" in str(err.value) if "list" in case else
+            "lacks 1 of" in str(err.value) if case == "fifo-image" else "is not a folder of images" in str(err.value))

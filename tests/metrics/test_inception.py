@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def test_evaluate_cli_scores_a_folder_as_torchmetrics_own_inception_fid_does(wei
     assert protocol["inception"]["published_weights"] is False
     assert "299" in protocol["inception"]["resize"] and "FeatureExtractorInceptionV3" in protocol["inception"]["extractor"]
     assert (protocol["split"], protocol["n_real"], protocol["n"], protocol["features"]) == (str(real), N, N, "inception")
+    assert protocol["images"][0] == 3 and protocol["reference_subset"] is None and len(protocol["reference_sha256"]) == 64
 
 
 def test_reference_features_are_cached_and_a_damaged_cache_is_recomputed(weights, evaluator):
@@ -167,6 +169,8 @@ def test_a_wrong_hash_file_in_the_hub_cache_is_refused_in_one_line_before_any_fo
     ({"fc.weight": torch.zeros(3, 3)}, "holds weights of another model"),
     ({"fc.weight": torch.full((2,), float("nan"))}, "holds non-finite weights"),
     (b"\x80\x04 not a torch file", "cannot be read as a torch file"),
+    ({"fc.weight": torch.zeros(1).expand(2**40)}, "is not a state_dict of (dense, contiguous) tensors"),  # 4 TiB
+    ({"w": torch.zeros(41_000_000, dtype=torch.uint8)}, "holds more than 40,000,000 numbers"),
 ])
 def test_weights_that_are_not_inceptions_are_refused_in_one_line(tmp_path, content, problem):
     path = tmp_path / "mine.pth"
@@ -174,3 +178,13 @@ def test_weights_that_are_not_inceptions_are_refused_in_one_line(tmp_path, conte
     with pytest.raises(ConfigError) as err:
         inception.Inception(path)
     assert f"{path} {problem}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_weights_of_the_right_names_and_shapes_but_another_dtype_are_refused(weights, tmp_path):
+    state = torch.load(weights, weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].to(torch.float64)
+    path = tmp_path / "double.pth"
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=re.escape(f"{path} holds {key} as torch.float64, not torch.float32")):
+        inception.Inception(path)

@@ -87,6 +87,8 @@ def test_density_and_knn_coverage_equal_their_hand_computed_values():
     assert density_coverage(real, fake, k=1) == (pytest.approx(3 / 3), 0.75)
     # k=2 radii 3, 2, 3, 6: 0.5 in the balls of 0, 1 and 3, 5.5 in 3's and 7's; every real ball holds a fake
     assert density_coverage(real, fake, k=2) == (pytest.approx(5 / 6), 1.0)
+    # a tie, as the review found it (fake 3 on the edges of the balls of 0 and 1): k=3 radii 3, 2, 2, 3, 9
+    assert density_coverage(line(0, 1, 2, 3, 10), line(3, 20, 30, 40, 50), k=3) == pytest.approx((0.2, 0.6))
     same = gaussian(300, [0.0, 0.0], [1.0, 1.0], seed=1)
     assert density_coverage(same, same.clone())[1] == 1.0
     assert density_coverage(same, same + 100.0) == (0.0, 0.0)

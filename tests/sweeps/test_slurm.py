@@ -84,24 +84,33 @@ def test_a_sweep_whose_job_outlasts_its_time_limit_is_requeued_and_ends_equal_to
 def test_a_cancelled_job_is_one_failed_job_of_the_sweep_and_a_rerun_resumes_it(cluster, tmp_path):
     env = {**os.environ, **cluster.env, "OMP_NUM_THREADS": "1"}
     sweep = tmp_path / "sweep"
-    command = [sys.executable, str(ROOT / "train.py"), "-m", *JOB, f"trainer.max_epochs={SHORT},150",
+    command = [sys.executable, str(ROOT / "train.py"), "-m", *JOB, f"trainer.max_epochs={SHORT},150,3",
                "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_task=0",
                "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5",
-               "ckpt_every=500", f"hydra.sweep.dir={sweep}"]
+               "hydra.launcher.array_parallelism=2", "ckpt_every=500", f"hydra.sweep.dir={sweep}"]
     first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
+    while not (listing := cluster.run("squeue", "--noheader", "--array", "--format=%i|%T").stdout.split()):
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.2)
+    array = listing[0].split("_")[0]
+    assert f"{array}_2|PENDING" in listing, listing  # job #2 waits for a slot (array_parallelism=2)
+    assert cluster.run("scancel", f"{array}_2").returncode == 0  # cancelled before it ever started
     while not list(sweep.glob("*max_epochs=150*/seed=*/checkpoints/last.ckpt")):  # the long job has trained
         assert time.monotonic() < deadline and first.poll() is None, first.stdout.read() if first.poll() else ""
         time.sleep(1)
-    array = cluster.run("squeue", "--noheader", "--array", "--format=%i").stdout.split()[0].split("_")[0]
     assert cluster.run("scancel", f"{array}_1").returncode == 0  # job #1: trainer.max_epochs=150
     said = first.communicate(timeout=300)[0]
     assert first.returncode == 1, said[-3000:]
-    failed = [line for line in said.splitlines() if "ended without a result" in line]
-    assert len(failed) == 1 and "trainer.max_epochs=150" in failed[0] and "CANCELLED" in failed[0], said[-3000:]
+    failed = [line for line in said.splitlines() if "ended without a result" in line and "[HYDRA]" in line]
+    assert len(failed) == 2, said[-3000:]
+    assert "CANCELLED" in failed[0] and "trainer.max_epochs=150" in failed[0]
+    assert "it never started" in failed[1] and "trainer.max_epochs=3" in failed[1]
     assert "Traceback" not in said, said[-3000:]
     summary = (sweep / "summary.md").read_text()
     assert "**interrupted**: SIGTERM at iteration" in summary and "| finished |" in summary
+    assert "**failed**: SLURM job" in summary and "3 jobs" in summary, summary  # the one that never ran counts
+    assert "| seed |" not in summary  # its folder holds the config Hydra would have written: seed 0 as the others
     stopped = json.loads(next(sweep.glob("*max_epochs=150*/seed=*/metrics.json")).read_text())
     assert stopped["status"] == "interrupted" and stopped["signal"] == "SIGTERM"  # scancel's SIGTERM: a clean stop
 
@@ -112,6 +121,7 @@ def test_a_cancelled_job_is_one_failed_job_of_the_sweep_and_a_rerun_resumes_it(c
     assert short.read_bytes() == before  # the finished job was skipped (its job log says so)
     record = json.loads(next(sweep.glob("*max_epochs=150*/seed=*/metrics.json")).read_text())
     assert record["status"] == "finished" and record["iteration"] == 150 * 50 and record["signal"] is None
+    assert json.loads(next(sweep.glob("*max_epochs=3/seed=*/metrics.json")).read_text())["status"] == "finished"
     assert [s["signal"] for s in record["interruptions"]] == ["SIGTERM"] and len(record["resumes"]) == 1
 
 
@@ -183,10 +193,11 @@ def test_lightnings_own_slurm_requeue_is_off_only_in_submitits_jobs(submitit, mo
 
 @pytest.mark.parametrize("args, message", [
     (["hydra.launcher.timeout_min=30", "hydra.launcher.signal_delay_s=900"],
-     "hydra.launcher.signal_delay_s=900 is more than 600 s for timeout_min=30: submitit would take each time limit"),
+     "hydra.launcher.signal_delay_s=900 is more than 480 s for timeout_min=30: submitit would take each time limit"),
+    (["++hydra.launcher.timeout_min=30", "+hydra.launcher.signal_delay_s=481"], "is more than 480 s for timeout_min=30"),
     (["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=60"],
      "hydra.launcher.signal_delay_s=60 is not shorter than the time limit (timeout_min=1, 60 s)"),
-    (["hydra.launcher.timeout_min=240", "hydra.launcher.signal_delay_s=2881"], "is more than 2880 s for timeout_min=240"),
+    (["hydra.launcher.timeout_min=240", "hydra.launcher.signal_delay_s=2761"], "is more than 2760 s for timeout_min=240"),
 ])
 def test_a_signal_delay_that_submitit_would_take_for_a_preemption_is_refused(args, message):
     from ganexp.errors import ConfigError
@@ -194,7 +205,7 @@ def test_a_signal_delay_that_submitit_would_take_for_a_preemption_is_refused(arg
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_launcher(["-m", "hydra/launcher=slurm", *args])
-    check_launcher(["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=240", "hydra.launcher.signal_delay_s=2880"])
+    check_launcher(["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=240", "hydra.launcher.signal_delay_s=2760"])
     check_launcher(["-m", "hydra/launcher=slurm"])  # the defaults: 120 s before 240 min
 
 
