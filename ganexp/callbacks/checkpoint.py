@@ -25,6 +25,8 @@ class PeriodicCheckpoint(Periodic):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if pl_module.interrupted is not None and self.ran_at != pl_module.iteration:
             self._run(trainer, pl_module)  # a signal asked to stop: this iteration is the one to keep
+        if pl_module.interrupted is not None and pl_module.stack is None:
+            trainer.should_stop = True  # saved mid-epoch: stop now (a stack stops once no member runs)
 
     def final(self, trainer: pl.Trainer, pl_module) -> None:
         if pl_module.interrupted is not None and self.ran_at == pl_module.iteration:

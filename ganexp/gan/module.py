@@ -121,6 +121,7 @@ class GANModule(pl.LightningModule):
         self.divergence: str | None = None  # ...and why, e.g. "non-finite loss at iteration 12"
         self.interrupted: str | None = None  # set by request_stop only: the signal that asked to stop
         self.stopped = False  # diverged or asked to stop: a member of a stack is then frozen, a run stops
+        self.stop_asked_at = 0  # the iteration count when a signal asked to stop (request_stop)
         self.training_started = False  # True from on_train_start: before it, a signal stops at once (signals.py)
         self.last_logged: dict[str, float] = {}  # the last logged scalars, with their "iteration"
         self.running = [True]  # per member: False once it stopped (StackedGAN: it is frozen)
@@ -384,10 +385,17 @@ class GANModule(pl.LightningModule):
         return finite
 
     def request_stop(self, signal_name: str) -> None:
-        """A signal asked the run to stop (ganexp/run/signals.py): finish this iteration, checkpoint it, stop."""
+        """A signal asked the run to stop (ganexp/run/signals.py): finish this iteration, checkpoint it, stop. The
+        trainer is stopped at the end of an iteration, once the checkpoint callback has saved it (or, without one,
+        after the next), never between two: Lightning would end its epoch there, and a resume from the checkpoint
+        written then would skip the rest of that epoch."""
         if self.interrupted is None:
-            self.interrupted = signal_name
-        self._stop()
+            self.interrupted, self.stop_asked_at = signal_name, self.iteration
+        self.stopped = True  # a stack member is frozen at once (the stack stops once none runs)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.interrupted is not None and self.iteration > self.stop_asked_at and self.attached:
+            self.trainer.should_stop = True
 
     def _diverge(self, iteration: int, what: str) -> None:
         """The one writer of `diverged_at` / `divergence`: the first cause found wins; training stops."""

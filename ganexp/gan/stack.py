@@ -154,10 +154,9 @@ class StackedGAN(GANModule):
 
     def request_stop(self, signal_name: str) -> None:
         """A signal (ganexp/run/signals.py): every member finishes this iteration, checkpoints it and stops."""
-        super().request_stop(signal_name)
+        super().request_stop(signal_name)  # the trainer stops after the members' callbacks saved this iteration
         for m in self.members:
             m.request_stop(signal_name)
-        self.trainer.should_stop = True
 
 
 # ----------------------------------------------------------------------------------------------- the data

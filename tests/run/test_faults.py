@@ -139,8 +139,16 @@ class SignalSelf:
                     time.sleep(120)  # as MNIST's metrics classifier trains on first use (minutes)
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if pl_module.iteration == int(os.environ["GANEXP_TEST_SIGNAL_AT"]):
+                if pl_module.iteration == int(os.environ["GANEXP_TEST_SIGNAL_AT"]) and not self._between():
                     os.kill(os.getpid(), getattr(signal, os.environ["GANEXP_TEST_SIGNAL"]))
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # between two iterations
+                if pl_module.iteration == int(os.environ["GANEXP_TEST_SIGNAL_AT"]) and self._between():
+                    os.kill(os.getpid(), getattr(signal, os.environ["GANEXP_TEST_SIGNAL"]))
+
+            @staticmethod
+            def _between() -> bool:
+                return os.environ.get("GANEXP_TEST_SIGNAL_BETWEEN") == "1"
         return _Signal()
 
 
@@ -205,3 +213,24 @@ def test_a_signal_checkpoints_the_iteration_marks_interrupted_and_the_resume_is_
     state = _generator_state(ckpt)
     assert all(torch.equal(state[k], reference[k]) for k in reference)
     assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_signal_between_two_iterations_stops_after_the_next_and_the_resume_is_bit_identical(tmp_path):
+    """Lightning ends its epoch when it is told to stop between two batches: a checkpoint written then would make
+    the resume skip the rest of the epoch (seen as a SLURM job ending 40 iterations short). One more runs instead."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    straight.mkdir(), stopped.mkdir()
+    assert run_train(*RESUME_ARGS, cwd=straight).returncode == 0
+    reference = _generator_state(next(straight.glob("outputs/*/*/checkpoints/last.ckpt")))
+    env = {"GANEXP_PARTS": "callback=tests.run.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL_AT": "31",
+           "GANEXP_TEST_SIGNAL": "SIGTERM", "GANEXP_TEST_SIGNAL_BETWEEN": "1"}
+    first = run_train(*RESUME_ARGS, "+callbacks.signal._target_=tests.run.test_faults.SignalSelf", cwd=stopped, env=env)
+    assert first.returncode == 143, first.stderr[-2000:]
+    ckpt = next(stopped.glob("outputs/*/*/checkpoints/last.ckpt"))
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 32  # the iteration after the signal, mid-epoch 2
+    resumed = run_train(*RESUME_ARGS, f"ckpt_path={ckpt}", cwd=stopped, env={**env, "GANEXP_TEST_SIGNAL_AT": "-1"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 66
+    state = _generator_state(ckpt)
+    assert all(torch.equal(state[k], reference[k]) for k in reference)

@@ -46,7 +46,7 @@ def _start_paused(run: Path, cwd: Path) -> subprocess.Popen:
                             env={**os.environ, **PAUSE, "GANEXP_TEST_PAUSE_AT": "5"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run / "paused").exists():
+    while not ((run / "paused").exists() and (run / "paused").read_text()):  # written, not only created
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:] if proc.stderr else ""
         time.sleep(0.05)
     return proc
