@@ -86,32 +86,15 @@ class MNISTDataModule(TensorDataModule):
         super().__init__(**kwargs)
         root = root or os.environ.get("GANEXP_DATA_DIR") or "./data"  # as conf/data/mnist.yaml says
         self.root, self.download = Path(root).expanduser(), download
-        self.check_files()  # the files already there; a missing one is downloaded at setup...
-        missing = [p for p in self.raw_files if not p.is_file() and not self._system_copy(p).is_file()]
-        if missing and not (download and reachable(self.dataset_cls.mirrors[0])):
-            raise self._not_found(missing)  # ...or refused now, before the command line makes a run folder
+        self.check_files()  # the files already there; a missing one is downloaded (or refused) at setup
 
     @property
     def raw_files(self) -> list[Path]:
         raw = self.root / self.dataset_cls.__name__ / "raw"
         return [raw / Path(name).stem for name, _ in self.dataset_cls.resources]  # names without .gz
 
-    def _system_copy(self, target: Path) -> Path:
-        """Where a system-wide copy of `target` would be (Fashion-MNIST from Debian); MNIST has none."""
-        return Path(os.devnull, target.name)
-
     def _fill_from_system(self) -> None:
-        for target in self.raw_files:
-            if not target.is_file() and self._system_copy(target).is_file():
-                self._copy_from_system(self._system_copy(target), target)
-
-    def _not_found(self, missing: list[Path]) -> ConfigError:
-        name = self.dataset_cls.__name__
-        return ConfigError(
-            f"{name} not found: missing {', '.join(str(p) for p in missing)}"
-            f"{'' if self.download else ' (data.download=false)'}, and no network to download it; "
-            f"point to a folder holding {name}/raw/ with GANEXP_DATA_DIR=/path/to/data or data.root=/path/to/data"
-        )
+        """Hook for a system-wide copy of the files (Fashion-MNIST from Debian)."""
 
     def check_files(self) -> None:
         for file in self.raw_files:
@@ -121,13 +104,18 @@ class MNISTDataModule(TensorDataModule):
     def ensure_files(self) -> None:
         self._fill_from_system()
         missing = [p for p in self.raw_files if not p.is_file()]
+        name = self.dataset_cls.__name__
         if missing and self.download and reachable(self.dataset_cls.mirrors[0]):
             self.dataset_cls(str(self.root), train=True, download=True)
             missing = []
         if not missing:
             self.check_files()
             return
-        raise self._not_found(missing)
+        raise ConfigError(
+            f"{name} not found: missing {', '.join(str(p) for p in missing)}"
+            f"{'' if self.download else ' (data.download=false)'}, and no network to download it; "
+            f"point to a folder holding {name}/raw/ with GANEXP_DATA_DIR=/path/to/data or data.root=/path/to/data"
+        )
 
     def split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images [N, 1, 28, 28] and labels of the train or test split (the metrics read both)."""
@@ -144,19 +132,19 @@ class FashionMNISTDataModule(MNISTDataModule):
     dataset_cls = torchvision.datasets.FashionMNIST
     metrics_name = "fashion_mnist"
 
-    def _system_copy(self, target: Path) -> Path:
-        return DEBIAN_FASHION_MNIST / (target.name + ".gz")
-
-    def _copy_from_system(self, source: Path, target: Path) -> None:
-        size = idx_layout(target)[3]
-        try:
-            with gzip.open(source, "rb") as src:
-                data = src.read(size + 1)  # no more than a whole file: a replaced .gz cannot fill the disk
-        except (OSError, EOFError, zlib.error) as err:
-            raise ConfigError(f"{source} cannot be decompressed ({err}); reinstall dataset-fashion-mnist "
-                              f"or copy the files into {target.parent}") from None
-        if len(data) != size:
-            got = f"more than {size}" if len(data) > size else len(data)
-            raise ConfigError(f"{source} decompresses to {got} bytes, not the {size} of {target.name}; "
-                              f"reinstall dataset-fashion-mnist or copy the files into {target.parent}")
-        writes.replace_bytes(target, data)
+    def _fill_from_system(self) -> None:
+        for target in self.raw_files:
+            source = DEBIAN_FASHION_MNIST / (target.name + ".gz")
+            if not target.is_file() and source.is_file():
+                size = idx_layout(target)[3]
+                try:
+                    with gzip.open(source, "rb") as src:
+                        data = src.read(size + 1)  # no more than a whole file: a replaced .gz cannot fill the disk
+                except (OSError, EOFError, zlib.error) as err:
+                    raise ConfigError(f"{source} cannot be decompressed ({err}); reinstall dataset-fashion-mnist "
+                                      f"or copy the files into {target.parent}") from None
+                if len(data) != size:
+                    got = f"more than {size}" if len(data) > size else len(data)
+                    raise ConfigError(f"{source} decompresses to {got} bytes, not the {size} of {target.name}; "
+                                      f"reinstall dataset-fashion-mnist or copy the files into {target.parent}")
+                writes.replace_bytes(target, data)
