@@ -99,6 +99,10 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
 
 
+def _uint8(image: torch.Tensor) -> torch.Tensor:
+    return (image * 255).round().to(torch.uint8)
+
+
 def images_from(path: Path) -> torch.Tensor:
     """uint8 images [N, C, H, W] of an .npz (key `images`) or a folder of images (all of one size, RGB; grey tiled)."""
     if path.is_dir():
@@ -107,11 +111,22 @@ def images_from(path: Path) -> torch.Tensor:
         files = ImageFolderDataModule(path=str(path), batch_size=1).files()[0]
         if not files:
             raise ConfigError(f"{path} holds no images")
-        images = [(read_unit(f, 3)[0] * 255).round().to(torch.uint8) for f in files]
-        if len({tuple(i.shape) for i in images}) > 1:
-            raise ConfigError(f"the images in {path} are not all of one size ({files[0].name}: "
-                              f"{list(images[0].shape)}); resize them first")
-        return torch.stack(images)
+        first = _uint8(read_unit(files[0], 3)[0])
+        each = first.numel()  # the images are read into one uint8 tensor, its size known before the second is read
+        need, have = len(files) * (each + SCORE_BYTES["images"]), machine_memory()
+        if need > have:
+            raise ConfigError(f"{path} holds {len(files):,} images of {list(first.shape)}; scoring them needs about "
+                              f"{_size(need)}, more than this machine's {_size(have)}; give at most "
+                              f"{have // (each + SCORE_BYTES['images']):,} images")
+        images = torch.empty((len(files), *first.shape), dtype=torch.uint8)
+        images[0] = first
+        for k, f in enumerate(files[1:], start=1):
+            image = _uint8(read_unit(f, 3)[0])
+            if image.shape != first.shape:
+                raise ConfigError(f"the images in {path} are not all of one size ({files[0].name}: "
+                                  f"{list(first.shape)}, {f.name}: {list(image.shape)}); resize them first")
+            images[k] = image
+        return images
     if path.suffix == ".npz" and path.is_file():
         return images_from_npz(path)
     raise ConfigError(f"no image folder or .npz file {path}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -12,10 +13,16 @@ from tests.helpers import make_cfg
 
 # Domain classifiers train into a cache of this test session's own (digits: seconds), unless
 # GANEXP_CACHE_DIR names one already (keeps MNIST's ~2 minutes of training between sessions).
-# pytest-xdist's workers share one (its run id names it): a classifier is trained once, under the cache's lock.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-os.environ.setdefault("GANEXP_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"ganexp-cache-{_RUN}") if _RUN
-                      else tempfile.mkdtemp(prefix="ganexp-cache-"))
+# pytest-xdist's workers inherit it from the controller, which made it: a classifier is trained once, under the
+# cache's lock, and the folder is removed when the session ends.
+_OWN_CACHE = None
+if "GANEXP_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = os.environ["GANEXP_CACHE_DIR"] = tempfile.mkdtemp(prefix="ganexp-cache-")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

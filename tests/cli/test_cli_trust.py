@@ -308,3 +308,25 @@ def test_a_generator_with_a_nan_weight_is_one_line_for_sample_evaluate_and_expor
     assert line.startswith(f"{bad_export} is an export already")
     assert digest(tmp_path) == before
     assert read_checkpoint(bad_ckpt)["state_dict"][name].isnan().any()  # (the file itself is readable)
+
+
+def test_an_image_folder_that_memory_cannot_hold_is_refused_after_one_image_is_read(tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(5):
+        Image.fromarray(np.full((6, 4, 3), 40 * k, np.uint8)).save(folder / f"{k}.png")
+    each = 3 * 6 * 4 + evaluate.SCORE_BYTES["images"]
+    monkeypatch.setattr(evaluate, "machine_memory", lambda: 5 * each - 1)
+    with pytest.raises(ConfigError, match=rf"^{folder} holds 5 images of \[3, 6, 4\]; scoring them needs about .*"
+                                          rf"give at most 4 images$"):
+        evaluate.images_from(folder)
+    monkeypatch.setattr(evaluate, "machine_memory", lambda: 5 * each)
+    images = evaluate.images_from(folder)
+    assert images.shape == (5, 3, 6, 4) and images.dtype == torch.uint8
+    assert [int(images[k].float().mean()) for k in range(5)] == [0, 40, 80, 120, 160]
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(folder / "5.png")  # one of another size: named
+    monkeypatch.setattr(evaluate, "machine_memory", lambda: 6 * each)
+    with pytest.raises(ConfigError, match=r"not all of one size \(0.png: \[3, 6, 4\], 5.png: \[3, 4, 6\]\)"):
+        evaluate.images_from(folder)
