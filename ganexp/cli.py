@@ -80,9 +80,9 @@ def requeue(record: dict, out: Path, multirun: bool) -> None:
     try:
         hand_over(record["signal"])  # submitit's handler: `scontrol requeue`, then exits this process
     except Exception as err:  # submitit's UncompletedJobError: the job has used its max_num_timeout retries
-        reason = (f"{record['reason']}, not requeued ({err}); run the same command again"
-                  f"{' with hydra.sweep.dir=<the sweep folder>: finished jobs are skipped, the others' if multirun else ': it'}"
-                  " resume from last.ckpt")
+        rest = (" with hydra.sweep.dir=<the sweep folder>: finished jobs are skipped, the others resume" if multirun
+                else ": it resumes")
+        reason = f"{record['reason']}, not requeued ({err}); run the same command again{rest} from last.ckpt"
         update_metrics(out, reason=reason)
         return _fail(multirun, "interrupted", reason, EXIT_CODES[record["signal"]])
 

@@ -261,3 +261,35 @@ def test_with_accounting_off_a_job_gone_from_squeue_has_ended(tmp_path, monkeypa
     assert watcher.get_state("52_0", mode="cache") == "RUNNING"  # booting nodes: not ended
     assert not watcher.is_done("52_1", mode="cache")
     assert watcher.get_state("52_2", mode="cache") == LEFT and watcher.is_done("52_2", mode="cache")
+
+
+@pytest.mark.parametrize("multirun, rest", [
+    (False, ": it resumes from last.ckpt"),
+    (True, " with hydra.sweep.dir=<the sweep folder>: finished jobs are skipped, the others resume from last.ckpt")])
+def test_a_job_with_no_retries_left_says_in_its_record_how_to_go_on(multirun, rest, tmp_path, capsys):
+    from ganexp.cli import requeue
+    from ganexp.io.results import read_metrics, update_metrics
+
+    def no_retries(signum, frame):  # submitit's handler once max_num_timeout requeues are used
+        raise RuntimeError("max_num_timeout=8 reached")
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    update_metrics(tmp_path, status="interrupted", signal="SIGUSR2", reason="SIGUSR2 at iteration 40")
+    before = signal.signal(signal.SIGUSR2, no_retries)
+    try:
+        record = read_metrics(tmp_path)
+        if multirun:
+            assert requeue(record, tmp_path, multirun) is None  # the sweep goes on
+        else:
+            with pytest.raises(SystemExit) as stop:
+                requeue(record, tmp_path, multirun)
+            assert stop.value.code == 140
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    reason = read_metrics(tmp_path)["reason"]
+    assert reason == ("SIGUSR2 at iteration 40, not requeued (max_num_timeout=8 reached); run the same command "
+                      f"again{rest}")
+    assert read_metrics(tmp_path)["status"] == "interrupted"
+    if not multirun:
+        assert capsys.readouterr().err.strip().splitlines() == [f"ganexp: error: {reason}"]
