@@ -22,7 +22,18 @@ class PeriodicCheckpoint(Periodic):
         self.last_path = self.dirpath / "last.ckpt"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the epoch's last batch: saved at its end (on_train_epoch_end), which Lightning resumes right
+        self._due(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Lightning restores a checkpoint written after an epoch's last batch but before the epoch ended as if
+        # the next epoch had begun, and a later mid-epoch checkpoint of the resumed run as if that epoch were over:
+        # its resume ran whole epochs past the data's position (seen as a SLURM job ending 42 iterations late).
+        self._due(trainer, pl_module)
+
+    def _due(self, trainer, pl_module) -> None:
+        super().on_train_batch_end(trainer, pl_module, None, None, 0)  # every `every` iterations
         if pl_module.interrupted is not None and self.ran_at != pl_module.iteration:
             self._run(trainer, pl_module)  # a signal asked to stop: this iteration is the one to keep
         if pl_module.interrupted is not None and pl_module.stack is None:

@@ -36,6 +36,18 @@ EXIT_CODES = {"SIGHUP": 129, "SIGINT": 130, "SIGTERM": 143, "SIGUSR2": 140}  # 1
 HANDED_OVER = ("SIGUSR2",)
 
 
+_early: list[str] = []  # SIGUSR2s that came before submitit set its handler (remember_early)
+
+
+def remember_early() -> None:
+    """A SLURM job's first act (ganexp/run/slurm_job.py): SLURM may send the time limit's SIGUSR2 up to 60 s
+    before `signal_delay_s` says, while Python still starts submitit (imports, unpickling the job: seconds, more
+    on a loaded node), and Python's default for it ends the process, a job lost without a requeue. Until
+    submitit sets its handler, one that comes is remembered instead; the run stops after its first iteration
+    for it (stop_on_signals), and submitit requeues the job as for one that came in time."""
+    signal.signal(signal.SIGUSR2, lambda signum, frame: _early.append(signal.Signals(signum).name))
+
+
 def managed() -> bool:
     """Whether this process is a job that submitit manages: it has set a handler of its own for SIGUSR2."""
     return hasattr(signal, "SIGUSR2") and callable(signal.getsignal(signal.SIGUSR2))
@@ -93,6 +105,9 @@ def stop_on_signals(module) -> Iterator[None]:
 
     for s in signums:
         signal.signal(s, handler)
+    if in_job and _early:  # the cluster's notice came before the job could take it: act on it now
+        module.request_stop(_early.pop())
+        _early.clear()
     try:
         yield
     finally:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -75,8 +77,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     """Submit the sweep as one job array, then each job's return as it ends, in order."""
     params = dict(launcher.params)
     folder = params.pop("submitit_folder")
-    executor = submitit.AutoExecutor(cluster="slurm", folder=folder,
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    executor = submitit.AutoExecutor(cluster="slurm", folder=folder, slurm_max_num_timeout=params.pop("max_num_timeout"),
+                                     slurm_python=f"{shlex.quote(sys.executable)} -u -m ganexp.run.slurm_job")
     common = set(OmegaConf.structured(BaseQueueConf).keys())  # submitit's names for every cluster; the rest slurm_*
     executor.update_parameters(**{k if k in common else f"slurm_{k}": v for k, v in params.items()})
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
