@@ -200,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("give --data (a labelled dataset's test split) or --real (your own images), not both")
             real = images_from(args.real)
             samples = images_from(args.path)
-            evaluator = Evaluator(args.real.stem or "real", features=args.features or "auto",
-                                  weights=args.inception_weights, real=real, split=str(args.real))
+            try:
+                evaluator = Evaluator(args.real.stem or "real", features=args.features or "auto",
+                                      weights=args.inception_weights, real=real, split=str(args.real))
+            except ConfigError as err:
+                raise ConfigError(f"--real {args.real}: {err}") if "reference images" in str(err) else err from None
         elif args.path.suffix == ".npz":
             if not args.data:
                 raise ConfigError(f"{args.path}: say which dataset the images are from with --data {{{','.join(DATA)}}}"

@@ -72,6 +72,9 @@ class CelebADataModule(TorchvisionFolder):
             raise ConfigError(f"{self.images} lacks {len(missing)} of the {len(files)} images of CelebA's {self.split} "
                               f"split ({missing[0].name} first); copy the whole img_align_celeba folder there")
 
+    def count(self) -> int:
+        return len(self.files())
+
     def fetch(self) -> None:  # Google Drive through gdown (pip install gdown); checks every file's md5
         CelebA(str(self.root), split="all", target_type=[], download=True)
 

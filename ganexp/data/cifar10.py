@@ -35,9 +35,14 @@ MAX_PICKLE_BYTES = 32 * 2**20  # a batch pickle is 31.0 MB (30.7 MB of pixels, n
 MAX_ITEMS = PER_BATCH * PIXELS  # the most pixels one batch holds
 
 
+class _NDArray:
+    """What the name numpy.ndarray gives in a CIFAR-10 pickle: only `_array`'s first argument. (numpy's own class
+    would let a pickle call it, and np.ndarray(shape, dtype, buffer, offset, strides) views any memory.)"""
+
+
 def _array(cls, shape, typecode):
     """numpy's `_reconstruct` as a pickle of an array calls it: an empty uint8 array that BUILD then fills."""
-    if cls is not np.ndarray or tuple(shape) != (0,) or typecode not in ("b", b"b"):
+    if cls is not _NDArray or tuple(shape) != (0,) or typecode not in ("b", b"b"):
         raise pickle.UnpicklingError(f"it builds an array from {shape!r:.40} {typecode!r:.20}, not as numpy pickles one")
     return _reconstruct(np.ndarray, (0,), b"b")
 
@@ -51,7 +56,7 @@ def _dtype(name, align=False, copy=True):
 # The only globals a CIFAR-10 pickle names (numpy's array reconstruction), each able to build only what those
 # files hold; anything else is refused.
 ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _array, ("numpy._core.multiarray", "_reconstruct"): _array,
-           ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _dtype}
+           ("numpy", "ndarray"): _NDArray, ("numpy", "dtype"): _dtype}
 
 
 class ArraysOnly(pickle._Unpickler):
@@ -156,6 +161,7 @@ class CIFAR10DataModule(TorchvisionFolder):
         binary = self.layout == BIN
         counts = {}
         for file in self.required():
+            self.regular(file)
             size = file.stat().st_size
             if size == 0:
                 raise damaged(file, "is empty (0 bytes)", self.title)
@@ -167,6 +173,10 @@ class CIFAR10DataModule(TorchvisionFolder):
             short = min(counts, key=counts.get)
             raise damaged(short, f"holds {counts[short]} images, the other batches {max(counts.values())}: truncated?",
                           self.title)
+        self._count = sum(counts.values())
+
+    def count(self) -> int:
+        return self._count
 
     def fetch(self) -> None:  # the archive only: CIFAR10(download=True) would also pickle.load what it got
         download_and_extract_archive(CIFAR10.url, str(self.root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)

@@ -20,6 +20,7 @@ from ganexp.config.checks import INT, choice, flag, number
 from ganexp.data.base import TensorDataModule, scale_unit
 from ganexp.data.mnist import reachable
 from ganexp.errors import ConfigError
+from ganexp.io.files import machine_memory
 
 
 def damaged(file: Path, problem: str, title: str) -> ConfigError:
@@ -61,7 +62,27 @@ class TorchvisionFolder(TensorDataModule):
         if missing and not (self.download and reachable(self.url)):
             raise self.not_found(missing)
         if not missing:
-            self.check()
+            self.checked()
+
+    def checked(self) -> None:
+        """check(), then the split's size at data.size against this machine's memory (one float32 copy)."""
+        self.check()
+        n = self.count()
+        need, have = n * 3 * self.size**2 * 4, machine_memory()
+        if need > have:
+            most = int((have / (n * 12)) ** 0.5)
+            raise ConfigError(f"data.size={self.size} makes {self.title}'s {n:,} {self.split} images {need / 2**30:,.1f} "
+                              f"GiB as float32, more than this machine's {have / 2**30:,.1f} GiB; give data.size={most} "
+                              "or less")
+
+    def count(self) -> int:
+        """The split's images, known once check() has passed."""
+        raise NotImplementedError
+
+    def regular(self, file: Path) -> None:
+        """A dataset file must be a regular file (a folder, a FIFO or a device cannot be a batch)."""
+        if not file.is_file():
+            raise damaged(file, "is not a regular file", self.title)
 
     def required(self) -> list[Path]:
         raise NotImplementedError
@@ -97,7 +118,7 @@ class TorchvisionFolder(TensorDataModule):
                                   f"copy the files there instead") from None
             if missing := self.missing():
                 raise self.not_found(missing)
-            self.check()
+            self.checked()
 
     def load(self):
         self.ensure()

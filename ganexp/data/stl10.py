@@ -40,6 +40,8 @@ class STL10DataModule(TorchvisionFolder):
                 if part != "unlabeled" or kind == "X"]
 
     def check(self) -> None:
+        for file in self.required():
+            self.regular(file)
         for part in self.parts:
             images = self.root / FOLDER / f"{part}_X.bin"
             size = images.stat().st_size
@@ -55,6 +57,9 @@ class STL10DataModule(TorchvisionFolder):
                 if values.size and not 1 <= values.min() <= values.max() <= CLASSES:
                     bad = values.max() if values.max() > CLASSES else values.min()
                     raise damaged(labels, f"holds label {bad}; STL-10's labels are 1..{CLASSES}", self.title)
+
+    def count(self) -> int:
+        return sum((self.root / FOLDER / f"{part}_X.bin").stat().st_size // IMAGE_BYTES for part in self.parts)
 
     def fetch(self) -> None:  # the archive only: STL10(download=True) would also read every split it got
         download_and_extract_archive(STL10.url, str(self.root), filename=STL10.filename, md5=STL10.tgz_md5)

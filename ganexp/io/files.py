@@ -8,7 +8,9 @@ anything is built from it. `load_generator` is the one way from a file to a gene
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import math
 import pickle
 import zipfile
@@ -219,3 +221,12 @@ def read_yaml(path: str | Path, default: Any = None, max_bytes: int = MAX_RECORD
     import yaml
 
     return _read(path, default, max_bytes, yaml.safe_load, (yaml.YAMLError,))
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        total = min(total, int(limit)) if limit.isdigit() else total
+    return total

@@ -82,6 +82,7 @@ class Evaluator:
             if len(real) > MAX_REAL:  # a paper's reference count; the same seeded subset every time
                 subset = f"{MAX_REAL} of {len(real)}, torch.randperm with seed 0"
                 real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:MAX_REAL]]
+            require_samples(len(real), self.metrics, "reference images")  # k-NN radii, covariances: as samples
             self.shape, self.inception = tuple(real.shape[1:]), load_inception(weights)
             self.real_features, self.real_logits, data_sha256 = self.inception.reference(real, self.device, log)
             # what makes two numbers comparable: the images' size (data.size, CelebA's crop) and the very images

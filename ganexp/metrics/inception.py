@@ -85,9 +85,9 @@ class Inception:
             problem = (f"has SHA-256 {self.sha256[:16]}..., not the published {HASH_PREFIX}... "
                        "(a damaged download? delete it)")
         state, problem = (None, problem) if problem else load_torch(data, MAX_WEIGHTS_BYTES, "InceptionV3 weights")
-        if problem is None and not (isinstance(state, dict) and all(
+        if problem is None and not (isinstance(state, dict) and all(isinstance(k, str) for k in state) and all(
                 isinstance(v, Tensor) and v.layout == torch.strided and v.is_contiguous() for v in state.values())):
-            problem = "is not a state_dict of (dense, contiguous) tensors"  # an expanded one is any size on 1 number
+            problem = "is not a state_dict of (dense, contiguous) tensors under parameter names"  # an expanded one is any size on 1 number
         if problem is None and sum(v.numel() for v in state.values()) > MAX_PARAMETERS:
             problem = f"holds more than {MAX_PARAMETERS:,} numbers, more than InceptionV3's weights"
         if problem is None and not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
@@ -130,6 +130,9 @@ class Inception:
             return record["features"], record["logits"], data_sha256
         log(f"metrics: {path} {problem}; computing the Inception features of {len(real)} reference images")
         features, logits = self.embed(real, device=device)
+        if not (features.isfinite().all() and logits.isfinite().all()):  # nothing cached: the weights are wrong
+            raise unavailable(f"{self.path} gives non-finite features for the reference images (weights that "
+                              "overflow: not InceptionV3's?)")
         record = {"features": features, "logits": logits, "data_sha256": data_sha256, "weights_sha256": self.sha256,
                   "sha256": state_hash({"features": features, "logits": logits})}
         try:

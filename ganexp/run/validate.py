@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from ganexp.run import compose as store
 from ganexp.config.checks import FLOAT, INT, flag, number
 from ganexp.errors import ConfigError, shown
+from ganexp.io.files import machine_memory
 from ganexp.run.jobs import check_folder
 from ganexp.run.folders import register_resolvers
 
@@ -201,15 +202,6 @@ def _check_launch_environment(cfg: DictConfig) -> None:
                           f"Lightning would take this run for one rank of a job launched from outside and wait for the "
                           f"other {processes - 1} forever; unset LOCAL_RANK (and NODE_RANK), or launch every rank "
                           f"yourself with WORLD_SIZE set")
-
-
-def machine_memory() -> int:
-    """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    with contextlib.suppress(OSError):
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        total = min(total, int(limit)) if limit.isdigit() else total
-    return total
 
 
 def _check_memory(cfg: DictConfig, parts: dict[str, Any]) -> None:

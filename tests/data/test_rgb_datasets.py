@@ -81,6 +81,11 @@ def test_a_cifar10_pickle_that_would_run_code_is_refused_in_one_line_and_runs_no
     assert not list(tmp_path.rglob("PWNED"))
 
 
+class CallsNdarray:
+    def __reduce__(self):
+        return np.ndarray, ((2, 3072), "u1")
+
+
 # 77 bytes that ask numpy for an array of 300 million objects (2.4 GB) before anything could check it
 BOMB = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01J" + (300_000_000).to_bytes(4, "little")
         + b"\x85q\x02U\x01Oq\x03\x87q\x04Rq\x05.")
@@ -102,7 +107,11 @@ BOMB = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\
     (lambda f: f.write_bytes(BOMB), "is not a CIFAR-10 batch: UnpicklingError: it builds an array from (300000000,)"),
     (lambda f: f.write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4})),
      "is not a CIFAR-10 batch: UnpicklingError: it holds an array of 'f4'"),
-], ids=["truncated", "empty", "label", "shape", "count", "list", "huge", "huge-label", "bomb", "float"])
+    (lambda f: f.write_bytes(pickle.dumps({b"data": CallsNdarray(), b"labels": [0, 0]}, protocol=3)),
+     "is not a CIFAR-10 batch: TypeError"),  # np.ndarray((2, 3072), "u1"): memory left in the process, as images
+    (lambda f: (f.unlink(), f.mkdir()), "is not a regular file"),
+], ids=["truncated", "empty", "label", "shape", "count", "list", "huge", "huge-label", "bomb", "float", "ndarray-call",
+        "folder"])
 def test_a_damaged_cifar10_batch_is_one_line_naming_it(tmp_path, damage, problem):
     file = write_cifar(tmp_path) / "data_batch_2"
     damage(file)
@@ -110,6 +119,18 @@ def test_a_damaged_cifar10_batch_is_one_line_naming_it(tmp_path, damage, problem
         cifar(tmp_path)
     assert str(err.value).startswith(f"{file} {problem}") and str(err.value).endswith(f"{FIX} CIFAR-10 file there")
     assert "\n" not in str(err.value)
+
+
+def test_a_data_size_this_machines_memory_cannot_hold_is_refused_naming_the_largest_that_fits(tmp_path, monkeypatch):
+    import ganexp.data.rgb as rgb
+
+    write_cifar(tmp_path)  # 5 batches of PER_BATCH images
+    n = 5 * PER_BATCH
+    monkeypatch.setattr(rgb, "machine_memory", lambda: n * 12 * 32 * 32 - 1)
+    with pytest.raises(ConfigError, match=rf"^data.size=32 makes CIFAR-10's {n} train images 0.0 GiB as float32, more "
+                                          r"than this machine's 0.0 GiB; give data.size=31 or less$"):
+        cifar(tmp_path, size=32)
+    assert len(cifar(tmp_path, size=31).load()[0]) == n
 
 
 def test_a_binary_cifar10_batch_cut_short_is_refused_naming_it(tmp_path):

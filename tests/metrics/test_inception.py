@@ -171,6 +171,7 @@ def test_a_wrong_hash_file_in_the_hub_cache_is_refused_in_one_line_before_any_fo
     (b"\x80\x04 not a torch file", "cannot be read as a torch file"),
     ({"fc.weight": torch.zeros(1).expand(2**40)}, "is not a state_dict of (dense, contiguous) tensors"),  # 4 TiB
     ({"w": torch.zeros(41_000_000, dtype=torch.uint8)}, "holds more than 40,000,000 numbers"),
+    ({1: torch.zeros(1)}, "is not a state_dict of (dense, contiguous) tensors under parameter names"),
 ])
 def test_weights_that_are_not_inceptions_are_refused_in_one_line(tmp_path, content, problem):
     path = tmp_path / "mine.pth"
@@ -178,6 +179,20 @@ def test_weights_that_are_not_inceptions_are_refused_in_one_line(tmp_path, conte
     with pytest.raises(ConfigError) as err:
         inception.Inception(path)
     assert f"{path} {problem}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_too_few_reference_images_and_weights_that_overflow_are_one_line_and_cache_nothing(weights, tmp_path,
+                                                                                             monkeypatch):
+    with pytest.raises(ConfigError, match="^1 reference images cannot carry .*; give at least 2 reference images$"):
+        Evaluator("noise", features="inception", weights=str(weights), real=images(1, n=1), split="train")
+    state = torch.load(weights, weights_only=True)
+    state = {k: v * 1e30 if v.is_floating_point() and v.dim() == 4 else v for k, v in state.items()}
+    path = tmp_path / "overflow.pth"
+    torch.save(state, path)
+    monkeypatch.setenv("GANEXP_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=re.escape(f"{path} gives non-finite features for the reference images")):
+        Evaluator("noise", features="inception", weights=str(path), real=images(1), split="train")
+    assert not list((tmp_path / "cache").glob("inception-*"))
 
 
 def test_weights_of_the_right_names_and_shapes_but_another_dtype_are_refused(weights, tmp_path):
