@@ -33,7 +33,8 @@ class PeriodicCheckpoint(Periodic):
         self._due(trainer, pl_module)
 
     def _due(self, trainer, pl_module) -> None:
-        super().on_train_batch_end(trainer, pl_module, None, None, 0)  # every `every` iterations
+        if self.ran_at != pl_module.iteration:  # once an iteration: a stop saved mid-epoch is not saved again at
+            super().on_train_batch_end(trainer, pl_module, None, None, 0)  # its epoch's end (every `every` its)
         if pl_module.interrupted is not None and self.ran_at != pl_module.iteration:
             self._run(trainer, pl_module)  # a signal asked to stop: this iteration is the one to keep
         if pl_module.interrupted is not None and pl_module.stack is None:

@@ -122,19 +122,19 @@ def fit(trainer, module, datamodule, runs: list[tuple[Any, Any]], ckpt_path: str
     """trainer.fit(module) under ganexp's signal handlers (Ctrl-C / SIGTERM: finish the iteration, checkpoint
     it, stop). `runs`: (HParams row, member module) of every run it trains, whose rows say "failed" if fit
     raises. `resumes_at`: the iteration a resume starts from, kept when a signal comes before it was read."""
-    with stop_on_signals(module):
-        try:
+    try:
+        with stop_on_signals(module):  # (which raises StoppedBeforeTraining for a signal kept from before it)
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except SIGTERMException:  # Lightning's way out of fit after SIGTERM; the handler above recorded it
-            module.request_stop("SIGTERM")
-        except StoppedBeforeTraining as stop:  # a signal during setup: nothing to finish or checkpoint
-            if resumes_at is not None:
-                module.iteration = max(module.iteration, resumes_at)
-            module.request_stop(stop.signal_name)
-        except Exception:  # a failed run still gets its HParams row, so the table shows the failure
-            for row, run in runs:
-                row.write_after(trainer, run, {"status": "failed", "iteration": run.iteration})
-            raise
+    except SIGTERMException:  # Lightning's way out of fit after SIGTERM; the handler above recorded it
+        module.request_stop("SIGTERM")
+    except StoppedBeforeTraining as stop:  # a signal during setup: nothing to finish or checkpoint
+        if resumes_at is not None:
+            module.iteration = max(module.iteration, resumes_at)
+        module.request_stop(stop.signal_name)
+    except Exception:  # a failed run still gets its HParams row, so the table shows the failure
+        for row, run in runs:
+            row.write_after(trainer, run, {"status": "failed", "iteration": run.iteration})
+        raise
 
 
 def finish(trainer, module, row, out: str | Path) -> dict:

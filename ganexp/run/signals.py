@@ -43,8 +43,8 @@ def remember_early() -> None:
     """A SLURM job's first act (ganexp/run/slurm_job.py): SLURM may send the time limit's SIGUSR2 up to 60 s
     before `signal_delay_s` says, while Python still starts submitit (imports, unpickling the job: seconds, more
     on a loaded node), and Python's default for it ends the process, a job lost without a requeue. Until
-    submitit sets its handler, one that comes is remembered instead; the run stops after its first iteration
-    for it (stop_on_signals), and submitit requeues the job as for one that came in time."""
+    submitit sets its handler, one that comes is remembered instead; the run takes it once its own handlers are
+    set (stop_on_signals: before training, a stop at once), and submitit requeues the job as for one in time."""
     signal.signal(signal.SIGUSR2, lambda signum, frame: _early.append(signal.Signals(signum).name))
 
 
@@ -105,10 +105,10 @@ def stop_on_signals(module) -> Iterator[None]:
 
     for s in signums:
         signal.signal(s, handler)
-    if in_job and _early:  # the cluster's notice came before the job could take it: act on it now
-        module.request_stop(_early.pop())
-        _early.clear()
     try:
+        if in_job and _early:  # the cluster's notice came before the job could take it: act on it now (before
+            _early.clear()  # training: StoppedBeforeTraining, and submitit requeues the job)
+            handler(signal.SIGUSR2, None)
         yield
     finally:
         for s, h in previous.items():

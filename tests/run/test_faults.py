@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from ganexp.run.signals import EXIT_CODES
 from tests.helpers import ROOT, run_train
 
 pytestmark = pytest.mark.slow
@@ -240,21 +241,24 @@ def test_a_signal_between_two_iterations_stops_after_the_next_and_the_resume_is_
 def test_stops_at_an_epochs_last_batch_and_mid_epoch_in_turn_resume_bit_identical(tmp_path):
     """A checkpoint written after an epoch's last batch but before the epoch ended was restored by Lightning as if
     the next epoch had begun, and a later mid-epoch checkpoint of that resumed run as if its epoch were over: a
-    SLURM job ended 42 iterations late. Stops at the last batch (10, 20), mid-epoch (15), then the end (30)."""
+    SLURM job ended 42 iterations late. Stops at the last batch (10, 20), mid-epoch (15), then the end (30), each
+    at a ckpt_every multiple (a stop saved mid-epoch was saved again at the epoch's end, and its resume ended at 25)
+    and by another signal (SIGTERM leaves fit before the epoch's end; the others do not)."""
     args = ["data=toy", "model=toy_mlp", "eval=none", "trainer.limit_train_batches=10", "trainer.max_epochs=3",
-            "trainer.enable_progress_bar=false", "image_every=0", "ema.decay=0.9", "ema.start=3"]
+            "trainer.enable_progress_bar=false", "image_every=0", "ema.decay=0.9", "ema.start=3", "ckpt_every=5"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     straight.mkdir(), stopped.mkdir()
     assert run_train(*args, cwd=straight).returncode == 0
     reference = _generator_state(next(straight.glob("outputs/*/*/checkpoints/last.ckpt")))
-    env = {"GANEXP_PARTS": "callback=tests.run.test_faults.SignalSelf", "GANEXP_TEST_SIGNAL": "SIGTERM"}
+    env = {"GANEXP_PARTS": "callback=tests.run.test_faults.SignalSelf"}
     first = run_train(*args, "+callbacks.signal._target_=tests.run.test_faults.SignalSelf", cwd=stopped,
-                      env={**env, "GANEXP_TEST_SIGNAL_AT": "10"})
+                      env={**env, "GANEXP_TEST_SIGNAL_AT": "10", "GANEXP_TEST_SIGNAL": "SIGTERM"})
     assert first.returncode == 143, first.stderr[-2000:]
     ckpt = next(stopped.glob("outputs/*/*/checkpoints/last.ckpt"))
-    for at in (15, 20, -1):
-        again = run_train(*args, f"ckpt_path={ckpt}", cwd=stopped, env={**env, "GANEXP_TEST_SIGNAL_AT": str(at)})
-        assert again.returncode == (143 if at > 0 else 0), again.stderr[-2000:]
+    for at, name in ((15, "SIGUSR2"), (20, "SIGINT"), (-1, "SIGTERM")):
+        again = run_train(*args, f"ckpt_path={ckpt}", cwd=stopped,
+                          env={**env, "GANEXP_TEST_SIGNAL_AT": str(at), "GANEXP_TEST_SIGNAL": name})
+        assert again.returncode == (EXIT_CODES[name] if at > 0 else 0), again.stderr[-2000:]
         assert torch.load(ckpt, weights_only=True)["iteration"] == (at if at > 0 else 30)
     state = _generator_state(ckpt)
     assert all(torch.equal(state[k], reference[k]) for k in reference)

@@ -179,7 +179,7 @@ def test_a_sigusr2_before_submitit_sets_its_handler_is_kept_for_the_run_not_the_
                                                           "[ARG ...] (got tests.helpers.submitit_like)")
 
 
-def test_an_early_sigusr2_stops_the_run_after_its_first_iteration_and_is_handed_over_afterwards(monkeypatch):
+def test_a_kept_early_sigusr2_stops_the_run_as_one_that_came_then_and_is_handed_over_afterwards(monkeypatch):
     from ganexp.run import signals
 
     calls = []
@@ -187,8 +187,16 @@ def test_an_early_sigusr2_stops_the_run_after_its_first_iteration_and_is_handed_
     monkeypatch.setattr(signals, "_early", ["SIGUSR2"])
     try:
         run = _Run()
-        with signals.stop_on_signals(run):
+        with signals.stop_on_signals(run):  # training under way (a stack's member, a run past its setup)
             assert run.interrupted == "SIGUSR2" and signals._early == [] and calls == []
+        setup = _Run()
+        setup.training_started = False
+        signals._early.append("SIGUSR2")
+        with pytest.raises(signals.StoppedBeforeTraining) as stop:  # during setup: at once, as any signal then
+            with signals.stop_on_signals(setup):
+                pass
+        assert stop.value.signal_name == "SIGUSR2" and signal.getsignal(signal.SIGUSR2) is not signals.signal.SIG_DFL
+        assert calls == [] and signals._early == []
         outside = _Run()
         signals._early.append("SIGUSR2")
         signal.signal(signal.SIGUSR2, signal.SIG_DFL)  # not a submitit job: nothing was remembered for it
