@@ -59,7 +59,7 @@ TABLE: dict[str, Entry] = {
     # the experiment, top level (continued)
     "batch_size": _(E, column=4),
     "d_steps": _(E, column=3),
-    **dict.fromkeys(("n_fixed", "ema", "reuse_fake"), _(E)),
+    **dict.fromkeys(("n_fixed", "ema", "reuse_fake", "augment"), _(E)),  # augment: the members of a stack share it
     # inside the experiment: more HParams columns
     "optimizer.betas": _(E, column=2),
     "noise.prior": _(E, column=10),

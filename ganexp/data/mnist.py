@@ -20,6 +20,7 @@ import torchvision
 
 from ganexp.io import writes
 from ganexp.data.base import TensorDataModule, scale_unit
+from ganexp.config.checks import INT, number
 from ganexp.errors import ConfigError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
@@ -82,8 +83,11 @@ class MNISTDataModule(TensorDataModule):
     dataset_cls = torchvision.datasets.MNIST
     metrics_name = "mnist"
 
-    def __init__(self, root: str | None = None, download: bool = True, **kwargs):
+    def __init__(self, root: str | None = None, download: bool = True, subset: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        if subset is not None:  # the first `subset` training images: a small-data study (DiffAugment's)
+            number("data.subset", subset, INT, lambda v: v >= 1, "an integer >= 1, or null for all of them")
+        self.subset = subset
         root = root or os.environ.get("GANEXP_DATA_DIR") or "./data"  # as conf/data/mnist.yaml says
         self.root, self.download = Path(root).expanduser(), download
         self.check_files()  # the files already there; a missing one is downloaded (or refused) at setup
@@ -125,6 +129,7 @@ class MNISTDataModule(TensorDataModule):
 
     def load(self):
         images, labels = self.split(train=True)
+        images, labels = images[:self.subset], labels[:self.subset]
         return scale_unit(images.float() / 255.0, self.value_range), labels
 
 

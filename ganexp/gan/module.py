@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 from ganexp.models import eval_mode
+from ganexp.gan.augment import DiffAugment
 from ganexp.gan.losses import GANLoss, gradient_penalty, r1_penalty
 from ganexp.gan.noise import InstanceNoise, LatentPrior, add_noise
 
@@ -92,6 +93,7 @@ class GANModule(pl.LightningModule):
         ema_decay: float = 0.0,
         ema_start: int = 0,
         reuse_fake: bool = False,
+        augment: DiffAugment | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -99,6 +101,7 @@ class GANModule(pl.LightningModule):
         self.save_hyperparameters(config or {}, logger=False)
         self.generator, self.discriminator = generator, discriminator
         self.loss, self.prior, self.instance_noise = loss, prior, instance_noise
+        self.augment = augment or DiffAugment()  # DiffAugment before D (augment=none: nothing drawn, x as it is)
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.d_steps, self.log_every = int(d_steps), int(log_every)
         # reuse_fake: G's step scores the last D step's fake batch (one G forward per iteration) instead of a fresh one
@@ -188,8 +191,8 @@ class GANModule(pl.LightningModule):
 
         self.D.train(False), self.G.train(True), self.G.zero_grad()
         fake = self.G(self.draw_z(n)) if fake is None else fake
-        g_loss, g_each = self.losses(self.loss._pair.g, (self.D(self.noised(fake, sigmas, "noise/g", (n,))),),
-                                     (), log_now)
+        seen = self.noised(self.augmented(fake, (n,)), sigmas, "noise/g", (n,))
+        g_loss, g_each = self.losses(self.loss._pair.g, (self.D(seen),), (), log_now)
         self.manual_backward(g_loss)
         g_norm = self.G.grad_norms() if log_now else None
         self.step(opt_g, "g")
@@ -211,18 +214,21 @@ class GANModule(pl.LightningModule):
 
     def discriminator_loss(self, real: Tensor, sigmas: list[float], fake: Tensor | None = None, each: bool = False):
         """(Σ_k of the members' D losses, each member's loss [M] when `each`, D(real) and D(fake) logits) on a
-        detached fake batch (`fake`, or a fresh one), both noised; with the gradient penalty and R1, γ/2·E‖∇D‖²,
-        lazily every `r1_every` iterations and then scaled by it (StyleGAN2)."""
+        detached fake batch (`fake`, or a fresh one), both augmented, then noised; with the gradient penalty and
+        R1, γ/2·E‖∇D‖², on the augmented images D sees, R1 lazily every `r1_every` iterations and then scaled by
+        it (StyleGAN2)."""
         n = real.shape[1]
         if fake is None:
             with torch.no_grad():
                 fake = self.G(self.draw_z(n))
         fake = fake.detach()
-        if self.D.joint:  # row-wise D (stacked MLPs): one pass for both; each member noises real, then fake
-            parts = (n, fake.shape[1])
-            noised = self.noised(torch.cat([real, fake], dim=1), sigmas, "noise/d", parts)
-            real_logits, fake_logits = self.D(noised).split(parts, dim=1)
+        parts = (n, fake.shape[1])
+        if self.D.joint:  # row-wise D (stacked MLPs): one pass for both; each member augments real, then fake
+            both = self.augmented(torch.cat([real, fake], dim=1), parts)  # ...then noises real, then fake
+            real, fake = both.split(parts, dim=1)
+            real_logits, fake_logits = self.D(self.noised(both, sigmas, "noise/d", parts)).split(parts, dim=1)
         else:
+            real, fake = self.augmented(real, parts[:1]), self.augmented(fake, parts[1:])
             real_logits = self.D(self.noised(real, sigmas, "noise/real", (n,)))
             fake_logits = self.D(self.noised(fake, sigmas, "noise/fake", (fake.shape[1],)))
         losses = [m.loss for m in self.members]
@@ -271,6 +277,14 @@ class GANModule(pl.LightningModule):
         for k, m in enumerate(self.members):
             m.prior.sample(n, generator=m.draws, out=z[k])
         return z
+
+    def augmented(self, x: Tensor, parts: tuple[int, ...]) -> Tensor:
+        """DiffAugment per member: x_k [N, C, H, W] augmented with numbers drawn from member k's draws for each of
+        `parts` (as `noised`); x itself, nothing drawn, with augment=none."""
+        if not self.augment:
+            return x
+        drawn = self.augment.draw([m.draws for m in self.members], parts, x.device)
+        return self.augment(x.flatten(0, 1), drawn).view_as(x)
 
     def noised(self, x: Tensor, sigmas: list[float], name: str, parts: tuple[int, ...]) -> Tensor:
         """Instance noise per member: x_k + σ_k·ε_k, ε_k drawn from member k's draws for each of `parts` (row
@@ -348,7 +362,8 @@ class GANModule(pl.LightningModule):
         return self.instance_noise.sigma(epochs)
 
     def generator_loss(self, z: Tensor, generator: nn.Module) -> Tensor:
-        """G's loss on generator(z) as D sees it, noise from torch's RNG (the feature-space figure's G step)."""
+        """G's loss on generator(z) as D sees it, noise from torch's RNG (the feature-space figure's G step: toy
+        data, which is never augmented)."""
         fake = self.per_member(generator(z))
         return self.losses(self.loss._pair.g, (self.discriminator(add_noise(fake[0], self.sigma())).unsqueeze(0),),
                            (), False)[0]

@@ -40,6 +40,7 @@ class StackedGAN(GANModule):
         first = self._members[0]
         self.d_steps, self.log_every, self.reuse_fake = first.d_steps, first.log_every, first.reuse_fake
         self.loss, self.prior, self.generator_ema = first.loss, first.prior, None  # their kinds; numbers are each member's
+        self.augment = first.augment  # augment.policy is not stackable: every member's is this one
         self._start()
         self.running = [True] * len(members)
         self.keep: dict[str, tuple[tuple[bool, ...], Tensor]] = {}  # side → (`running`, its mask): _keep's

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from ganexp.errors import ConfigError
+from ganexp.gan.augment import DiffAugment
 from ganexp.gan.module import GANModule
 from ganexp.gan.noise import InstanceNoise, LatentPrior
 from ganexp.config.registry import build, cannot_build
@@ -17,6 +18,9 @@ from ganexp.run.signals import managed
 # Lightning's advice on every machine with SLURM's commands (a login node) when a Trainer is built outside a
 # SLURM job: a run started there without srun is meant to run there, and its one-line errors stay one line.
 warnings.filterwarnings("ignore", "The `srun` command is available on your system but is not used")
+
+
+PARTS = ("model", "data", "loss", "optimizer", "noise", "augment")  # the config groups build_parts reads
 
 
 def plain(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -36,6 +40,8 @@ def build_parts(config: dict) -> dict[str, Any]:
     """Every part of a GANModule but the optimizers' parameters; each constructor checks its own values."""
     noise = config["noise"]
     return {
+        # a checkpoint from before augment existed has none
+        "augment": DiffAugment((config.get("augment") or {}).get("policy", ()), config["data"]["shape"]),
         "loss": build(config["loss"], "loss", key="loss"),
         "prior": build_prior(noise),
         "instance_noise": InstanceNoise(noise["instance_sigma"], noise["instance_sigma_min"], noise["anneal"],
@@ -54,7 +60,7 @@ def build_cheap_parts(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-    config = {k: plain(cfg[k]) for k in ("model", "data", "loss", "optimizer", "noise")}  # paths resolve only in a run
+    config = {k: plain(cfg[k]) for k in PARTS if k in cfg}  # paths resolve only in a run
     with torch.device("meta"):
         parts = build_parts(config)
     parts["data"] = build_datamodule(config["data"])  # its constructor only: setup() reads the data

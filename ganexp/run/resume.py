@@ -39,7 +39,7 @@ EXPERIMENT = keys_of(_EXPERIMENT, top=True)  # model, data, loss, optimizer, noi
 # Experiment settings added after the first checkpoints, as every run before them trained: a checkpoint
 # without them resumes with these values (and a re-run of its own command line compares equal). This is
 # history, not a second copy of conf/train.yaml's defaults: it stays as it is if a default changes later.
-ADDED_LATER = {"ema": {"decay": 0.0, "start": 0}, "reuse_fake": False}
+ADDED_LATER = {"ema": {"decay": 0.0, "start": 0}, "reuse_fake": False, "augment": {"policy": []}}
 # Machine-local keys inside the experiment (data.root, data.download): where the files are, not what they are.
 FREE = tuple(k for k in keys_of(MACHINE_LOCAL) if k.split(".")[0] in EXPERIMENT)
 NOT_SETTINGS = keys_of(PLUMBING)  # ckpt_path, init_from, paths, hydra, sweep

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ganexp.run.build import build_callbacks, build_logger, build_parts, plain
+from ganexp.run.build import PARTS, build_callbacks, build_logger, build_parts, plain
 from ganexp.config.keys import STACKABLE  # what may differ inside one stack: per-member numbers the step takes as [M] vectors
 from ganexp.config.registry import KNOWN, MOVED, _resolve, build, kind_of
 from ganexp.run.validate import check_config
@@ -100,7 +100,7 @@ def why_alone(cfg: DictConfig) -> str | None:
         if target not in LINEAR_IN_LR:
             return f"optimizer.{side} ({str(target).rsplit('.', 1)[-1]}) is not one whose step is linear in lr"
     with torch.device("meta"):
-        parts = build_parts({k: settings[k] for k in ("model", "data", "loss", "optimizer", "noise")})
+        parts = build_parts({k: settings[k] for k in PARTS if k in settings})
     for side in ("generator", "discriminator"):
         if problem := stack_problem(parts[side]):
             return f"model.{side}: {problem}"

@@ -18,7 +18,7 @@ from tests.run.test_resume_settings import _checkpoint, _compose
 
 def test_each_kind_has_its_members():
     assert keys.keys_of(EXPERIMENT, top=True) == ("model", "data", "loss", "optimizer", "noise", "seed", "batch_size",
-                                                  "d_steps", "n_fixed", "ema", "reuse_fake")
+                                                  "d_steps", "n_fixed", "ema", "reuse_fake", "augment")
     assert keys.keys_of(MACHINE_LOCAL) == ("data.root", "data.download", "trainer.enable_progress_bar", "paths")
     assert keys.keys_of(DISPLAY) == ("log_every", "image_every", "trainer.enable_progress_bar")
     assert keys.keys_of(PLUMBING) == ("ckpt_path", "init_from", "paths", "hydra", "sweep")
@@ -106,5 +106,5 @@ def test_a_resume_accepts_a_changed_machine_local_key(tmp_path, made, override):
 
 def test_conf_has_every_experiment_key():
     config = OmegaConf.load(CONF / "train.yaml")
-    groups = {"model", "data", "loss", "optimizer", "noise"}  # chosen in the defaults list
+    groups = {"model", "data", "loss", "optimizer", "noise", "augment"}  # chosen in the defaults list
     assert all(k in config or k in groups for k in keys.keys_of(EXPERIMENT, top=True))

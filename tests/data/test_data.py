@@ -124,6 +124,15 @@ def test_real_mnist_like_datasets(cls, name):
     assert mean == pytest.approx({"MNIST": 0.1307, "FashionMNIST": 0.2860}[name], abs=1e-3)
     images, labels = dm.split(train=False)
     assert images.shape == (10_000, 1, 28, 28) and images.dtype == torch.uint8 and labels.unique().numel() == 10
+    small = cls(root=str(root), batch_size=100, shape=(1, 28, 28), subset=1000)  # data.subset: the first 1,000
+    small.setup()
+    assert torch.equal(small.train_data, dm.train_data[:1000]) and torch.equal(small.labels, dm.labels[:1000])
+
+
+@pytest.mark.parametrize("subset", [0, -5, 2.5, "all"])
+def test_a_bad_mnist_subset_is_one_line(subset, tmp_path):
+    with pytest.raises(ConfigError, match=f"data.subset={subset} is .*; use an integer >= 1, or null for all of them"):
+        MNISTDataModule(root=str(tmp_path), batch_size=10, subset=subset)
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ def _options(group):
 
 
 CASES = [pytest.param(g, o, id=f"{g}={o}", marks=[pytest.mark.slow] if (g, o) in SLOW_CASES else [])
-         for g in ["data", "model", "loss", "optimizer", "noise", "trainer", "logger"] for o in _options(g)]
+         for g in ["data", "model", "loss", "optimizer", "noise", "augment", "trainer", "logger"] for o in _options(g)]
 
 
 @pytest.mark.parametrize("group, option", CASES)
