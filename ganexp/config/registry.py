@@ -48,6 +48,8 @@ KNOWN: dict[str, str] = {
     "torch.optim.SGD": "optimizer",
     "pytorch_lightning.Trainer": "trainer",
     "pytorch_lightning.loggers.TensorBoardLogger": "logger",
+    "pytorch_lightning.loggers.MLFlowLogger": "logger",
+    "pytorch_lightning.loggers.CSVLogger": "logger",
     "ganexp.callbacks.checkpoint.PeriodicCheckpoint": "callback",
     "ganexp.callbacks.samples.SampleGrid": "callback",
     "ganexp.callbacks.curves.TrainingCurves": "callback",
