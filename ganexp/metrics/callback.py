@@ -1,7 +1,8 @@
 """Metrics during training: every `every` iterations on `n` samples, at the end on `n_final`.
 
-- Every logger: `metrics/<name>` on the iteration axis, its last point the final evaluation (on `n_final`
-  samples, so a run that evaluates only at the end has a curve too; the HParams entry: ganexp/run/tensorboard.py).
+- Every logger: `metrics/<name>` on the iteration axis; its last point is the final evaluation (on `n_final`
+  samples) unless an evaluation on `n` ran at that iteration, so a run that evaluates only at the end has a
+  curve too (the HParams entry: ganexp/run/tensorboard.py).
 - `checkpoints/best.ckpt`: the weights with the best `monitor` value seen during training.
 - metrics.json: `final` and `best` (both scored on `n_final` samples, so they compare),
   `best_iteration`, `monitor`, `protocol` (with the real-vs-real floors).
@@ -90,7 +91,8 @@ class EvalCallback(Periodic):
                 best, best_iteration = final, pl_module.iteration  # on n_final samples the last one wins
                 self.best_value, self.best_iteration = final.get(self.monitor), pl_module.iteration
                 self._save_best(pl_module)
-        self._log(pl_module, final)
+        if self.ran_at != pl_module.iteration:  # one point per iteration: the n-sample one when it evaluated then
+            self._log(pl_module, final)
         update_metrics(self.dirpath, final=final, best=best, best_iteration=best_iteration)
         log.info("final (%d samples): %s", self.n_final, _fmt(final))  # HParams: train.py, from the final record
 

@@ -51,8 +51,23 @@ def hydra_subdir(output_dir: str) -> str:
     return ".hydra"
 
 
+def experiment_name(sweep_dir: str, output_dir: str) -> str:
+    """MLflow's experiment for a run (conf/logger/mlflow.yaml): its sweep folder, every job of a sweep in one;
+    "runs" for a run of its own."""
+    inside = Path(os.path.abspath(output_dir)).is_relative_to(os.path.abspath(sweep_dir))
+    return str(sweep_dir) if inside else "runs"
+
+
+def run_name(sweep_dir: str, output_dir: str) -> str:
+    """MLflow's name for a run: a sweep job's folder within the sweep (its swept values first), else the run folder."""
+    inside = Path(os.path.abspath(output_dir)).is_relative_to(os.path.abspath(sweep_dir))
+    return os.path.relpath(os.path.abspath(output_dir), os.path.abspath(sweep_dir)) if inside else str(output_dir)
+
+
 def register_resolvers() -> None:
     """The resolvers conf/hydra/default.yaml uses (train.py calls this before Hydra composes)."""
     OmegaConf.register_new_resolver("ganexp_run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("ganexp_hydra_subdir", hydra_subdir, replace=True)
     OmegaConf.register_new_resolver("ganexp_job_dir", job_dir, replace=True)
+    OmegaConf.register_new_resolver("ganexp_experiment", experiment_name, replace=True)
+    OmegaConf.register_new_resolver("ganexp_run_name", run_name, replace=True)

@@ -1,10 +1,17 @@
-"""What TensorBoard shows to compare runs: a curated HParams entry and a custom-scalars layout.
+"""What every logger shows to compare runs: a curated HParams entry, and TensorBoard's custom-scalars layout.
 
 HParams columns (≤ 30 for a default run): the option chosen for each config group by name
 (`data`, `model`, `loss`, `optimizer`, `noise`, `experiment`), the hyperparameters that matter for
 GANs, every key the command line overrode or a sweep swept (whatever it is), and the run's
-`status`; metrics: `hparams/final_<score>` and `hparams/best_<score>`. The full resolved config
-stays where it is (`.hydra/config.yaml`, the checkpoint).
+`status`; metrics: `hparams/final_<score>`, `hparams/best_<score>` and `hparams/iteration`. The full
+resolved config stays where it is (`.hydra/config.yaml`, the checkpoint).
+
+- TensorBoard: an experiment summary of its own leads with what differs: the swept keys first and marked
+  as differing (TensorBoard's HParams table shows the first five differing columns ticked), the monitored
+  metric's final and best first among the metrics (the first five ticked).
+- MLflow: the columns as params (status as a tag, as it changes when a run resumes), the metrics without
+  TensorBoard's `hparams/` prefix (`final_fid`, `best_fid`, `iteration`) at the run's last iteration.
+- CSV (and any other logger): `log_hyperparams` (csv/hparams.yaml) and the metrics as MLflow's.
 """
 from __future__ import annotations
 
@@ -12,11 +19,15 @@ import math
 from typing import Any
 
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 
+from ganexp.callbacks.loggers import Loggers
 from ganexp.io.files import select
 from ganexp.config.checks import FLOAT, INT, is_kind
 from ganexp.config import keys as _keys
-from ganexp.io.results import read_metrics
+from ganexp.io.results import keep_mlflow_run, read_metrics
+from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS
+from ganexp.run.jobs import swept
 from ganexp.run.signals import status
 
 GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
@@ -79,15 +90,67 @@ def metrics(record: dict) -> dict[str, float]:
     return out
 
 
+def experiment(params: dict[str, Any], values: dict[str, float], lead: list[str], monitor: Any):
+    """TensorBoard's experiment summary: the columns with the `lead` keys first and marked as differing, the
+    monitored metric's final and best first, then every metric of its kind (image or toy), so a run that
+    failed before scoring describes the same table as the others (TensorBoard reads one run's summary)."""
+    from tensorboard.plugins.hparams import api_pb2
+    from tensorboard.plugins.hparams.summary import experiment_pb
+
+    kinds = {bool: api_pb2.DATA_TYPE_BOOL, str: api_pb2.DATA_TYPE_STRING, float: api_pb2.DATA_TYPE_FLOAT64}
+    order = [*lead, *(k for k in params if k not in lead)]
+    hparams = [api_pb2.HParamInfo(name=k, type=kinds[type(params[k])], differs=k in lead) for k in order]
+    family = next((list(m) for m in (IMAGE_METRICS, TOY_METRICS) if monitor in m), [])
+    first = [f"hparams/{part}_{monitor}" for part in ("final", "best")] if monitor in family else []
+    names = dict.fromkeys([*first, *values, *(f"hparams/{part}_{m}" for part in ("final", "best") for m in family)])
+    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=name)) for name in names]
+    return experiment_pb(hparam_infos=hparams, metric_infos=metric_infos)
+
+
+def _tensorboard(logger: TensorBoardLogger, params: dict[str, Any], values: dict[str, float], monitor: Any) -> None:
+    """What Lightning's log_hyperparams writes (hparams.yaml, the metrics at step 0, the session's start and
+    end), with ganexp's experiment summary in place of the one listing the columns in their given order."""
+    from torch.utils.tensorboard.summary import hparams
+
+    logger.hparams.update(params)
+    logger.log_metrics(values, 0)
+    _, start, end = hparams(params, values)
+    writer = logger.experiment._get_file_writer()
+    for summary in (experiment(params, values, [k for k in swept() if k in params], monitor), start, end):
+        writer.add_summary(summary)
+
+
+def _mlflow(logger: MLFlowLogger, params: dict[str, Any], values: dict[str, float], step: int) -> None:
+    """Params once (MLflow keeps a param's first value: a resume that changes a column keeps the first
+    run's, .hydra/ has the rest), `status` as a tag, the metrics at the run's last iteration."""
+    client, run_id = logger.experiment, logger.run_id
+    known = client.get_run(run_id).data.params
+    logger.log_hyperparams({k: v for k, v in params.items() if k != "status" and k not in known})
+    client.set_tag(run_id, "status", params["status"])
+    logger.log_metrics(values, step)
+
+
 def write_hparams(logger: Any, config: dict, record: dict, overrides: list[str] | None) -> None:
-    """The run's HParams entry, written once its record is final (every status, so failures show)."""
+    """The run's HParams entry to each of its loggers, written once its record is final (every status, so
+    failures show)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if logger is None or not hasattr(logger, "log_hyperparams"):
+    if (loggers := Loggers.of(logger)) is None:
         return
     chosen = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}  # {}: composed in code
     choices = {k: "none" if v is None else str(v) for k, v in chosen.items() if k in GROUPS}
-    logger.log_hyperparams(columns(config, choices, overrides, str(record.get("status"))), metrics(record))
+    params, values = columns(config, choices, overrides, str(record.get("status"))), metrics(record)
+    plain = {k.removeprefix("hparams/"): v for k, v in values.items()}
+    step = int(values["hparams/iteration"])
+    for lg in loggers.all:
+        if isinstance(lg, TensorBoardLogger):
+            _tensorboard(lg, params, values, record.get("monitor"))
+        elif isinstance(lg, MLFlowLogger):
+            _mlflow(lg, params, plain, step)
+        else:
+            lg.log_hyperparams(params)
+            lg.log_metrics(plain, step)
+            lg.save()
 
 
 class HParamsRow(Callback):
@@ -100,9 +163,12 @@ class HParamsRow(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # known only now (DDP): rank 0 writes TensorBoard's custom-scalars layout, once per run
-        writer = getattr(pl_module.run.logger, "experiment", None) if trainer.is_global_zero else None
-        if hasattr(writer, "add_custom_scalars"):
-            writer.add_custom_scalars(LAYOUT)
+        # and keeps the MLflow run's id in metrics.json, so that a resume appends to that run
+        if trainer.is_global_zero and pl_module.run.logger is not None:
+            for logger in pl_module.run.logger.of_kind(TensorBoardLogger):
+                logger.experiment.add_custom_scalars(LAYOUT)
+            for logger in pl_module.run.logger.of_kind(MLFlowLogger):
+                keep_mlflow_run(pl_module.run.out, logger.experiment.tracking_uri, logger.run_id)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and pl_module.interrupted is None:

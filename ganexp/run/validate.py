@@ -55,7 +55,7 @@ def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad value or nonsensical combination in `cfg`: the keys
     above, then the cheap parts built as a run builds them (loss, prior, instance noise, datamodule
     without its data, G and D), so that each part's own check is the one-line error."""
-    from ganexp.run.build import build_cheap_parts
+    from ganexp.run.build import build_cheap_parts, check_loggers
     from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS, min_samples
 
     for key, kind, ok, allowed in RULES:
@@ -84,6 +84,7 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"logger.{key}={shown(text)} is not a plain folder name; the logger writes inside "
                               f"the run folder: give a name without '/' (or \"\" for the run folder itself)")
     _check_max_time(cfg)
+    check_loggers(cfg)
     parts = build_cheap_parts(cfg)
     _check_eval(cfg, getattr(parts["data"], "metrics_name", None))
     _check_memory(cfg, parts)
