@@ -27,7 +27,7 @@ class Loggers:
         self.all = list(loggers)
 
     @classmethod
-    def of(cls, loggers: Any) -> "Loggers | None":
+    def of(cls, loggers: Any) -> Loggers | None:
         """None for no logger (logger=none), else the loggers (one, a list, or a Loggers) as one."""
         if isinstance(loggers, Loggers):
             return loggers
