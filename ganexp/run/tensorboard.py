@@ -90,33 +90,39 @@ def metrics(record: dict) -> dict[str, float]:
     return out
 
 
-def experiment(params: dict[str, Any], values: dict[str, float], lead: list[str], monitor: Any):
-    """TensorBoard's experiment summary: the columns with the `lead` keys first and marked as differing, the
-    monitored metric's final and best first, then every metric of its kind (image or toy), so a run that
-    failed before scoring describes the same table as the others (TensorBoard reads one run's summary)."""
-    from tensorboard.plugins.hparams import api_pb2
-    from tensorboard.plugins.hparams.summary import experiment_pb
+def lead(summary, params: dict[str, Any], values: dict[str, float], first: list[str], monitor: Any) -> None:
+    """Torch's experiment summary (`summary`, in place) leading with what differs: the `first` keys before the
+    other columns and marked as differing (TensorBoard ticks the first five differing ones), the monitored
+    metric's final and best before the other metrics, then every metric of its kind (image or toy), so a run
+    that failed before scoring describes the same table as the others (TensorBoard reads one run's summary)."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-    kinds = {bool: api_pb2.DATA_TYPE_BOOL, str: api_pb2.DATA_TYPE_STRING, float: api_pb2.DATA_TYPE_FLOAT64}
-    order = [*lead, *(k for k in params if k not in lead)]
-    hparams = [api_pb2.HParamInfo(name=k, type=kinds[type(params[k])], differs=k in lead) for k in order]
+    plugin = summary.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+    infos = {info.name: info for info in data.experiment.hparam_infos}
+    order = [*first, *(k for k in params if k not in first)]
+    for name in order:
+        infos[name].differs = name in first
     family = next((list(m) for m in (IMAGE_METRICS, TOY_METRICS) if monitor in m), [])
-    first = [f"hparams/{part}_{monitor}" for part in ("final", "best")] if monitor in family else []
-    names = dict.fromkeys([*first, *values, *(f"hparams/{part}_{m}" for part in ("final", "best") for m in family)])
-    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=name)) for name in names]
-    return experiment_pb(hparam_infos=hparams, metric_infos=metric_infos)
+    top = [f"hparams/{part}_{monitor}" for part in ("final", "best")] if monitor in family else []
+    names = dict.fromkeys([*top, *values, *(f"hparams/{part}_{m}" for part in ("final", "best") for m in family)])
+    del data.experiment.hparam_infos[:], data.experiment.metric_infos[:]
+    data.experiment.hparam_infos.extend(infos[name] for name in order)
+    data.experiment.metric_infos.extend(api_pb2.MetricInfo(name=api_pb2.MetricName(tag=name)) for name in names)
+    plugin.content = data.SerializeToString()
 
 
 def _tensorboard(logger: TensorBoardLogger, params: dict[str, Any], values: dict[str, float], monitor: Any) -> None:
-    """What Lightning's log_hyperparams writes (hparams.yaml, the metrics at step 0, the session's start and
-    end), with ganexp's experiment summary in place of the one listing the columns in their given order."""
+    """What Lightning's log_hyperparams writes (hparams.yaml, the metrics at step 0, torch's three HParams
+    summaries), the experiment summary leading with the swept keys and the monitored metric."""
     from torch.utils.tensorboard.summary import hparams
 
     logger.hparams.update(params)
     logger.log_metrics(values, 0)
-    _, start, end = hparams(params, values)
+    summaries = hparams(params, values)
+    lead(summaries[0], params, values, [k for k in swept() if k in params], monitor)
     writer = logger.experiment._get_file_writer()
-    for summary in (experiment(params, values, [k for k in swept() if k in params], monitor), start, end):
+    for summary in summaries:
         writer.add_summary(summary)
 
 
