@@ -57,8 +57,8 @@ class Server:
                 time.sleep(0.3)
         raise AssertionError(f"mlflow server not up after {seconds} s: {Path(self.log.name).read_text()[-2000:]}")
 
-    def get(self, path: str, **query) -> dict:
-        url = f"http://127.0.0.1:{self.port}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}"
+    def get(self, endpoint: str, **query) -> dict:
+        url = f"http://127.0.0.1:{self.port}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
         with urllib.request.urlopen(url, timeout=30) as response:
             return json.load(response)
 
@@ -172,7 +172,9 @@ def test_every_logger_gets_the_same_values(swept):
         events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         events.Reload()
         tb_loss = [(e.step, e.value) for e in events.Scalars("loss/d")]
-        assert csv_loss == pytest.approx(mlflow_loss, rel=1e-6) and tb_loss == pytest.approx(mlflow_loss, rel=1e-6)
+        for other in (csv_loss, tb_loss):
+            assert [step for step, _ in other] == [step for step, _ in mlflow_loss] == list(range(ITERATIONS))
+            assert [v for _, v in other] == pytest.approx([v for _, v in mlflow_loss], rel=1e-6)
         record = json.loads((folder / "metrics.json").read_text())
         assert final == [(ITERATIONS, pytest.approx(record["final"]["fid"]))]
         assert events.Scalars("hparams/final_fid")[0].value == pytest.approx(record["final"]["fid"], rel=1e-6)
