@@ -20,7 +20,7 @@ from tests.helpers import ROOT, run_train
 
 pytest.importorskip("mlflow", reason="logger=mlflow needs mlflow: pip install -e '.[mlflow]'")
 
-LRS = ("1e-4", "2e-4")
+LRS = ("0.0001", "0.0002")  # as Hydra writes them into the folder names
 SWEEP = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.max_epochs=1",
          "trainer.limit_train_batches=4", "log_every=1", "image_every=2", "ckpt_every=2", "eval_every=0",
          "eval.n=300", "eval.n_final=300"]

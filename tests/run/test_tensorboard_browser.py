@@ -27,7 +27,7 @@ pytestmark = [
 websocket = pytest.importorskip("websocket", reason="the DevTools client needs websocket-client (the dev extra)")
 pytest.importorskip("tensorboard", reason="no tensorboard")
 
-SWEPT = {"loss.label_smoothing": ("0", "0.1"), "optimizer.lr": ("1e-4", "5e-4")}  # 0 is a prefix of 0.1
+SWEPT = {"loss.label_smoothing": ("0", "0.1"), "optimizer.lr": ("0.0001", "0.0005")}  # as Hydra writes them; 0 is a prefix of 0.1
 ARGS = ["data=toy", "model=toy_mlp", "hydra/launcher=stacked", "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "log_every=1",
         "eval_every=0", "eval.n=300", "eval.n_final=300"]
