@@ -193,7 +193,7 @@ def test_a_resumed_job_appends_to_its_mlflow_run(swept):
     folder = jobs(swept["sweep"])[LRS[0]]
     before = _run_of(swept, folder)
     result = run_train(f"optimizer.lr={LRS[0]}", "logger=mlflow", f"logger.save_dir={swept['store']}",
-                       *SWEEP, *LONGER, f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}", cwd=swept["tmp"], timeout=300)
+                       *SWEEP, *LONGER, f"ckpt_path='{folder / 'checkpoints' / 'last.ckpt'}'", cwd=swept["tmp"], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     after = _run_of(swept, folder)
     assert after["info"]["run_id"] == before["info"]["run_id"]
