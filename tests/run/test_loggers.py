@@ -25,7 +25,7 @@ SWEEP = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "traine
          "trainer.limit_train_batches=4", "log_every=1", "image_every=2", "ckpt_every=2", "eval_every=0",
          "eval.n=300", "eval.n_final=300"]
 ITERATIONS = 4
-LONGER = ["trainer.limit_train_batches=6"]  # the resume: 2 more iterations (limit_train_batches may change)
+LONGER = ["trainer.max_epochs=2"]  # the resume: a second epoch of 4 iterations (max_epochs may change)
 
 
 def free_port() -> int:
@@ -199,8 +199,8 @@ def test_a_resumed_job_appends_to_its_mlflow_run(swept):
     assert after["info"]["run_id"] == before["info"]["run_id"]
     assert len(swept["server"].runs(str(swept["sweep"]))) == 2  # no new run
     loss = swept["server"].history(after["info"]["run_id"], "loss/d")
-    assert [step for step, _ in loss] == list(range(6))
-    assert {m["key"]: m["value"] for m in after["data"]["metrics"]}["iteration"] == 6
+    assert [step for step, _ in loss] == list(range(2 * ITERATIONS))
+    assert {m["key"]: m["value"] for m in after["data"]["metrics"]}["iteration"] == 2 * ITERATIONS
     assert _tags(after)["status"] == "finished"
 
 
