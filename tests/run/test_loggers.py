@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, run_train
+from tests.helpers import run_train
 
 pytest.importorskip("mlflow", reason="logger=mlflow needs mlflow: pip install -e '.[mlflow]'")
 
@@ -96,32 +96,25 @@ def jobs(sweep: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """The sweep, with logger=many (TensorBoard, MLflow into a local store, CSV), then the server on that store."""
+    """The sweep with logger=many (TensorBoard, MLflow into a local store, CSV); then the first job resumed for a
+    second epoch with logger=mlflow while the server starts on that store."""
     tmp = tmp_path_factory.mktemp("loggers")
     store, sweep = tmp / "mlruns", tmp / "sweep"
-    started = time.monotonic()
     result = run_train("-m", f"optimizer.lr={','.join(LRS)}", "logger=many", f"logger.mlflow.save_dir={store}",
                        f"hydra.sweep.dir={sweep}", *SWEEP, cwd=tmp, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    took = time.monotonic() - started
+    resumed = jobs(sweep)[LRS[0]]
+    before = json.loads((resumed / "metrics.json").read_text())["mlflow_runs"]
     server = Server(store, tmp / "server.log")
     try:
+        again = run_train(f"optimizer.lr={LRS[0]}", "logger=mlflow", f"logger.save_dir={store}", *SWEEP, *LONGER,
+                          f"ckpt_path='{resumed / 'checkpoints' / 'last.ckpt'}'", cwd=tmp, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
         server.wait()
-        yield {"server": server, "sweep": sweep, "tmp": tmp, "store": store, "took": took, "stdout": result.stdout}
+        yield {"server": server, "sweep": sweep, "store": store, "stdout": result.stdout, "resumed": resumed,
+               "before": before, "kept": jobs(sweep)[LRS[1]]}
     finally:
         server.stop()
-
-
-def test_the_sweep_is_one_experiment_with_a_run_per_job_named_by_its_swept_value_first(swept):
-    runs = swept["server"].runs(str(swept["sweep"]))
-    assert sorted(runs) == sorted(f"{d.parent.name}/seed=0" for d in jobs(swept["sweep"]).values())
-    assert all(name.startswith("optimizer.lr=") for name in runs)  # what differs leads the name
-    assert sorted(float(_params(r)["optimizer.lr"])
-                  for r in runs.values()) == [1e-4, 2e-4]
-    for run in runs.values():
-        params = _params(run)
-        assert (params["loss"], params["data"], params["d_steps"]) == ("nonsaturating", "digits", "1.0")
-        assert "status" not in params and _tags(run)["status"] == "finished"
 
 
 def _params(run: dict) -> dict[str, str]:
@@ -132,54 +125,65 @@ def _tags(run: dict) -> dict[str, str]:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
+def _metrics(run: dict) -> dict[str, float]:
+    return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+
+
 def _run_of(swept, folder: Path) -> dict:
     record = json.loads((folder / "metrics.json").read_text())
     (run_id,) = record["mlflow_runs"].values()
     return swept["server"].get("runs/get", run_id=run_id)["run"]
 
 
-def test_each_run_has_the_final_and_best_metrics_of_its_record_and_every_iteration_s_loss(swept):
-    server = swept["server"]
-    for folder in jobs(swept["sweep"]).values():
-        record = json.loads((folder / "metrics.json").read_text())
-        run = _run_of(swept, folder)
-        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-        for name in ("fid", "kid", "coverage"):
-            assert metrics[f"final_{name}"] == pytest.approx(record["final"][name], rel=1e-12)
-            assert metrics[f"best_{name}"] == pytest.approx(record["best"][name], rel=1e-12)
-        assert metrics["iteration"] == ITERATIONS
-        loss = server.history(run["info"]["run_id"], "loss/d")
-        assert [step for step, _ in loss] == list(range(ITERATIONS))
-        assert server.history(run["info"]["run_id"], "metrics/fid") == [(ITERATIONS, pytest.approx(record["final"]["fid"]))]
-        files = server.get("artifacts/list", run_id=run["info"]["run_id"], path="samples/fake")["files"]
-        assert [f["path"] for f in files] == ["samples/fake/0000002.png", "samples/fake/0000004.png"]
-        assert all(f["file_size"] > 1000 for f in files)
-        real = server.get("artifacts/list", run_id=run["info"]["run_id"], path="samples/real")["files"]
-        assert [f["path"] for f in real] == ["samples/real/0000000.png"]
+def test_the_sweep_is_one_experiment_with_a_run_per_job_named_by_its_swept_value_first(swept):
+    runs = swept["server"].runs(str(swept["sweep"]))
+    assert sorted(runs) == sorted(f"{d.parent.name}/seed=0" for d in jobs(swept["sweep"]).values())
+    assert all(name.startswith("optimizer.lr=") for name in runs)  # what differs leads the name
+    assert sorted(float(_params(r)["optimizer.lr"]) for r in runs.values()) == [1e-4, 2e-4]
+    for run in runs.values():
+        params = _params(run)
+        assert (params["loss"], params["data"], params["d_steps"]) == ("nonsaturating", "digits", "1.0")
+        assert "status" not in params and _tags(run)["status"] == "finished"
+
+
+def test_a_run_has_the_final_and_best_metrics_of_its_record_every_iteration_s_loss_and_the_grids(swept):
+    server, folder = swept["server"], swept["kept"]
+    record = json.loads((folder / "metrics.json").read_text())
+    run = _run_of(swept, folder)
+    metrics, run_id = _metrics(run), run["info"]["run_id"]
+    for name in ("fid", "kid", "coverage"):
+        assert metrics[f"final_{name}"] == pytest.approx(record["final"][name], rel=1e-12)
+        assert metrics[f"best_{name}"] == pytest.approx(record["best"][name], rel=1e-12)
+    assert metrics["iteration"] == ITERATIONS
+    assert [step for step, _ in server.history(run_id, "loss/d")] == list(range(ITERATIONS))
+    assert server.history(run_id, "metrics/fid") == [(ITERATIONS, pytest.approx(record["final"]["fid"]))]
+    files = server.get("artifacts/list", run_id=run_id, path="samples/fake")["files"]
+    assert [f["path"] for f in files] == ["samples/fake/0000002.png", "samples/fake/0000004.png"]
+    assert all(f["file_size"] > 1000 for f in files)
+    real = server.get("artifacts/list", run_id=run_id, path="samples/real")["files"]
+    assert [f["path"] for f in real] == ["samples/real/0000000.png"]
 
 
 def test_every_logger_gets_the_same_values(swept):
     """CSV's metrics.csv and TensorBoard's event file hold MLflow's loss/d, step for step, and the final scores."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    for folder in jobs(swept["sweep"]).values():
-        run = _run_of(swept, folder)
-        mlflow_loss = swept["server"].history(run["info"]["run_id"], "loss/d")
-        with open(folder / "csv" / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-        csv_loss = [(int(r["step"]), float(r["loss/d"])) for r in rows if r.get("loss/d")]
-        final = [(int(r["step"]), float(r["final_fid"])) for r in rows if r.get("final_fid")]
-        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-        events.Reload()
-        tb_loss = [(e.step, e.value) for e in events.Scalars("loss/d")]
-        for other in (csv_loss, tb_loss):
-            assert [step for step, _ in other] == [step for step, _ in mlflow_loss] == list(range(ITERATIONS))
-            assert [v for _, v in other] == pytest.approx([v for _, v in mlflow_loss], rel=1e-6)
-        record = json.loads((folder / "metrics.json").read_text())
-        assert final == [(ITERATIONS, pytest.approx(record["final"]["fid"]))]
-        assert events.Scalars("hparams/final_fid")[0].value == pytest.approx(record["final"]["fid"], rel=1e-6)
-        assert "optimizer.lr: 0.0001" in (folder / "csv" / "hparams.yaml").read_text() or \
-            "optimizer.lr: 0.0002" in (folder / "csv" / "hparams.yaml").read_text()
+    folder = swept["kept"]
+    mlflow_loss = swept["server"].history(_run_of(swept, folder)["info"]["run_id"], "loss/d")
+    with open(folder / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    csv_loss = [(int(r["step"]), float(r["loss/d"])) for r in rows if r.get("loss/d")]
+    final = [(int(r["step"]), float(r["final_fid"])) for r in rows if r.get("final_fid")]
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    tb_loss = [(e.step, e.value) for e in events.Scalars("loss/d")]
+    for other in (csv_loss, tb_loss):
+        assert [step for step, _ in other] == [step for step, _ in mlflow_loss] == list(range(ITERATIONS))
+        assert [v for _, v in other] == pytest.approx([v for _, v in mlflow_loss], rel=1e-6)
+    record = json.loads((folder / "metrics.json").read_text())
+    assert final == [(ITERATIONS, pytest.approx(record["final"]["fid"]))]
+    assert events.Scalars("hparams/final_fid")[0].value == pytest.approx(record["final"]["fid"], rel=1e-6)
+    assert f"optimizer.lr: {float(LRS[1])}" in (folder / "csv" / "hparams.yaml").read_text()
 
 
 def test_the_summary_names_the_mlflow_command(swept):
@@ -189,27 +193,24 @@ def test_the_summary_names_the_mlflow_command(swept):
 
 
 def test_a_resumed_job_appends_to_its_mlflow_run(swept):
-    """The same sweep again into its folder, longer: each job resumes from last.ckpt and logs to the same run."""
-    folder = jobs(swept["sweep"])[LRS[0]]
-    before = _run_of(swept, folder)
-    result = run_train(f"optimizer.lr={LRS[0]}", "logger=mlflow", f"logger.save_dir={swept['store']}",
-                       *SWEEP, *LONGER, f"ckpt_path='{folder / 'checkpoints' / 'last.ckpt'}'", cwd=swept["tmp"], timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    after = _run_of(swept, folder)
-    assert after["info"]["run_id"] == before["info"]["run_id"]
+    """The first job resumed for a second epoch logs to the run it made, which now has both epochs' losses."""
+    folder = swept["resumed"]
+    record = json.loads((folder / "metrics.json").read_text())
+    assert record["mlflow_runs"] == swept["before"]
     assert len(swept["server"].runs(str(swept["sweep"]))) == 2  # no new run
-    loss = swept["server"].history(after["info"]["run_id"], "loss/d")
-    assert [step for step, _ in loss] == list(range(2 * ITERATIONS))
-    assert {m["key"]: m["value"] for m in after["data"]["metrics"]}["iteration"] == 2 * ITERATIONS
-    assert _tags(after)["status"] == "finished"
+    run = _run_of(swept, folder)
+    assert [step for step, _ in swept["server"].history(run["info"]["run_id"], "loss/d")] == list(range(2 * ITERATIONS))
+    metrics = _metrics(run)
+    assert metrics["iteration"] == 2 * ITERATIONS and _tags(run)["status"] == "finished"
+    assert metrics["final_fid"] == pytest.approx(record["final"]["fid"], rel=1e-12)
 
 
-def test_logger_mlflow_without_mlflow_is_one_line_and_no_folder(tmp_path):
-    hide = "import sys, runpy; sys.modules['mlflow'] = None; sys.argv = ['train.py', *sys.argv[1:]]; " \
-           f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')"
-    result = subprocess.run([sys.executable, "-c", hide, "logger=mlflow", *SWEEP], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "needs the mlflow package" in lines[0] and '".[mlflow]"' in lines[0], lines
-    assert not (tmp_path / "outputs").exists()
+def test_logger_mlflow_without_mlflow_is_one_line_and_no_folder(tmp_path, monkeypatch, capsys):
+    from ganexp.cli import command_line
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # what importlib finds when mlflow is not installed
+    monkeypatch.chdir(tmp_path)
+    assert command_line(lambda: pytest.fail("the run started"), ["logger=mlflow", *SWEEP]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "logger (MLFlowLogger) needs the mlflow package" in lines[0], lines
+    assert '".[mlflow]"' in lines[0] and list(tmp_path.iterdir()) == []

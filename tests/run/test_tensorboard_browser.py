@@ -86,7 +86,7 @@ class Browser:
     def rendered(self, url: str, script: str):
         """What `script` returns once the page at `url` has rendered it (it returns null until then)."""
         self.call("Page.navigate", url=url)
-        value = lambda: self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value")  # noqa: E731
+        value = lambda: self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value")
         return json.loads(_until(value, WAIT, lambda: f"{url} did not render"))
 
     def stop(self) -> None:
@@ -106,9 +106,9 @@ class Board:
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0",
              "--load_fast", "false", "--reload_interval", "0"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        found = lambda: re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())  # noqa: E731
+        found = lambda: re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())
         self.url = f"http://127.0.0.1:{_until(found, WAIT, lambda: log.read_text()[-2000:]).group(1)}"
-        runs = lambda: (json.load(urllib.request.urlopen(f"{self.url}/data/runs", timeout=10)) or None)  # noqa: E731
+        runs = lambda: (json.load(urllib.request.urlopen(f"{self.url}/data/runs", timeout=10)) or None)
         self.runs = _until(runs, WAIT, lambda: "TensorBoard loaded no runs")
 
     def stop(self) -> None:
