@@ -22,6 +22,7 @@ from ganexp.config import CONF_DIR
 from ganexp.run.validate import check_command_line
 from ganexp.errors import ConfigError
 from ganexp.run.lifecycle import lightning_logs_to_hydra, record_failure, train
+from ganexp.run.jobs import SWEPT, sweep_keys
 from ganexp.run.lock import FolderInUse
 from ganexp.io.results import sweeper_value, update_metrics
 from ganexp.run.signals import EXIT_CODES, HANDED_OVER, hand_over, managed
@@ -107,17 +108,29 @@ def _fail(multirun: bool, status: str, message: str, code: int) -> None:
     log.error("job %s: %s", status, message)
 
 
+def _swept(grid: list[str]) -> list[str]:
+    """The keys a multirun command line (with its `sweep=` grid) sweeps; [] for a single run."""
+    if not any(a in ("-m", "--multirun") for a in grid):
+        return []
+    try:
+        return sweep_keys([a for a in grid if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - a command line Hydra cannot parse: Hydra says so next
+        return []
+
+
 def command_line(main: Callable[[], None], args: list[str]) -> int:
     """Check every job of the command line (before Hydra creates a folder), run `main` (the @hydra.main
     function), and the exit status; a sweep stopped by a signal or by Hydra still gets its summary."""
     hydra_flags = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]
+    grid = with_grid(args, CONF_DIR)  # a sweep's command line with its sweep= grid
     if not hydra_flags and not os.environ.get("HYDRA_FULL_ERROR"):
         try:  # compose and check every job before Hydra creates a run folder
             check_launcher(args)
-            check_command_line(with_grid(args, CONF_DIR), CONF_DIR)
+            check_command_line(grid, CONF_DIR)
         except ConfigError as err:
             print(f"ganexp: error: {err}", file=sys.stderr)
             return 2
+    os.environ[SWEPT] = ",".join(_swept(grid))  # inherited by every job, wherever its launcher runs it
     try:
         main()
     except SweepInterrupted as stop:  # a sweep's job was stopped by a signal: summarize what ran

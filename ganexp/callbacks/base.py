@@ -43,12 +43,6 @@ class Periodic(Callback):
         self.final(trainer, pl_module)
 
 
-def tb_writer(pl_module):
-    """The TensorBoard SummaryWriter, or None (logger=none or another logger)."""
-    experiment = getattr(pl_module.run.logger, "experiment", None) if pl_module.run.logger is not None else None
-    return experiment if hasattr(experiment, "add_figure") else None
-
-
 def epochs(trainer, iteration: int) -> float:
     """Epochs completed after `iteration` iterations (fractional)."""
     return iteration / max(int(trainer.num_training_batches), 1)

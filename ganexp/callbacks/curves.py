@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import Callback
 from ganexp.callbacks import figures
 
 from ganexp.io import writes
-from ganexp.callbacks.base import epochs, tb_writer
+from ganexp.callbacks.base import epochs
 
 
 class TrainingCurves(Callback):
@@ -40,7 +40,7 @@ class TrainingCurves(Callback):
         series = {c: [row.get(c, math.nan) for row in self.rows] for c in columns}
         fig = figures.curves_figure(series["epoch"], series)
         figures.save_png(fig, self.dirpath / "curves.png")
-        if (writer := tb_writer(pl_module)) is not None:
+        if (writer := pl_module.run.logger) is not None:
             writer.add_figure("figures/curves", fig, pl_module.iteration, close=False)
 
     def state_dict(self) -> dict:  # one tensor, not a list of dicts: long runs log 10^5 rows

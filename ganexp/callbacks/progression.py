@@ -7,7 +7,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from ganexp.callbacks import figures
-from ganexp.callbacks.base import epochs, pick, tb_writer
+from ganexp.callbacks.base import epochs, pick
 from ganexp.data.base import quantize
 
 
@@ -52,7 +52,7 @@ class ImageProgression(Callback):
         labels = [f"epoch {epochs(trainer, self.iterations[i]):.4g}" for i in keep]  # 0.5, 12, 1900
         fig = figures.progression_figure([self.rows[i].numpy() for i in keep], labels)
         figures.save_png(fig, self.dirpath / "progression.png")
-        if (writer := tb_writer(pl_module)) is not None:
+        if (writer := pl_module.run.logger) is not None:
             writer.add_figure("figures/progression", fig, pl_module.iteration, close=False)
 
     def state_dict(self) -> dict:

@@ -22,12 +22,12 @@ class SampleGrid(Periodic):
     def on_train_start(self, trainer, pl_module) -> None:
         real = pl_module.run.data.train_data[: len(pl_module.fixed_z)]
         if real.dim() == 4 and trainer.is_global_zero and pl_module.run.logger is not None:
-            pl_module.run.logger.experiment.add_image("samples/real", self._grid(real, pl_module), pl_module.iteration)
+            pl_module.run.logger.add_image("samples/real", self._grid(real, pl_module), pl_module.iteration)
 
     def periodic(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or pl_module.run.logger is None:
             return
-        writer, step = pl_module.run.logger.experiment, pl_module.iteration
+        writer, step = pl_module.run.logger, pl_module.iteration
         real = pl_module.run.data.train_data
         if real.dim() == 4:
             writer.add_image("samples/fake", self._grid(pl_module.sample(pl_module.fixed_z), pl_module), step)

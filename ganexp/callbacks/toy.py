@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ganexp.callbacks import figures
-from ganexp.callbacks.base import Periodic, pick, tb_writer
+from ganexp.callbacks.base import Periodic, pick
 from ganexp.errors import ConfigError
 from ganexp.data.toy import quadratic_residual
 from ganexp.models import eval_mode
@@ -96,7 +96,7 @@ class ToyFigures(Periodic):
         if len(self.snapshots) > 4 * self.max_panels:
             self.snapshots = [self.snapshots[i] for i in pick([s["iteration"] for s in self.snapshots],
                                                                2 * self.max_panels)]
-        if trainer.is_global_zero and (writer := tb_writer(pl_module)) is not None:
+        if trainer.is_global_zero and (writer := pl_module.run.logger) is not None:
             writer.add_figure("figures/decision_surface", self._decision_figure(real_units, snap), snap["iteration"])
             if self.feature_space:
                 writer.add_figure("figures/feature_space", figures.feature_space_figure([self._panel(snap)]),

@@ -48,6 +48,8 @@ KNOWN: dict[str, str] = {
     "torch.optim.SGD": "optimizer",
     "pytorch_lightning.Trainer": "trainer",
     "pytorch_lightning.loggers.TensorBoardLogger": "logger",
+    "pytorch_lightning.loggers.MLFlowLogger": "logger",
+    "pytorch_lightning.loggers.CSVLogger": "logger",
     "ganexp.callbacks.checkpoint.PeriodicCheckpoint": "callback",
     "ganexp.callbacks.samples.SampleGrid": "callback",
     "ganexp.callbacks.curves.TrainingCurves": "callback",
@@ -58,6 +60,8 @@ KNOWN: dict[str, str] = {
        for name in ("PeriodicCheckpoint", "SampleGrid", "TrainingCurves", "ImageProgression", "ToyFigures")},
     "ganexp.metrics.callback.EvalCallback": "callback",
 }
+# Parts whose class needs a package ganexp installs only with an extra: _target_ -> (module, extra).
+EXTRAS: dict[str, tuple[str, str]] = {"pytorch_lightning.loggers.MLFlowLogger": ("mlflow", "mlflow")}
 # Names that checkpoints, exports and run folders made before ganexp/ had subpackages store: the same classes.
 MOVED: dict[str, str] = {"ganexp.losses.GANLoss": "ganexp.gan.losses.GANLoss"}
 _REGISTERED: dict[str, tuple[str, type]] = {}  # parts declared in code with @register
@@ -99,6 +103,16 @@ def kind_of(target: Any) -> str | None:
         return None
     target = MOVED.get(target, target)
     return _REGISTERED[target][0] if target in _REGISTERED else KNOWN.get(target) or _declared().get(target)
+
+
+def require(target: Any, key: str) -> None:
+    """ConfigError naming the extra when the part `target` needs a package that is not installed."""
+    import importlib.util
+
+    module, extra = EXTRAS.get(target, (None, None))
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{key} ({target.rsplit('.', 1)[-1]}) needs the {module} package, which is not installed; "
+                          f"pip install -e \".[{extra}]\" (or pip install {module})")
 
 
 def _resolve(target: str) -> type:
@@ -268,6 +282,7 @@ def build(node: Any, kind: str, *, key: str, source: str | Path = "", **extra: A
     if (found := kind_of(target)) != kind:
         what = "has no _target_" if target is None else f"._target_={target!r} is a {found}, not a {kind}"
         raise _refuse(source, key, what)
+    require(target, key)
     cls = _resolve(target)
     kwargs = {k: _plain(v) for k, v in node.items() if not SPECIAL.match(k)}
     partial = bool(node.get("_partial_"))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from ganexp.callbacks.loggers import Loggers
 from ganexp.models import eval_mode
 from ganexp.gan.augment import DiffAugment
 from ganexp.gan.losses import GANLoss, gradient_penalty, r1_penalty
@@ -41,7 +42,7 @@ class Run:
     come from its trainer, a stack member (ganexp/gan/stack.py) has its own while sharing the stack's trainer."""
 
     out: Path
-    logger: Any
+    logger: Loggers | None  # every logger of the run as one (ganexp/callbacks/loggers.py); None: logger=none
     data: Any
     callbacks: list
     save_checkpoint: Callable[..., None]
@@ -145,7 +146,7 @@ class GANModule(pl.LightningModule):
         if self._run is not None:
             return self._run
         trainer = self.trainer
-        return Run(Path(trainer.default_root_dir), trainer.logger, trainer.datamodule, trainer.callbacks,
+        return Run(Path(trainer.default_root_dir), Loggers.of(trainer.loggers), trainer.datamodule, trainer.callbacks,
                    trainer.save_checkpoint)
 
     def optimizers(self, use_pl_optimizer: bool = True):

@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
+from ganexp.callbacks.loggers import Loggers
 from ganexp.data.base import EpochBatchSampler, IndexedTensor
 from ganexp.metrics.callback import EVAL_SEED, EvalCallback
 from ganexp.gan.module import GANModule, Run
@@ -48,7 +49,7 @@ class StackedGAN(GANModule):
         self.lrs: dict[str, Tensor] = {}  # side → the members' learning rates, spread over the stacked weights
         self._saving: GANModule | None = None  # the member whose checkpoint trainer.save_checkpoint is writing
         for run in members:
-            run.module._run = Run(run.out, run.logger, run.data, run.callbacks, self._saver(run.module))
+            run.module._run = Run(run.out, Loggers.of(run.logger), run.data, run.callbacks, self._saver(run.module))
 
     @property
     def members(self) -> list[GANModule]:

@@ -2,12 +2,14 @@
 
 Fields every writer may merge in: `status` (running | finished | failed | diverged | interrupted;
 ganexp/run/signals.py's `status` derives a run's final one),
-`reason`, `iteration`, `final` / `best` metric dicts, `protocol`. Readers (compare,
+`reason`, `iteration`, `final` / `best` metric dicts, `protocol`, `mlflow_runs` (tracking URI -> the
+MLflow run this run logs to, so a resume appends to it). Readers (compare,
 sweeps, resume) trust only what this module wrote.
 """
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,18 @@ def update_metrics(run_dir: str | Path, **fields: Any) -> dict:
     record = {**read_metrics(run_dir), **fields}
     writes.replace_json(Path(run_dir) / METRICS_FILE, record)
     return record
+
+
+def mlflow_run(run_dir: str | Path, tracking_uri: str) -> str | None:
+    """The id of the MLflow run this run folder logs to at `tracking_uri` (32 hex digits), else None."""
+    runs = read_metrics(run_dir).get("mlflow_runs")
+    run_id = runs.get(tracking_uri) if isinstance(runs, dict) else None
+    return run_id if isinstance(run_id, str) and re.fullmatch(r"[0-9a-f]{32}", run_id) else None
+
+
+def keep_mlflow_run(run_dir: str | Path, tracking_uri: str, run_id: str) -> None:
+    runs = read_metrics(run_dir).get("mlflow_runs")
+    update_metrics(run_dir, mlflow_runs={**(runs if isinstance(runs, dict) else {}), tracking_uri: run_id})
 
 
 def monitored(record: dict) -> float | None:

@@ -1,6 +1,8 @@
 """Metrics during training: every `every` iterations on `n` samples, at the end on `n_final`.
 
-- TensorBoard: `metrics/<name>` on the iteration axis (the HParams entry: ganexp/run/tensorboard.py).
+- Every logger: `metrics/<name>` on the iteration axis; its last point is the final evaluation (on `n_final`
+  samples) unless an evaluation on `n` ran at that iteration, so a run that evaluates only at the end has a
+  curve too (the HParams entry: ganexp/run/tensorboard.py).
 - `checkpoints/best.ckpt`: the weights with the best `monitor` value seen during training.
 - metrics.json: `final` and `best` (both scored on `n_final` samples, so they compare),
   `best_iteration`, `monitor`, `protocol` (with the real-vs-real floors).
@@ -67,8 +69,7 @@ class EvalCallback(Periodic):
             return
         scores = self.ready.pop((pl_module.iteration, self.n), None) or self.evaluate(pl_module.eval_generator,
                                                                                        pl_module, self.n)
-        if pl_module.run.logger is not None:
-            pl_module.run.logger.log_metrics({f"metrics/{k}": v for k, v in scores.items()}, step=pl_module.iteration)
+        self._log(pl_module, scores)
         value = scores.get(self.monitor, math.nan)
         if better(self.monitor, value, self.best_value):
             self.best_value, self.best_iteration = value, pl_module.iteration
@@ -90,8 +91,15 @@ class EvalCallback(Periodic):
                 best, best_iteration = final, pl_module.iteration  # on n_final samples the last one wins
                 self.best_value, self.best_iteration = final.get(self.monitor), pl_module.iteration
                 self._save_best(pl_module)
+        if self.ran_at != pl_module.iteration:  # one point per iteration: the n-sample one when it evaluated then
+            self._log(pl_module, final)
         update_metrics(self.dirpath, final=final, best=best, best_iteration=best_iteration)
         log.info("final (%d samples): %s", self.n_final, _fmt(final))  # HParams: train.py, from the final record
+
+    @staticmethod
+    def _log(pl_module, scores: dict[str, float]) -> None:
+        if pl_module.run.logger is not None:
+            pl_module.run.logger.log_metrics({f"metrics/{k}": v for k, v in scores.items()}, step=pl_module.iteration)
 
     def evaluate(self, generator, pl_module, n: int) -> dict[str, float]:
         """Scores of n samples of `generator` on a fixed latent sample, KID's and IS's draws seeded by EVAL_SEED;

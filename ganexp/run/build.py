@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -12,7 +13,8 @@ from ganexp.errors import ConfigError
 from ganexp.gan.augment import DiffAugment
 from ganexp.gan.module import GANModule
 from ganexp.gan.noise import InstanceNoise, LatentPrior
-from ganexp.config.registry import build, cannot_build
+from ganexp.config.registry import build, cannot_build, require
+from ganexp.io.results import mlflow_run
 from ganexp.run.signals import managed
 
 # Lightning's advice on every machine with SLURM's commands (a login node) when a Trainer is built outside a
@@ -107,8 +109,47 @@ def build_callbacks(config: dict) -> list:
     return callbacks
 
 
+def logger_parts(logger: Any) -> dict[str, Any]:
+    """key -> the config of each logger a `logger` node describes: one option's (`logger`), or logger=many's
+    named ones (`logger.mlflow`, ...); {} for logger=none."""
+    if not isinstance(logger, (dict, DictConfig)) or not logger:
+        return {}
+    if "_target_" in logger:
+        return {"logger": logger}
+    return {f"logger.{name}": part for name, part in logger.items() if isinstance(part, (dict, DictConfig))}
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """Each chosen logger's package is installed (logger=mlflow without mlflow: one line naming the extra)."""
+    for key, part in logger_parts(cfg.get("logger")).items():
+        require(part.get("_target_"), key)
+
+
 def build_logger(config: dict):
-    return build(config["logger"], "logger", key="logger") if config.get("logger") else False
+    """The run's loggers (a list; False for logger=none). MLflow's: mlflow_arguments."""
+    out = Path(config["paths"]["output_dir"]) if config.get("paths") else None
+    loggers = []
+    for key, part in logger_parts(config.get("logger")).items():
+        if part.get("_target_") == "pytorch_lightning.loggers.MLFlowLogger":
+            part = {**part, **mlflow_arguments(part, out)}
+        loggers.append(build(part, "logger", key=key))
+    return loggers or False
+
+
+def mlflow_arguments(part: dict, out: Path | None) -> dict[str, Any]:
+    """MLFlowLogger's store, and its run when the run folder's metrics.json names one for this tracking URI (a
+    resume appends to it; ganexp/run/tensorboard.py keeps it): `tracking_uri` null is the local store in
+    `save_dir` (sqlite, its artifacts beside it)."""
+    found = {}
+    if not part.get("tracking_uri"):
+        store = Path(part.get("save_dir") or "outputs/mlruns").expanduser().resolve()
+        store.mkdir(parents=True, exist_ok=True)
+        found = {"tracking_uri": f"sqlite:///{store / 'mlflow.db'}",
+                 "artifact_location": part.get("artifact_location") or (store / "artifacts").as_uri()}
+    uri = found.get("tracking_uri", part.get("tracking_uri"))
+    if out is not None and not part.get("run_id") and (run_id := mlflow_run(out, uri)):
+        found["run_id"] = run_id
+    return found
 
 
 def build_trainer(cfg: DictConfig):

@@ -51,8 +51,39 @@ def hydra_subdir(output_dir: str) -> str:
     return ".hydra"
 
 
+def _sweep_dir(output_dir: str) -> str | None:
+    """The sweep folder a run's folder is a job of (None: a run of its own, or a config composed in code)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    sweep = str(HydraConfig.get().sweep.dir)
+    return sweep if Path(os.path.abspath(output_dir)).is_relative_to(os.path.abspath(sweep)) else None
+
+
+def experiment_name(output_dir: str) -> str:
+    """MLflow's experiment for a run (conf/logger/mlflow.yaml): its sweep folder, every job of a sweep in one;
+    "runs" for a run of its own."""
+    return _sweep_dir(output_dir) or "runs"
+
+
+def run_name(output_dir: str) -> str:
+    """MLflow's name for a run: a sweep job's folder within the sweep (its swept values first), else the run folder."""
+    sweep = _sweep_dir(output_dir)
+    return os.path.relpath(os.path.abspath(output_dir), os.path.abspath(sweep)) if sweep else str(output_dir)
+
+
+def mlflow_store() -> str:
+    """The local MLflow store: outputs/mlruns where train.py runs (Hydra does not change the folder)."""
+    return os.path.abspath(os.path.join("outputs", "mlruns"))
+
+
 def register_resolvers() -> None:
     """The resolvers conf/hydra/default.yaml uses (train.py calls this before Hydra composes)."""
     OmegaConf.register_new_resolver("ganexp_run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("ganexp_hydra_subdir", hydra_subdir, replace=True)
     OmegaConf.register_new_resolver("ganexp_job_dir", job_dir, replace=True)
+    OmegaConf.register_new_resolver("ganexp_experiment", experiment_name, replace=True)
+    OmegaConf.register_new_resolver("ganexp_run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("ganexp_mlflow_store", mlflow_store, replace=True)

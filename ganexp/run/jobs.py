@@ -2,8 +2,10 @@
 
 - `job_dir` (the resolver behind conf/hydra/default.yaml's `hydra.sweep.subdir`) names a sweep
   job's folder after every override it has except the seed (its own subfolder): two jobs that
-  differ in anything land in different folders. Values with a `/` (paths) or longer than 32
-  characters are shortened to their last part plus a short hash of the whole value.
+  differ in anything land in different folders. The swept keys come first (`swept`: what tells the
+  jobs apart leads TensorBoard's run labels and MLflow's run names), then the others, each part
+  sorted by key. Values with a `/` (paths) or longer than 32 characters are shortened to their last
+  part plus a short hash of the whole value.
 - `check_same_job`: a finished run folder is skipped only when the new command asks for the
   same settings as the ones stored in its `.hydra/overrides.yaml`; other settings are refused
   in one line that lists the keys, before anything is written.
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ DISPLAY = tuple(k for k in keys_of(_DISPLAY) if is_kind(k, MACHINE_LOCAL))
 # Machine-local settings (data.root, data.download and DISPLAY's): where the files are on this machine.
 NOT_COMPARED = tuple(k for k in keys_of(MACHINE_LOCAL) if not is_kind(k, PLUMBING))
 MAX_VALUE, MAX_NAME = 32, 200
+SWEPT = "GANEXP_SWEPT"  # the keys the sweep's command line sweeps, comma-separated (set by ganexp/cli.py for its jobs)
 
 
 def _parsed(overrides: list[str]) -> list[Any]:
@@ -49,11 +53,25 @@ def _short(value: str) -> str:
     return f"{tail}~{digest}"
 
 
+def swept() -> list[str]:
+    """The keys this sweep sweeps (a value list, a range or a searched interval on its command line or in its
+    `sweep=` grid), as ganexp/cli.py found them; [] outside a sweep."""
+    return [key for key in os.environ.get(SWEPT, "").split(",") if key]
+
+
+def sweep_keys(overrides: list[str]) -> list[str]:
+    """The keys of a multirun command line's overrides that take more than one value, sorted."""
+    return sorted({o.key_or_group for o in _parsed(overrides)
+                   if o.is_sweep_override() and (o.is_interval_sweep() or len(set(map(str, o.sweep_string_iterator()))) > 1)})
+
+
 def job_dir(task: Any, seed: Any) -> str:
-    """`<override>,<override>/seed=<seed>` for a sweep job (see the module docstring)."""
-    parts = [o.input_line.partition("=") for o in _parsed(list(task or []))  # as typed: 1e-4 stays 1e-4
-             if _counts(o.key_or_group) and o.key_or_group not in DISPLAY]
-    name = ",".join(sorted(f"{key}={_short(value)}" for key, _, value in parts))
+    """`<swept override>,…,<other override>,…/seed=<seed>` for a sweep job (see the module docstring)."""
+    lead = set(swept())
+    parts = sorted((o.key_or_group not in lead, f"{key}={_short(value)}")  # as typed: 1e-4 stays 1e-4
+                   for o in _parsed(list(task or [])) if _counts(o.key_or_group) and o.key_or_group not in DISPLAY
+                   for key, _, value in [o.input_line.partition("=")])
+    name = ",".join(part for _, part in parts)
     if len(name.encode()) > MAX_NAME:  # a folder name may hold 255 bytes (not characters: ü takes 2)
         head = name.encode()[:MAX_NAME - 9].decode(errors="ignore")
         name = f"{head}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"

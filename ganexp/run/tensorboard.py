@@ -1,10 +1,17 @@
-"""What TensorBoard shows to compare runs: a curated HParams entry and a custom-scalars layout.
+"""What every logger shows to compare runs: a curated HParams entry, and TensorBoard's custom-scalars layout.
 
 HParams columns (≤ 30 for a default run): the option chosen for each config group by name
 (`data`, `model`, `loss`, `optimizer`, `noise`, `experiment`), the hyperparameters that matter for
 GANs, every key the command line overrode or a sweep swept (whatever it is), and the run's
-`status`; metrics: `hparams/final_<score>` and `hparams/best_<score>`. The full resolved config
-stays where it is (`.hydra/config.yaml`, the checkpoint).
+`status`; metrics: `hparams/final_<score>`, `hparams/best_<score>` and `hparams/iteration`. The full
+resolved config stays where it is (`.hydra/config.yaml`, the checkpoint).
+
+- TensorBoard: an experiment summary of its own leads with what differs: the swept keys first and marked
+  as differing (TensorBoard's HParams table shows the first five differing columns ticked), the monitored
+  metric's final and best first among the metrics (the first five ticked).
+- MLflow: the columns as params (status as a tag, as it changes when a run resumes), the metrics without
+  TensorBoard's `hparams/` prefix (`final_fid`, `best_fid`, `iteration`) at the run's last iteration.
+- CSV (and any other logger): `log_hyperparams` (csv/hparams.yaml) and the metrics as MLflow's.
 """
 from __future__ import annotations
 
@@ -12,11 +19,15 @@ import math
 from typing import Any
 
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 
+from ganexp.callbacks.loggers import Loggers
 from ganexp.io.files import select
 from ganexp.config.checks import FLOAT, INT, is_kind
 from ganexp.config import keys as _keys
-from ganexp.io.results import read_metrics
+from ganexp.io.results import keep_mlflow_run, read_metrics
+from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS
+from ganexp.run.jobs import swept
 from ganexp.run.signals import status
 
 GROUPS = ("data", "model", "loss", "optimizer", "noise", "experiment")
@@ -79,15 +90,73 @@ def metrics(record: dict) -> dict[str, float]:
     return out
 
 
+def lead(summary, params: dict[str, Any], values: dict[str, float], first: list[str], monitor: Any) -> None:
+    """Torch's experiment summary (`summary`, in place) leading with what differs: the `first` keys before the
+    other columns and marked as differing (TensorBoard ticks the first five differing ones), the monitored
+    metric's final and best before the other metrics, then every metric of its kind (image or toy), so a run
+    that failed before scoring describes the same table as the others (TensorBoard reads one run's summary)."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    plugin = summary.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+    infos = {info.name: info for info in data.experiment.hparam_infos}
+    order = [*first, *(k for k in params if k not in first)]
+    for name in order:
+        infos[name].differs = name in first
+    family = next((list(m) for m in (IMAGE_METRICS, TOY_METRICS) if monitor in m), [])
+    top = [f"hparams/{part}_{monitor}" for part in ("final", "best")] if monitor in family else []
+    names = dict.fromkeys([*top, *values, *(f"hparams/{part}_{m}" for part in ("final", "best") for m in family)])
+    del data.experiment.hparam_infos[:], data.experiment.metric_infos[:]
+    data.experiment.hparam_infos.extend(infos[name] for name in order)
+    data.experiment.metric_infos.extend(api_pb2.MetricInfo(name=api_pb2.MetricName(tag=name)) for name in names)
+    plugin.content = data.SerializeToString()
+
+
+def _tensorboard(logger: TensorBoardLogger, params: dict[str, Any], values: dict[str, float], monitor: Any) -> None:
+    """What Lightning's log_hyperparams writes (hparams.yaml, the metrics at step 0, torch's three HParams
+    summaries), the experiment summary leading with the swept keys and the monitored metric."""
+    from torch.utils.tensorboard.summary import hparams
+
+    logger.hparams.update(params)
+    logger.log_metrics(values, 0)
+    summaries = hparams(params, values)
+    lead(summaries[0], params, values, [k for k in swept() if k in params], monitor)
+    writer = logger.experiment._get_file_writer()
+    for summary in summaries:
+        writer.add_summary(summary)
+
+
+def _mlflow(logger: MLFlowLogger, params: dict[str, Any], values: dict[str, float], step: int) -> None:
+    """Params once (MLflow keeps a param's first value: a resume that changes a column keeps the first
+    run's, .hydra/ has the rest), `status` as a tag, the metrics at the run's last iteration."""
+    client, run_id = logger.experiment, logger.run_id
+    known = client.get_run(run_id).data.params
+    logger.log_hyperparams({k: v for k, v in params.items() if k != "status" and k not in known})
+    client.set_tag(run_id, "status", params["status"])
+    logger.log_metrics(values, step)
+
+
 def write_hparams(logger: Any, config: dict, record: dict, overrides: list[str] | None) -> None:
-    """The run's HParams entry, written once its record is final (every status, so failures show)."""
+    """The run's HParams entry to each of its loggers, written once its record is final (every status, so
+    failures show)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if logger is None or not hasattr(logger, "log_hyperparams"):
+    if (loggers := Loggers.of(logger)) is None:
         return
     chosen = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}  # {}: composed in code
     choices = {k: "none" if v is None else str(v) for k, v in chosen.items() if k in GROUPS}
-    logger.log_hyperparams(columns(config, choices, overrides, str(record.get("status"))), metrics(record))
+    params, values = columns(config, choices, overrides, str(record.get("status"))), metrics(record)
+    plain = {k.removeprefix("hparams/"): v for k, v in values.items()}
+    step = int(values["hparams/iteration"])
+    for lg in loggers.all:
+        if isinstance(lg, TensorBoardLogger):
+            _tensorboard(lg, params, values, record.get("monitor"))
+        elif isinstance(lg, MLFlowLogger):
+            _mlflow(lg, params, plain, step)
+        else:
+            lg.log_hyperparams(params)
+            lg.log_metrics(plain, step)
+            lg.save()
 
 
 class HParamsRow(Callback):
@@ -100,9 +169,12 @@ class HParamsRow(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # known only now (DDP): rank 0 writes TensorBoard's custom-scalars layout, once per run
-        writer = getattr(pl_module.run.logger, "experiment", None) if trainer.is_global_zero else None
-        if hasattr(writer, "add_custom_scalars"):
-            writer.add_custom_scalars(LAYOUT)
+        # and keeps the MLflow run's id in metrics.json, so that a resume appends to that run
+        if trainer.is_global_zero and pl_module.run.logger is not None:
+            for logger in pl_module.run.logger.of_kind(TensorBoardLogger):
+                logger.experiment.add_custom_scalars(LAYOUT)
+            for logger in pl_module.run.logger.of_kind(MLFlowLogger):
+                keep_mlflow_run(pl_module.run.out, logger.experiment.tracking_uri, logger.run_id)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and pl_module.interrupted is None:

@@ -56,7 +56,7 @@ def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad value or nonsensical combination in `cfg`: the keys
     above, then the cheap parts built as a run builds them (loss, prior, instance noise, datamodule
     without its data, G and D), so that each part's own check is the one-line error."""
-    from ganexp.run.build import build_cheap_parts
+    from ganexp.run.build import build_cheap_parts, check_loggers, logger_parts
     from ganexp.metrics.scores import IMAGE_METRICS, TOY_METRICS, min_samples
 
     for key, kind, ok, allowed in RULES:
@@ -78,13 +78,14 @@ def check_config(cfg: DictConfig) -> None:
             number(f"{key}[{i}]", beta, FLOAT, lambda v: 0 <= v < 1, pair)
     _check_device(cfg)
     _check_launch_environment(cfg)
-    for key in ("name", "version", "sub_dir"):  # <save_dir>/<name>/<version>/<sub_dir>: events stay in the run folder
-        value = OmegaConf.select(cfg, f"logger.{key}", default=None)
+    for where, key in itertools.product(logger_parts(cfg.get("logger")), ("name", "version", "sub_dir")):
+        value = OmegaConf.select(cfg, f"{where}.{key}", default=None)  # <save_dir>/<name>/<version>/<sub_dir>
         text = str(value)
         if value is not None and not isinstance(value, int) and (os.sep in text or text in (".", "..") or "\0" in text):
-            raise ConfigError(f"logger.{key}={shown(text)} is not a plain folder name; the logger writes inside "
+            raise ConfigError(f"{where}.{key}={shown(text)} is not a plain folder name; the logger writes inside "
                               f"the run folder: give a name without '/' (or \"\" for the run folder itself)")
     _check_max_time(cfg)
+    check_loggers(cfg)
     parts = build_cheap_parts(cfg)
     _check_eval(cfg, getattr(parts["data"], "metrics_name", None))
     _check_memory(cfg, parts)

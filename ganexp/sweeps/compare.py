@@ -29,6 +29,7 @@ import io
 import logging
 import math
 import os
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ MAX_PLOTTED = 6             # of them drawn in summary.png (one panel each)
 MAX_TEXT = 200              # characters of a value, reason or folder name kept
 MAX_LINKS = 20              # suspicious links listed
 MAX_EVENTS_BYTES = 256 << 20  # an event file read for a loss/<tag> ranking (a long run's scalars: megabytes)
+TRACKING = re.compile(r"(sqlite:///|https?://)[\w./:@%+=-]{1,300}")  # a tracking URI a summary prints as a command
 KNOWN = list(METRICS)  # the names --metric accepts, in report order, `loss/<tag>` aside
 
 
@@ -77,6 +79,7 @@ class Job:
     value: float = math.nan      # the ranking value of the chosen metric
     number: int | None = None    # Hydra's job number: a searched sweep's trial (ganexp/sweeps/search.py)
     folder: Path | None = field(default=None, repr=False)  # where it was read (`run` is cut for the tables)
+    mlflow: list[str] = field(default_factory=list)  # the MLflow tracking URIs it logged to (logger=mlflow)
 
     @property
     def finished(self) -> bool:
@@ -133,8 +136,10 @@ def _record(run_dir: Path) -> dict:
     if monitor is not None and not (isinstance(monitor, str) and monitor in METRICS):
         raise _bad("monitor", monitor, "not a metric ganexp reports")
     reason = record.get("reason")
+    runs = record.get("mlflow_runs")
     return {"status": status, "reason": text(reason) if reason else "", "iteration": iteration, "monitor": monitor,
-            "best": _metrics(record, "best"), "final": _metrics(record, "final")}
+            "best": _metrics(record, "best"), "final": _metrics(record, "final"),
+            "mlflow": [u for u in (runs if isinstance(runs, dict) else {}) if isinstance(u, str) and TRACKING.fullmatch(u)]}
 
 
 def _overrides(run_dir: Path) -> tuple[dict[str, str], int | None]:
@@ -389,6 +394,15 @@ class Summary:
                 + ", ".join(f"{n} {s}" for s, n in kinds.items()) + ")")
 
 
+def mlflow_lines(jobs: list[Job]) -> list[str]:
+    """Where the sweep's MLflow runs are (logger=mlflow): the command that shows a local store, or the server."""
+    lines = []
+    for uri in dict.fromkeys(u for j in jobs for u in j.mlflow):
+        where = f"`mlflow ui --backend-store-uri {uri}`" if uri.startswith("sqlite:") else uri
+        lines += ["", f"MLflow: {where}; the sweep is one experiment, with a run per job named by its folder."]
+    return lines
+
+
 def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
     sweep_dir = Path(sweep_dir)
     folders, links = scan(sweep_dir)
@@ -424,7 +438,8 @@ def summarize(sweep_dir: str | Path, metric: str | None = None) -> Summary:
         searched = search.section(found, jobs, metric, best)
     lines += ["", f"TensorBoard: `tensorboard --logdir {sweep_dir}`; the HParams tab has a row per job, with the "
                   f"swept parameters as the columns {', '.join(keys) or '(none swept)'} and the metrics as "
-                  "hparams/final_<metric> and hparams/best_<metric>.", *([""] + searched if searched else [])]
+                  "hparams/final_<metric> and hparams/best_<metric>.", *mlflow_lines(jobs),
+              *([""] + searched if searched else [])]
     configs = by_config(jobs, keys)
     if len(configs) < len(jobs):  # seeds repeat: one row per configuration
         lines += ["", "## Per configuration (mean ± std over seeds)", "", *config_table(configs, keys, metric),

@@ -31,6 +31,7 @@ from ganexp.io import writes
 from ganexp.io.files import select
 from ganexp.run.lock import FolderInUse, folder_lock
 from ganexp.io.results import read_metrics, sweeper_value, update_metrics
+from ganexp.callbacks.loggers import Loggers
 from ganexp.run.tensorboard import HParamsRow
 from ganexp.sweeps.summary import SweepInterrupted
 
@@ -50,7 +51,7 @@ class Member:
         config = plain(cfg)
         self.row = HParamsRow(overrides)
         self.callbacks = [*build_callbacks(config), self.row]
-        self.logger = build_logger(config) or None
+        self.logger = Loggers.of(build_logger(config))
 
 
 # ----------------------------------------------------------------------------------------------- grouping

@@ -111,6 +111,7 @@ BAD_INPUTS = [
     (["trainer.max_time=1:2"], ["trainer.max_time=1:2 is not a time budget"]),
     (["logger.name=/tmp/elsewhere"], ["logger.name=/tmp/elsewhere is not a plain folder name"]),
     (["logger.version=.."], ["logger.version=.. is not a plain folder name"]),
+    (["logger=many", "logger.csv.name=../up"], ["logger.csv.name=../up is not a plain folder name"]),
 ]
 if not __import__("torch").cuda.is_available():  # a machine without a GPU: what trainer=gpu says there
     BAD_INPUTS += [(["trainer=gpu"], ["trainer.accelerator=gpu", "no CUDA GPU", "trainer=cpu"]),
