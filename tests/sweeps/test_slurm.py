@@ -23,6 +23,11 @@ SHORT, LONG = 2, 500  # epochs of 50 iterations: LONG outlasts two attempts of a
 # machine an attempt trains less: up to 20 attempts)
 
 
+def _record_of(sweep: Path, override: str) -> Path:
+    """The metrics.json of the sweep's job with `override` (the swept keys lead a job folder's name)."""
+    return next(p for p in sweep.glob("*/seed=*/metrics.json") if override in p.parent.parent.name.split(","))
+
+
 def _generator(ckpt: Path) -> dict:
     return {k: v for k, v in torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].items()
             if k.startswith("generator.")}
@@ -114,17 +119,17 @@ def test_a_cancelled_job_is_one_failed_job_of_the_sweep_and_a_rerun_resumes_it(c
     assert "**interrupted**: SIGTERM at iteration" in summary and "| finished |" in summary
     assert "**failed**: SLURM job" in summary and "3 jobs" in summary, summary  # the one that never ran counts
     assert "| seed |" not in summary  # its folder holds the config Hydra would have written: seed 0 as the others
-    stopped = json.loads(next(sweep.glob("*max_epochs=150*/seed=*/metrics.json")).read_text())
+    stopped = json.loads(_record_of(sweep, "trainer.max_epochs=150").read_text())
     assert stopped["status"] == "interrupted" and stopped["signal"] == "SIGTERM"  # scancel's SIGTERM: a clean stop
 
-    short = next(sweep.glob(f"*max_epochs={SHORT}/seed=*/metrics.json"))
+    short = _record_of(sweep, f"trainer.max_epochs={SHORT}")
     before = short.read_bytes()
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert short.read_bytes() == before  # the finished job was skipped (its job log says so)
-    record = json.loads(next(sweep.glob("*max_epochs=150*/seed=*/metrics.json")).read_text())
+    record = json.loads(_record_of(sweep, "trainer.max_epochs=150").read_text())
     assert record["status"] == "finished" and record["iteration"] == 150 * 50 and record["signal"] is None
-    assert json.loads(next(sweep.glob("*max_epochs=3/seed=*/metrics.json")).read_text())["status"] == "finished"
+    assert json.loads(_record_of(sweep, "trainer.max_epochs=3").read_text())["status"] == "finished"
     assert [s["signal"] for s in record["interruptions"]] == ["SIGTERM"] and len(record["resumes"]) == 1
 
 
