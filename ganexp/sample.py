@@ -7,8 +7,8 @@
 
 PATH may also be a generator export (.safetensors). `.png`: an image grid (toy 2-D data: a scatter plot).
 `.npz`: key `images`, uint8, [N, H, W] grey or [N, C, H, W] colour (toy data: `points`, float32 [N, 2]).
---truncation t draws every |z_i| > t again (a normal prior): a seed's samples then depend on --n. `--walk K`: a
-closed walk of --n grid cells, each through --points fixed latents by spherical interpolation, K frames from
+--truncation t draws z from the normal prior cut at ±t (torch.nn.init.trunc_normal_): a seed's samples then
+depend on --n. `--walk K`: a closed walk of --n grid cells, each through --points fixed latents by spherical interpolation, K frames from
 each point to the next, as a .gif (or an .mp4 with imageio-ffmpeg installed).
 --out is replaced only with --force, never through a link; --n is sized against this machine's memory.
 """
@@ -40,7 +40,7 @@ PNG_COPIES = 14  # float32 copies of each image a .png grid makes (3 channels, n
 
 def latents(config: dict, n: int, seed: int = 0, truncation: float | None = None) -> torch.Tensor:
     """n latents of the run's prior, drawn whole: torch's CPU normal_ fills a short tail its own way, so drawing
-    them in chunks would make a seed's samples depend on --n. `truncation`: |z_i| > t drawn again."""
+    them in chunks would make a seed's samples depend on --n. `truncation`: the normal cut at ±t."""
     prior, seeded = build_prior(config["noise"]), torch.Generator().manual_seed(seed)
     return prior.sample(n, generator=seeded) if truncation is None else prior.truncated(n, truncation, seeded)
 
