@@ -8,8 +8,8 @@
 PATH may also be a generator export (.safetensors). `.png`: an image grid (toy 2-D data: a scatter plot).
 `.npz`: key `images`, uint8, [N, H, W] grey or [N, C, H, W] colour (toy data: `points`, float32 [N, 2]).
 --truncation t draws z from the normal prior cut at ±t (torch.nn.init.trunc_normal_): a seed's samples then
-depend on --n. `--walk K`: a closed walk of --n grid cells, each through --points fixed latents by spherical interpolation, K frames from
-each point to the next, as a .gif (or an .mp4 with imageio-ffmpeg installed).
+depend on --n. `--walk K`: a closed walk of --n grid cells, each through --points fixed latents by spherical
+interpolation, K frames from each point to the next, as a .gif (or an .mp4 with imageio-ffmpeg installed).
 --out is replaced only with --force, never through a link; --n is sized against this machine's memory.
 """
 from __future__ import annotations
