@@ -33,10 +33,11 @@ class PeriodicCheckpoint(Periodic):
         self._due(trainer, pl_module)
 
     def _due(self, trainer, pl_module) -> None:
-        if self.ran_at != pl_module.iteration:  # once an iteration: a stop saved mid-epoch is not saved again at
-            super().on_train_batch_end(trainer, pl_module, None, None, 0)  # its epoch's end (every `every` its)
-        if pl_module.interrupted is not None and self.ran_at != pl_module.iteration:
-            self._run(trainer, pl_module)  # a signal asked to stop: this iteration is the one to keep
+        """Save every `every` iterations and when a signal asked to stop, once an iteration (a stop saved
+        mid-epoch is not saved again at its epoch's end, after Lightning counted the epoch)."""
+        periodic = self.every > 0 and pl_module.iteration % self.every == 0
+        if (periodic or pl_module.interrupted is not None) and self.ran_at != pl_module.iteration:
+            self._run(trainer, pl_module)
         if pl_module.interrupted is not None and pl_module.stack is None:
             trainer.should_stop = True  # saved mid-epoch: stop now (a stack stops once no member runs)
 

@@ -121,9 +121,8 @@ def _tensorboard(logger: TensorBoardLogger, params: dict[str, Any], values: dict
     logger.log_metrics(values, 0)
     summaries = hparams(params, values)
     lead(summaries[0], params, values, [k for k in swept() if k in params], monitor)
-    writer = logger.experiment._get_file_writer()
     for summary in summaries:
-        writer.add_summary(summary)
+        logger.experiment.file_writer.add_summary(summary)
 
 
 def _mlflow(logger: MLFlowLogger, params: dict[str, Any], values: dict[str, float], step: int) -> None:
